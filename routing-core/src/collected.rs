@@ -1,0 +1,231 @@
+//! Statements rendered into an owned, `Send` form, so that a connection can be checked out (and a
+//! read retried elsewhere) after diesel's borrowed query is gone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use diesel::QueryResult;
+use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
+use diesel::query_builder::bind_collector::RawBytesBindCollector;
+use diesel::query_builder::{CollectedQuery, MoveableBindCollector, QueryBuilder, QueryFragment};
+use diesel::sql_types::{Oid, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::pool::TypeCache;
+
+type TypeKey = (Option<String>, String);
+
+/// The statement an owned query runs as.
+pub(crate) type Collected = CollectedQuery<RawBytesBindCollector<Pg>>;
+
+/// A rendered statement with its binds; custom type OIDs may still need a lookup.
+pub(crate) struct OwnedQuery {
+    sql: String,
+    safe_to_cache: bool,
+    binds: RawBytesBindCollector<Pg>,
+    unresolved: Option<Unresolved>,
+}
+
+/// Placeholder OIDs handed out for custom types not in the cache yet, and where they sit.
+struct Unresolved {
+    /// Placeholder (oid, array oid) per type.
+    placeholders: HashMap<TypeKey, (u32, u32)>,
+    /// (bind index, byte offset) of placeholder OIDs serialized inside bind values (arrays,
+    /// records of custom types).
+    in_bytes: Vec<(usize, usize)>,
+}
+
+/// The OID handed out in the first collection pass for every unknown type.
+const UNKNOWN_OID: u32 = 0;
+/// The second pass numbers unknown types from here down, far from real OIDs.
+const PLACEHOLDER_BASE: u32 = u32::MAX - 1;
+
+impl OwnedQuery {
+    /// Renders `query`. `sql` is reused when the caller rendered it already.
+    pub(crate) fn new(
+        query: &dyn QueryFragment<Pg>,
+        sql: Option<String>,
+        types: &Arc<TypeCache>,
+    ) -> QueryResult<Self> {
+        let sql = match sql {
+            Some(sql) => sql,
+            None => render(query)?,
+        };
+        let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
+        let mut first = CacheLookup {
+            types: Arc::clone(types),
+            placeholders: None,
+            missing: false,
+        };
+        let mut binds = RawBytesBindCollector::<Pg>::new();
+        query.collect_binds(&mut binds, &mut first, &Pg)?;
+        if !first.missing {
+            return Ok(OwnedQuery {
+                sql,
+                safe_to_cache,
+                binds,
+                unresolved: None,
+            });
+        }
+        // Some custom type is not cached: collect again with a distinct placeholder per type and
+        // compare the bytes of the two passes to find placeholders serialized inside values.
+        let mut second = CacheLookup {
+            types: Arc::clone(types),
+            placeholders: Some(HashMap::new()),
+            missing: false,
+        };
+        let mut numbered = RawBytesBindCollector::<Pg>::new();
+        query.collect_binds(&mut numbered, &mut second, &Pg)?;
+        let placeholders = second.placeholders.unwrap_or_default();
+        let issued: Vec<u32> = placeholders.values().flat_map(|(o, a)| [*o, *a]).collect();
+        let mut in_bytes = Vec::new();
+        for (index, (zeroed, numbered)) in binds.binds.iter().zip(&numbered.binds).enumerate() {
+            let (Some(zeroed), Some(numbered)) = (zeroed, numbered) else {
+                continue;
+            };
+            for (offset, (a, b)) in zeroed.windows(4).zip(numbered.windows(4)).enumerate() {
+                let b = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                if a == UNKNOWN_OID.to_be_bytes() && issued.contains(&b) {
+                    in_bytes.push((index, offset));
+                }
+            }
+        }
+        Ok(OwnedQuery {
+            sql,
+            safe_to_cache,
+            binds: numbered,
+            unresolved: Some(Unresolved {
+                placeholders,
+                in_bytes,
+            }),
+        })
+    }
+
+    /// The rendered SQL.
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Looks up the OIDs of custom types that were not cached, on `conn`, and patches them in.
+    pub(crate) async fn resolve(
+        &mut self,
+        conn: &mut AsyncPgConnection,
+        types: &TypeCache,
+    ) -> QueryResult<()> {
+        let Some(unresolved) = self.unresolved.take() else {
+            return Ok(());
+        };
+        let mut real = HashMap::new();
+        for ((schema, name), (oid, array_oid)) in &unresolved.placeholders {
+            let found = lookup_type(conn, schema.as_deref(), name).await?;
+            types
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((schema.clone(), name.clone()), found);
+            real.insert(*oid, found.0);
+            real.insert(*array_oid, found.1);
+        }
+        for metadata in &mut self.binds.metadata {
+            let (oid, array_oid) = oids(metadata);
+            *metadata = PgTypeMetadata::new(
+                real.get(&oid).copied().unwrap_or(oid),
+                real.get(&array_oid).copied().unwrap_or(array_oid),
+            );
+        }
+        for (index, offset) in unresolved.in_bytes {
+            if let Some(bytes) = self.binds.binds[index]
+                .as_mut()
+                .and_then(|b| b.get_mut(offset..offset + 4))
+            {
+                let placeholder = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                if let Some(oid) = real.get(&placeholder) {
+                    bytes.copy_from_slice(&oid.to_be_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The statement, ready to run; binds are copied so that a failed read can run again.
+    pub(crate) fn collected(&self) -> Collected {
+        CollectedQuery::new(self.sql.clone(), self.safe_to_cache, self.binds.moveable())
+    }
+}
+
+/// Renders a query's SQL.
+pub(crate) fn render(query: &dyn QueryFragment<Pg>) -> QueryResult<String> {
+    let mut builder = PgQueryBuilder::default();
+    query.to_sql(&mut builder, &Pg)?;
+    Ok(builder.finish())
+}
+
+fn oids(metadata: &PgTypeMetadata) -> (u32, u32) {
+    (
+        metadata.oid().unwrap_or(UNKNOWN_OID),
+        metadata.array_oid().unwrap_or(UNKNOWN_OID),
+    )
+}
+
+/// Answers type lookups from the pool's cache; unknown types get placeholders.
+struct CacheLookup {
+    types: Arc<TypeCache>,
+    /// `None` in the first pass (every unknown type gets [`UNKNOWN_OID`]); in the second pass,
+    /// the numbered placeholders handed out.
+    placeholders: Option<HashMap<TypeKey, (u32, u32)>>,
+    missing: bool,
+}
+
+impl PgMetadataLookup for CacheLookup {
+    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
+        let key = (schema.map(str::to_owned), type_name.to_owned());
+        if let Some((oid, array_oid)) = self
+            .types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return PgTypeMetadata::new(*oid, *array_oid);
+        }
+        self.missing = true;
+        let (oid, array_oid) = match &mut self.placeholders {
+            None => (UNKNOWN_OID, UNKNOWN_OID),
+            Some(placeholders) => {
+                let next = PLACEHOLDER_BASE - 2 * u32::try_from(placeholders.len()).unwrap_or(0);
+                *placeholders.entry(key).or_insert((next, next - 1))
+            }
+        };
+        PgTypeMetadata::new(oid, array_oid)
+    }
+}
+
+async fn lookup_type(
+    conn: &mut AsyncPgConnection,
+    schema: Option<&str>,
+    name: &str,
+) -> QueryResult<(u32, u32)> {
+    match schema {
+        Some(schema) => {
+            diesel::dsl::sql::<(Oid, Oid)>(
+                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
+                 INNER JOIN pg_namespace ON pg_type.typnamespace = pg_namespace.oid \
+                 WHERE pg_type.typname = ",
+            )
+            .bind::<Text, _>(name)
+            .sql(" AND pg_namespace.nspname = ")
+            .bind::<Text, _>(schema)
+            .sql(" LIMIT 1")
+            .get_result(conn)
+            .await
+        }
+        None => {
+            diesel::dsl::sql::<(Oid, Oid)>(
+                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
+                 WHERE pg_type.oid = quote_ident(",
+            )
+            .bind::<Text, _>(name)
+            .sql(")::regtype::oid LIMIT 1")
+            .get_result(conn)
+            .await
+        }
+    }
+}

@@ -1,0 +1,815 @@
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use diesel::QueryResult;
+use diesel::connection::{
+    CacheSize, DynInstrumentation, Instrumentation, InstrumentationEvent, StrQueryHelper,
+    TransactionManagerStatus,
+};
+use diesel::pg::Pg;
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, AsyncPgConnection,
+    SimpleAsyncConnection, TransactionManager,
+};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::classify::{Classification, WriteReason};
+use crate::collected::{Collected, OwnedQuery, render};
+use crate::context::should_use_read_replica;
+use crate::error::{Error, Role};
+use crate::pool::{PgObject, RoutedPool};
+use crate::transaction::RoutedTransactionManager;
+
+/// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
+pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+type PgStream = BoxStream<'static, QueryResult<PgRow>>;
+
+/// Runs a collected statement on a server connection.
+type RunFn<R> =
+    for<'c> fn(&'c mut AsyncPgConnection, &'c Collected) -> BoxFuture<'c, QueryResult<R>>;
+
+/// Where a statement goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Primary,
+    Replica,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+        })
+    }
+}
+
+/// Why a statement went where it went, for the debug log.
+enum Reason<'a> {
+    Transaction,
+    TestTransaction,
+    Write(&'a WriteReason),
+    AfterWrite,
+    ScopeDeniesReplica,
+    NoReplicas,
+    ScopeAllowsReplica,
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Transaction => f.write_str("inside a transaction"),
+            Reason::TestTransaction => f.write_str("the pool is in a test transaction"),
+            Reason::Write(why) => write!(f, "write: {why}"),
+            Reason::AfterWrite => f.write_str("sticky: this connection wrote before"),
+            Reason::ScopeDeniesReplica => f.write_str("scope: replica not allowed"),
+            Reason::NoReplicas => f.write_str("no replica configured"),
+            Reason::ScopeAllowsReplica => f.write_str("scope: replica allowed"),
+        }
+    }
+}
+
+/// A connection that sends each statement to the primary or a replica.
+///
+/// It implements diesel-async's [`AsyncConnection`] with `Backend = Pg`, so ordinary diesel code
+/// runs on it unchanged. The rules, in order:
+///
+/// 1. Inside a transaction every statement goes to the transaction's server: the primary, or a
+///    replica for a read-only transaction begun in a replica scope
+///    ([`RoutedConnection::build_transaction`]).
+/// 2. Writes go to the primary: `INSERT`/`UPDATE`/`DELETE`, `INSERT ... RETURNING`, locking
+///    `SELECT`s, data-modifying CTEs, DDL, primary-only functions such as `nextval`,
+///    `batch_execute`, and anything the [`Classifier`](crate::Classifier) does not recognise.
+/// 3. After a write, every later read on this connection goes to the primary
+///    (read-your-writes within a request).
+/// 4. A read goes to a replica when the [routing scope](crate::with_read_replica) allows it and
+///    a replica is configured, else to the primary. A read whose replica cannot be reached runs on
+///    the next replica, then on the primary.
+///
+/// Server connections are checked out lazily: one that only reads in a replica scope never holds
+/// a primary connection, and one in a primary scope never holds a replica connection.
+pub struct RoutedConnection {
+    pool: RoutedPool,
+    primary: Option<PgObject>,
+    replica: Option<(usize, PgObject)>,
+    pinned: Option<Target>,
+    wrote: bool,
+    idle_status: TransactionManagerStatus,
+    instrumentation: DynInstrumentation,
+    instrumented: bool,
+    cache_size: Option<CacheSize>,
+}
+
+impl fmt::Debug for RoutedConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoutedConnection")
+            .field("holds_primary", &self.primary.is_some())
+            .field(
+                "holds_replica",
+                &self.replica.as_ref().map(|(index, _)| index),
+            )
+            .field("transaction_on", &self.pinned)
+            .field("wrote", &self.wrote)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoutedConnection {
+    pub(crate) fn new(pool: RoutedPool) -> Self {
+        RoutedConnection {
+            pool,
+            primary: None,
+            replica: None,
+            pinned: None,
+            wrote: false,
+            idle_status: TransactionManagerStatus::default(),
+            instrumentation: DynInstrumentation::none(),
+            instrumented: false,
+            cache_size: None,
+        }
+    }
+
+    /// The pool this connection came from.
+    pub fn pool(&self) -> &RoutedPool {
+        &self.pool
+    }
+
+    /// The primary's connection, checked out if needed: the escape hatch for one call that must
+    /// see the primary whatever the scope says.
+    ///
+    /// Since the caller may write through it, later reads on this connection go to the primary
+    /// too, as after any write. For a whole block, use [`with_primary`](crate::with_primary).
+    ///
+    /// # Errors
+    ///
+    /// The primary cannot be checked out.
+    pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
+        self.wrote = true;
+        self.checkout(Target::Primary).await
+    }
+
+    /// Whether this connection has sent a write (or opened a read-write transaction), which
+    /// pins its later reads to the primary.
+    pub fn has_written(&self) -> bool {
+        self.wrote
+    }
+
+    pub(crate) fn pinned(&self) -> Option<Target> {
+        self.pinned
+    }
+
+    pub(crate) fn set_pinned(&mut self, target: Option<Target>) {
+        self.pinned = target;
+    }
+
+    /// The status of the transaction's server connection, or an idle status outside one.
+    pub(crate) fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+        let inner = match self.pinned {
+            Some(Target::Primary) => self.primary.as_deref_mut(),
+            Some(Target::Replica) => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+            None => None,
+        };
+        match inner {
+            Some(inner) => {
+                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
+            }
+            None => &mut self.idle_status,
+        }
+    }
+
+    pub(crate) fn mark_written(&mut self) {
+        self.wrote = true;
+    }
+
+    fn holds(&self, target: Target) -> bool {
+        match target {
+            Target::Primary => self.primary.is_some(),
+            Target::Replica => self.replica.is_some(),
+        }
+    }
+
+    /// The connection for `target`, which must be held.
+    pub(crate) fn held(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+        match target {
+            Target::Primary => self.primary.as_deref_mut(),
+            Target::Replica => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+        }
+    }
+
+    /// The connection for `target`, checked out if not held. A replica is chosen by the pool's
+    /// policy, skipping replicas that cannot be reached.
+    pub(crate) async fn checkout(
+        &mut self,
+        target: Target,
+    ) -> Result<&mut AsyncPgConnection, Error> {
+        match target {
+            Target::Primary if self.primary.is_none() => {
+                let conn = self.pool.inner.primary.checkout().await?;
+                self.primary = Some(self.prepare(conn));
+            }
+            Target::Replica if self.replica.is_none() => {
+                let mut failures = Vec::new();
+                for index in self.pool.replica_order(None) {
+                    match self.pool.inner.replicas[index].checkout().await {
+                        Ok(conn) => {
+                            self.replica = Some((index, self.prepare(conn)));
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: "routing_core", error = %e, "replica unavailable");
+                            failures.push(e.to_string());
+                        }
+                    }
+                }
+                if self.replica.is_none() {
+                    return Err(Error::NoReplicaAvailable {
+                        reasons: failures.join("; "),
+                    });
+                }
+            }
+            _ => {}
+        }
+        self.held(target).ok_or_else(|| Error::NoReplicaAvailable {
+            reasons: "no connection held".to_owned(),
+        })
+    }
+
+    fn prepare(&self, mut conn: PgObject) -> PgObject {
+        if let Some(size) = self.cache_size {
+            conn.set_prepared_statement_cache_size(size);
+        }
+        conn
+    }
+
+    /// The target of a statement when it does not depend on the routing scope: inside a
+    /// transaction, after a write, or for a write. `None` for a read, whose target is decided by
+    /// [`RoutedConnection::read_target`] when it runs, inside the scope that awaits it. Returns
+    /// the SQL too when classifying had to render it.
+    fn fixed_target(
+        &mut self,
+        query: &dyn QueryFragment<Pg>,
+        query_id: Option<TypeId>,
+    ) -> QueryResult<(Option<Target>, Option<String>)> {
+        if let Some(reason) = self.sticky_reason() {
+            let target = self.pinned.unwrap_or(Target::Primary);
+            log_decision(target, &reason);
+            return Ok((Some(target), None));
+        }
+        let (class, sql) = self.classify(query, query_id)?;
+        match &*class {
+            Classification::Write(why) => {
+                self.wrote = true;
+                log_decision(Target::Primary, &Reason::Write(why));
+                Ok((Some(Target::Primary), sql))
+            }
+            _ => Ok((None, sql)),
+        }
+    }
+
+    /// Why every statement goes to the transaction's server or the primary, if one does.
+    fn sticky_reason(&self) -> Option<Reason<'static>> {
+        if self.pinned.is_some() {
+            Some(Reason::Transaction)
+        } else if self.pool.inner.test_transaction.load(Ordering::Relaxed) {
+            Some(Reason::TestTransaction)
+        } else if self.wrote {
+            Some(Reason::AfterWrite)
+        } else {
+            None
+        }
+    }
+
+    /// The target of a read, from the routing scope of the task running it.
+    fn read_target(&self) -> Target {
+        let (target, reason) = match self.sticky_reason() {
+            Some(reason) => (self.pinned.unwrap_or(Target::Primary), reason),
+            None if !should_use_read_replica() => (Target::Primary, Reason::ScopeDeniesReplica),
+            None if self.pool.inner.replicas.is_empty() => (Target::Primary, Reason::NoReplicas),
+            None => (Target::Replica, Reason::ScopeAllowsReplica),
+        };
+        log_decision(target, &reason);
+        target
+    }
+
+    /// Classifies `query`. Queries with a static id are classified once per pool and thread.
+    fn classify(
+        &self,
+        query: &dyn QueryFragment<Pg>,
+        query_id: Option<TypeId>,
+    ) -> QueryResult<(Arc<Classification>, Option<String>)> {
+        let key = query_id.map(|id| (self.pool.inner.id, id));
+        if let Some(key) = key {
+            if let Some(class) = CLASSIFIED.with(|cache| cache.borrow().get(&key).cloned()) {
+                return Ok((class, None));
+            }
+        }
+        let sql = render(query)?;
+        let class = Arc::new(self.pool.inner.classifier.classify(&sql));
+        if let Some(key) = key {
+            CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, Arc::clone(&class)));
+        }
+        Ok((class, Some(sql)))
+    }
+
+    /// Runs an owned statement on `target`; reads on a replica fail over.
+    async fn run_owned<R>(
+        &mut self,
+        target: Target,
+        owned: OwnedQuery,
+        run: RunFn<R>,
+    ) -> QueryResult<R> {
+        match target {
+            Target::Replica if self.pinned.is_none() => self.read_on_replica(owned, run).await,
+            target => self.run_on(target, owned, run).await,
+        }
+    }
+
+    async fn run_on<R>(
+        &mut self,
+        target: Target,
+        mut owned: OwnedQuery,
+        run: RunFn<R>,
+    ) -> QueryResult<R> {
+        let pool = self.pool.clone();
+        let conn = self.checkout(target).await.map_err(Error::into_diesel)?;
+        owned.resolve(conn, &pool.inner.types).await?;
+        let collected = owned.collected();
+        run(conn, &collected).await
+    }
+
+    /// Runs a read on a replica: the held one first, then the others in policy order; a replica
+    /// that cannot be reached is skipped, and the primary serves the read when none can (unless
+    /// fallback is off). A statement a replica refuses as a write runs on the primary.
+    async fn read_on_replica<R>(&mut self, mut owned: OwnedQuery, run: RunFn<R>) -> QueryResult<R> {
+        let pool = self.pool.clone();
+        let held = self.replica.as_ref().map(|(index, _)| *index);
+        let mut failures = Vec::new();
+        let mut refused_as_write = false;
+        for index in pool.replica_order(held) {
+            let role = Role::Replica(index);
+            if held != Some(index) || self.replica.is_none() {
+                self.replica = None;
+                match pool.inner.replicas[index].checkout().await {
+                    Ok(conn) => self.replica = Some((index, self.prepare(conn))),
+                    Err(e) => {
+                        tracing::warn!(target: "routing_core", error = %e, "replica unavailable");
+                        failures.push(e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let Some((_, conn)) = self.replica.as_mut() else {
+                continue;
+            };
+            let result = match owned.resolve(conn, &pool.inner.types).await {
+                Ok(()) => run(conn, &owned.collected()).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(value) => {
+                    tracing::debug!(target: "routing_core", server = %role, "read served");
+                    return Ok(value);
+                }
+                Err(e) if is_read_only_violation(&e) && pool.inner.retry_refused_writes => {
+                    tracing::warn!(
+                        target: "routing_core",
+                        server = %role,
+                        sql = owned.sql(),
+                        "a statement classified as a read was refused by the replica as a write; \
+                         running it on the primary (register its functions with \
+                         Classifier::primary_functions)"
+                    );
+                    refused_as_write = true;
+                    break;
+                }
+                Err(e) if is_unreachable(&e, conn) => {
+                    tracing::warn!(target: "routing_core", server = %role, error = %e, "replica connection failed; trying the next server");
+                    failures.push(format!("{role}: {e}"));
+                    if let Some((_, conn)) = self.replica.take() {
+                        drop(Object::take(conn));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if refused_as_write {
+            self.wrote = true;
+        } else if !pool.inner.fallback_to_primary {
+            return Err(Error::NoReplicaAvailable {
+                reasons: failures.join("; "),
+            }
+            .into_diesel());
+        } else {
+            tracing::debug!(target: "routing_core", server = "primary", "no replica could serve the read; falling back");
+        }
+        self.run_on(Target::Primary, owned, run).await
+    }
+
+    /// Sends `query` to its server: straight to a held connection when its target does not
+    /// depend on the scope (a write, or anything inside a transaction or after a write), else
+    /// through the owned form, routed when the future first runs.
+    fn dispatch<'conn, Q, R>(
+        &'conn mut self,
+        query: Q,
+        direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
+        run: RunFn<R>,
+    ) -> BoxFuture<'conn, QueryResult<R>>
+    where
+        Q: QueryFragment<Pg> + QueryId,
+        R: Send + 'conn,
+    {
+        let debug_sql = self
+            .instrumented
+            .then(|| diesel::debug_query::<Pg, _>(&query).to_string());
+        let (fixed, sql) = match self.fixed_target(&query, Q::query_id()) {
+            Ok(decision) => decision,
+            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+        };
+        if let Some(target) = fixed.filter(|target| self.holds(*target)) {
+            let conn = match target {
+                Target::Primary => self.primary.as_deref_mut(),
+                Target::Replica => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+            };
+            let Some(conn) = conn else {
+                return futures_util::future::ready(Err(lost_connection())).boxed();
+            };
+            let fut = direct(conn, query);
+            return match debug_sql {
+                None => fut,
+                Some(sql) => instrument(&mut self.instrumentation, sql, fut),
+            };
+        }
+        let owned = match OwnedQuery::new(&query, sql, &self.pool.inner.types) {
+            Ok(owned) => owned,
+            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+        };
+        async move {
+            let target = match fixed {
+                Some(target) => target,
+                None => self.read_target(),
+            };
+            let Some(sql) = debug_sql else {
+                return self.run_owned(target, owned, run).await;
+            };
+            let query = StrQueryHelper::new(&sql);
+            self.instrumentation
+                .on_connection_event(InstrumentationEvent::start_query(&query));
+            let result = self.run_owned(target, owned, run).await;
+            self.instrumentation
+                .on_connection_event(InstrumentationEvent::finish_query(
+                    &query,
+                    result.as_ref().err(),
+                ));
+            result
+        }
+        .boxed()
+    }
+}
+
+fn lost_connection() -> DieselError {
+    DieselError::DatabaseError(
+        DatabaseErrorKind::UnableToSendCommand,
+        Box::new("routed connection lost its server connection".to_owned()),
+    )
+}
+
+fn instrument<'a, R: Send + 'a>(
+    instrumentation: &'a mut DynInstrumentation,
+    sql: String,
+    fut: BoxFuture<'a, QueryResult<R>>,
+) -> BoxFuture<'a, QueryResult<R>> {
+    async move {
+        let query = StrQueryHelper::new(&sql);
+        instrumentation.on_connection_event(InstrumentationEvent::start_query(&query));
+        let result = fut.await;
+        instrumentation.on_connection_event(InstrumentationEvent::finish_query(
+            &query,
+            result.as_ref().err(),
+        ));
+        result
+    }
+    .boxed()
+}
+
+fn log_decision(target: Target, reason: &Reason<'_>) {
+    tracing::debug!(target: "routing_core", server = %target, reason = %reason, "route");
+}
+
+/// SQLSTATE 25006: the server refused a write in a read-only transaction.
+fn is_read_only_violation(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)
+    )
+}
+
+/// Whether `e` means the server, not the statement, failed: the read may run elsewhere.
+fn is_unreachable(e: &DieselError, conn: &mut AsyncPgConnection) -> bool {
+    use diesel_async::pooled_connection::PoolableConnection;
+    match e {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+            _,
+        ) => true,
+        DieselError::DatabaseError(_, info) => {
+            let message = info.message();
+            message.starts_with("terminating connection")
+                || message.starts_with("the database system is")
+                || message.contains("conflict with recovery")
+                || conn.is_broken()
+        }
+        _ => false,
+    }
+}
+
+/// Builds a hash from a `TypeId`'s own bits: `TypeId`s are already well-distributed hashes.
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_ne_bytes(word);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(5) ^ n;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type ClassCache = HashMap<(usize, TypeId), Arc<Classification>, BuildHasherDefault<TypeIdHasher>>;
+
+thread_local! {
+    /// Classifications of statically known queries, by pool and query type.
+    static CLASSIFIED: RefCell<ClassCache> = RefCell::new(ClassCache::default());
+}
+
+fn load_collected<'c>(
+    conn: &'c mut AsyncPgConnection,
+    query: &'c Collected,
+) -> BoxFuture<'c, QueryResult<PgStream>> {
+    AsyncConnectionCore::load(conn, query)
+}
+
+fn execute_collected<'c>(
+    conn: &'c mut AsyncPgConnection,
+    query: &'c Collected,
+) -> BoxFuture<'c, QueryResult<usize>> {
+    AsyncConnectionCore::execute_returning_count(conn, query)
+}
+
+impl SimpleAsyncConnection for RoutedConnection {
+    /// Runs raw SQL on the primary (on the transaction's server inside a transaction). Since it
+    /// may write, later reads on this connection go to the primary.
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let target = match self.pinned {
+            Some(target) => {
+                log_decision(target, &Reason::Transaction);
+                target
+            }
+            None => {
+                self.wrote = true;
+                log_decision(
+                    Target::Primary,
+                    &Reason::Write(&WriteReason::Statement("batch_execute".into())),
+                );
+                Target::Primary
+            }
+        };
+        let conn = self.checkout(target).await.map_err(Error::into_diesel)?;
+        conn.batch_execute(query).await
+    }
+}
+
+impl AsyncConnectionCore for RoutedConnection {
+    type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
+    type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
+    type Stream<'conn, 'query> = PgStream;
+    type Row<'conn, 'query> = PgRow;
+    type Backend = Pg;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.dispatch(
+            source.as_query(),
+            |conn, query| conn.load(query),
+            load_collected,
+        )
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.dispatch(
+            source,
+            |conn, query| conn.execute_returning_count(query),
+            execute_collected,
+        )
+    }
+}
+
+impl AsyncConnection for RoutedConnection {
+    type TransactionManager = RoutedTransactionManager;
+
+    /// Opens a routed connection with `database_url` as its primary and no replica.
+    async fn establish(database_url: &str) -> diesel::ConnectionResult<Self> {
+        let pool = RoutedPool::builder(database_url)
+            .max_size(1)
+            .build()
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        let mut conn = RoutedConnection::new(pool);
+        conn.checkout(Target::Primary)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        Ok(conn)
+    }
+
+    /// Begins a transaction that is never committed, on the primary, and from then on sends every
+    /// statement of every connection of this pool to the primary, so that tests read their own
+    /// uncommitted rows. As with diesel-async's pools, give the pool `max_size(1)` so that every
+    /// connection shares the one primary session that holds the test transaction.
+    async fn begin_test_transaction(&mut self) -> QueryResult<()> {
+        match self.status_mut().transaction_state() {
+            Ok(status) if status.transaction_depth().is_none() => {}
+            Ok(_) => return Err(DieselError::AlreadyInTransaction),
+            Err(e) => return Err(e),
+        }
+        self.pool
+            .inner
+            .test_transaction
+            .store(true, Ordering::Relaxed);
+        <RoutedTransactionManager as TransactionManager<Self>>::begin_transaction(self).await?;
+        self.status_mut().set_test_transaction_flag();
+        Ok(())
+    }
+
+    fn transaction_state(&mut self) -> &mut TransactionManagerStatus {
+        &mut self.idle_status
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        &mut *self.instrumentation
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.instrumentation = instrumentation.into();
+        self.instrumented = true;
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.cache_size = Some(size);
+        if let Some(conn) = self.primary.as_mut() {
+            conn.set_prepared_statement_cache_size(size);
+        }
+        if let Some((_, conn)) = self.replica.as_mut() {
+            conn.set_prepared_statement_cache_size(size);
+        }
+    }
+}
+
+impl<'b, Changes, Output, Tab, V> diesel_async::UpdateAndFetchResults<Changes, Output>
+    for RoutedConnection
+where
+    Output: Send + 'static,
+    Changes: Copy
+        + diesel::AsChangeset<Target = Tab>
+        + Send
+        + diesel::associations::Identifiable<Table = Tab>,
+    Tab: diesel::Table + diesel::query_dsl::methods::FindDsl<Changes::Id> + 'b,
+    diesel::dsl::Find<Tab, Changes::Id>:
+        diesel::query_builder::IntoUpdateTarget<Table = Tab, WhereClause = V>,
+    diesel::query_builder::UpdateStatement<Tab, V, Changes::Changeset>:
+        diesel::query_builder::AsQuery,
+    diesel::dsl::Update<Changes, Changes>: diesel_async::methods::LoadQuery<'b, Self, Output>,
+    V: Send + 'b,
+    Changes::Changeset: Send + 'b,
+    Tab::FromClause: Send,
+{
+    fn update_and_fetch<'conn, 'changes>(
+        &'conn mut self,
+        changeset: Changes,
+    ) -> BoxFuture<'changes, QueryResult<Output>>
+    where
+        Changes: 'changes,
+        Changes::Changeset: 'changes,
+        'conn: 'changes,
+        Self: 'changes,
+    {
+        use diesel_async::RunQueryDsl;
+        async move {
+            diesel::update(changeset)
+                .set(changeset)
+                .get_result(self)
+                .await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use diesel::sql_types::{Bool, Integer};
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    use crate::{RoutedPool, with_read_replica};
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// Each routing decision is a debug event naming the server and the reason, even when the
+    /// server then cannot be reached.
+    #[test]
+    fn decisions_are_logged_with_their_reason() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let pool =
+                    RoutedPool::builder(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                        .replica(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                        .build()
+                        .unwrap();
+                let mut conn = pool.get().await.unwrap();
+                let read = || diesel::select(diesel::dsl::sql::<Integer>("1"));
+                let _ = with_read_replica(true, read().get_result::<i32>(&mut conn)).await;
+                let _ = read().get_result::<i32>(&mut conn).await;
+                let _ = diesel::sql_query("DELETE FROM t").execute(&mut conn).await;
+                let _ = conn.batch_execute("SELECT 1").await;
+                let _ = diesel::select(diesel::dsl::sql::<Bool>("true"))
+                    .get_result::<bool>(&mut conn)
+                    .await;
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let routes: Vec<&str> = text.lines().filter(|l| l.contains(" route ")).collect();
+        let expect = [
+            "server=replica reason=scope: replica allowed",
+            "server=primary reason=scope: replica not allowed",
+            "server=primary reason=write: write statement DELETE",
+            "server=primary reason=write: write statement batch_execute",
+            "server=primary reason=sticky: this connection wrote before",
+        ];
+        assert_eq!(routes.len(), expect.len(), "{text}");
+        for (line, expected) in routes.iter().zip(expect) {
+            assert!(line.contains("DEBUG"), "{line}");
+            assert!(line.contains(expected), "expected {expected:?} in {line}");
+        }
+        assert!(!text.contains("pw@"), "no password in logs: {text}");
+    }
+}

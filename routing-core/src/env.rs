@@ -1,0 +1,257 @@
+//! The environment variables of the original design.
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::Error;
+
+/// Characters escaped in the user, password and database parts of a URL built from pieces.
+const COMPONENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b':')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}')
+    .add(b'&')
+    .add(b'=')
+    .add(b'+')
+    .add(b'\'');
+
+/// The URLs the environment configures.
+#[derive(Debug)]
+pub(crate) struct Vars {
+    pub(crate) primary: String,
+    pub(crate) replicas: Vec<String>,
+}
+
+/// Reads the variables through `lookup`; empty values count as unset.
+pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, Error> {
+    let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+    let primary = get("DATABASE_URL").ok_or(Error::MissingVariable {
+        name: "DATABASE_URL",
+        why: "it names the primary",
+    })?;
+    let enabled = match get("ENABLE_READ_REPLICA").as_deref().map(str::trim) {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(other) => {
+            return Err(Error::InvalidVariable {
+                name: "ENABLE_READ_REPLICA",
+                value: other.to_owned(),
+                expected: "1 (replicas on) or 0 / unset (every query on the primary)",
+            });
+        }
+    };
+    if !enabled {
+        return Ok(Vars {
+            primary,
+            replicas: Vec::new(),
+        });
+    }
+    let replicas = match get("DATABASE_READ_REPLICA_URL") {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => vec![replica_url_from_parts(&get)?],
+    };
+    Ok(Vars { primary, replicas })
+}
+
+/// Builds a URL from `POSTGRES_READ_REPLICA_DB`, `_USER`, `_PASSWORD`, `_HOST`, `_PORT`.
+fn replica_url_from_parts(get: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+    const WHY: &str =
+        "ENABLE_READ_REPLICA=1 without DATABASE_READ_REPLICA_URL needs the replica's parts";
+    let required = |name: &'static str| get(name).ok_or(Error::MissingVariable { name, why: WHY });
+    let host = required("POSTGRES_READ_REPLICA_HOST")?;
+    let user = required("POSTGRES_READ_REPLICA_USER")?;
+    let db = required("POSTGRES_READ_REPLICA_DB")?;
+    let password = get("POSTGRES_READ_REPLICA_PASSWORD");
+    let port = match get("POSTGRES_READ_REPLICA_PORT") {
+        None => 5432,
+        Some(port) => port
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or(Error::InvalidVariable {
+                name: "POSTGRES_READ_REPLICA_PORT",
+                value: port,
+                expected: "a TCP port number from 1 to 65535",
+            })?,
+    };
+    let host = host.trim();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let user = utf8_percent_encode(&user, COMPONENT);
+    let db = utf8_percent_encode(&db, COMPONENT);
+    Ok(match password {
+        Some(password) => {
+            let password = utf8_percent_encode(&password, COMPONENT);
+            format!("postgres://{user}:{password}@{host}:{port}/{db}")
+        }
+        None => format!("postgres://{user}@{host}:{port}/{db}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::RoutedPoolBuilder;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn primary_only_when_replicas_are_not_enabled() {
+        for enable in [None, Some("0"), Some("")] {
+            let mut pairs = vec![
+                ("DATABASE_URL", "postgres://u@primary/db"),
+                ("DATABASE_READ_REPLICA_URL", "postgres://u@replica/db"),
+            ];
+            if let Some(value) = enable {
+                pairs.push(("ENABLE_READ_REPLICA", value));
+            }
+            let read = read(vars(&pairs)).unwrap();
+            assert_eq!(read.primary, "postgres://u@primary/db");
+            assert!(read.replicas.is_empty(), "{enable:?}");
+        }
+    }
+
+    #[test]
+    fn replica_url_list_is_split_on_commas() {
+        let read = read(vars(&[
+            ("DATABASE_URL", "postgres://u@primary/db"),
+            ("ENABLE_READ_REPLICA", "1"),
+            (
+                "DATABASE_READ_REPLICA_URL",
+                "postgres://u@r1/db, postgres://u@r2/db,",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(read.replicas, ["postgres://u@r1/db", "postgres://u@r2/db"]);
+    }
+
+    #[test]
+    fn replica_url_from_parts_encodes_and_defaults_the_port() {
+        let read = read(vars(&[
+            ("DATABASE_URL", "postgres://u@primary/db"),
+            ("ENABLE_READ_REPLICA", "1"),
+            ("POSTGRES_READ_REPLICA_DB", "plane replica"),
+            ("POSTGRES_READ_REPLICA_USER", "plane@corp"),
+            ("POSTGRES_READ_REPLICA_PASSWORD", "p:a/s@s"),
+            ("POSTGRES_READ_REPLICA_HOST", "replica.example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            read.replicas,
+            ["postgres://plane%40corp:p%3Aa%2Fs%40s@replica.example.com:5432/plane%20replica"]
+        );
+        let config: tokio_postgres::Config = read.replicas[0].parse().unwrap();
+        assert_eq!(config.get_user(), Some("plane@corp"));
+        assert_eq!(config.get_password(), Some(&b"p:a/s@s"[..]));
+        assert_eq!(config.get_dbname(), Some("plane replica"));
+        assert_eq!(config.get_ports(), [5432]);
+    }
+
+    #[test]
+    fn replica_url_from_parts_without_password_and_with_port() {
+        let read = read(vars(&[
+            ("DATABASE_URL", "postgres://u@primary/db"),
+            ("ENABLE_READ_REPLICA", "1"),
+            ("POSTGRES_READ_REPLICA_DB", "db"),
+            ("POSTGRES_READ_REPLICA_USER", "u"),
+            ("POSTGRES_READ_REPLICA_HOST", "::1"),
+            ("POSTGRES_READ_REPLICA_PORT", "6543"),
+        ]))
+        .unwrap();
+        assert_eq!(read.replicas, ["postgres://u@[::1]:6543/db"]);
+    }
+
+    #[test]
+    fn missing_and_invalid_variables_are_clear_errors() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "environment variable DATABASE_URL is not set"),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://h/db"),
+                    ("ENABLE_READ_REPLICA", "yes"),
+                ],
+                "environment variable ENABLE_READ_REPLICA has the value \"yes\": expected 1",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://h/db"),
+                    ("ENABLE_READ_REPLICA", "1"),
+                ],
+                "environment variable POSTGRES_READ_REPLICA_HOST is not set",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://h/db"),
+                    ("ENABLE_READ_REPLICA", "1"),
+                    ("POSTGRES_READ_REPLICA_HOST", "r"),
+                    ("POSTGRES_READ_REPLICA_USER", "u"),
+                ],
+                "environment variable POSTGRES_READ_REPLICA_DB is not set",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://h/db"),
+                    ("ENABLE_READ_REPLICA", "1"),
+                    ("POSTGRES_READ_REPLICA_HOST", "r"),
+                    ("POSTGRES_READ_REPLICA_USER", "u"),
+                    ("POSTGRES_READ_REPLICA_DB", "d"),
+                    ("POSTGRES_READ_REPLICA_PORT", "99999"),
+                ],
+                "environment variable POSTGRES_READ_REPLICA_PORT has the value \"99999\"",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let message = read(vars(pairs)).unwrap_err().to_string();
+            assert!(message.starts_with(expected), "{message}");
+        }
+    }
+
+    #[test]
+    fn invalid_urls_from_the_environment_fail_at_build() {
+        let err = RoutedPoolBuilder::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://u:hunter2@primary/db"),
+            ("ENABLE_READ_REPLICA", "1"),
+            (
+                "DATABASE_READ_REPLICA_URL",
+                "postgres://u:hunter2@replica:port/db",
+            ),
+        ]))
+        .unwrap()
+        .build()
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("invalid replica 0 URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}

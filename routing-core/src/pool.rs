@@ -1,0 +1,486 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel::sql_types::Bool;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError, RecyclingMethod,
+    SetupCallback,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::FutureExt;
+
+use crate::classify::Classifier;
+use crate::connection::RoutedConnection;
+use crate::env;
+use crate::error::{Error, Role};
+use crate::url::{DatabaseUrl, RedactedUrl};
+
+/// A pooled connection to one server.
+pub(crate) type PgObject = Object<AsyncPgConnection>;
+
+/// OIDs of custom PostgreSQL types by (schema, name); physical replicas share their primary's.
+pub(crate) type TypeCache = Mutex<HashMap<(Option<String>, String), (u32, u32)>>;
+
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// A primary pool and any number of replica pools, handing out [`RoutedConnection`]s.
+///
+/// Cheap to clone: clones share the pools. Nothing connects until a statement needs a server.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use routing_core::RoutedPool;
+///
+/// let pool = RoutedPool::builder("postgres://app:secret@primary/app")
+///     .replica("postgres://app:secret@replica-1/app")
+///     .replica("postgres://app:secret@replica-2/app")
+///     .build()?;
+/// let mut conn = pool.get().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RoutedPool {
+    pub(crate) inner: Arc<PoolInner>,
+}
+
+pub(crate) struct PoolInner {
+    pub(crate) id: usize,
+    pub(crate) primary: Server,
+    pub(crate) replicas: Vec<Server>,
+    pub(crate) next_replica: AtomicUsize,
+    /// Set by `begin_test_transaction`: every statement of every connection goes to the primary.
+    pub(crate) test_transaction: AtomicBool,
+    pub(crate) classifier: Classifier,
+    pub(crate) fallback_to_primary: bool,
+    pub(crate) retry_refused_writes: bool,
+    pub(crate) types: Arc<TypeCache>,
+    pub(crate) verify_roles: bool,
+}
+
+/// One server and its connection pool.
+pub(crate) struct Server {
+    pub(crate) role: Role,
+    pub(crate) url: DatabaseUrl,
+    pub(crate) pool: Pool<AsyncPgConnection>,
+    max_size: usize,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Server {
+    /// Checks a connection out of this server's pool.
+    pub(crate) async fn checkout(&self) -> Result<PgObject, Error> {
+        self.pool.get().await.map_err(|e| {
+            use deadpool::managed::{PoolError, TimeoutType};
+            let reason = match e {
+                PoolError::Timeout(TimeoutType::Wait) => format!(
+                    "no free connection within {:?} (pool of {})",
+                    self.checkout_timeout, self.max_size
+                ),
+                PoolError::Timeout(TimeoutType::Create) => {
+                    format!("connecting took longer than {:?}", self.connect_timeout)
+                }
+                PoolError::Timeout(TimeoutType::Recycle) => format!(
+                    "checking a pooled connection took longer than {:?}",
+                    self.connect_timeout
+                ),
+                PoolError::Backend(ManagerError::ConnectionError(e)) => connection_error_text(&e),
+                PoolError::Backend(ManagerError::QueryError(e)) => e.to_string(),
+                PoolError::Closed => "the pool is closed".to_owned(),
+                PoolError::NoRuntimeSpecified => "no async runtime for timeouts".to_owned(),
+                PoolError::PostCreateHook(e) => e.to_string(),
+            };
+            Error::Checkout {
+                role: self.role,
+                url: self.url.redacted().clone(),
+                reason,
+            }
+        })
+    }
+}
+
+fn connection_error_text(e: &ConnectionError) -> String {
+    match e {
+        // Our own setup messages are complete sentences already.
+        ConnectionError::BadConnection(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl std::fmt::Debug for RoutedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedPool")
+            .field("primary", self.inner.primary.url.redacted())
+            .field(
+                "replicas",
+                &self
+                    .inner
+                    .replicas
+                    .iter()
+                    .map(|r| r.url.redacted())
+                    .collect::<Vec<_>>(),
+            )
+            .field("fallback_to_primary", &self.inner.fallback_to_primary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoutedPool {
+    /// Starts configuring a pool whose primary is at `primary_url`.
+    pub fn builder(primary_url: impl Into<String>) -> RoutedPoolBuilder {
+        RoutedPoolBuilder::new(primary_url.into())
+    }
+
+    /// Builds a pool from the environment variables of the original design.
+    ///
+    /// `DATABASE_URL` is the primary. `ENABLE_READ_REPLICA=1` turns replicas on, read from
+    /// `DATABASE_READ_REPLICA_URL` (comma-separated for several) or else from
+    /// `POSTGRES_READ_REPLICA_DB`, `_USER`, `_PASSWORD`, `_HOST` and `_PORT` (default 5432).
+    /// With `ENABLE_READ_REPLICA` unset or `0` every query goes to the primary and no replica
+    /// pool exists.
+    ///
+    /// # Errors
+    ///
+    /// A missing `DATABASE_URL`, an `ENABLE_READ_REPLICA` other than `0` or `1`, replicas
+    /// enabled without a replica URL or its parts, or any invalid URL.
+    pub fn from_env() -> Result<RoutedPool, Error> {
+        RoutedPoolBuilder::from_env()?.build()
+    }
+
+    /// Hands out a connection that routes each statement. No server connection is checked out
+    /// until a statement needs one.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for checks at hand-out time.
+    pub async fn get(&self) -> Result<RoutedConnection, Error> {
+        Ok(RoutedConnection::new(self.clone()))
+    }
+
+    /// The primary's URL, password redacted.
+    pub fn primary_url(&self) -> &RedactedUrl {
+        self.inner.primary.url.redacted()
+    }
+
+    /// The replicas' URLs, password redacted, in configuration order.
+    pub fn replica_urls(&self) -> Vec<&RedactedUrl> {
+        self.inner
+            .replicas
+            .iter()
+            .map(|server| server.url.redacted())
+            .collect()
+    }
+
+    /// How many replicas are configured.
+    pub fn replica_count(&self) -> usize {
+        self.inner.replicas.len()
+    }
+
+    /// Connects to every server once, outside the pools, and checks that each is reachable and
+    /// in its configured role. Useful at startup, to fail fast on a bad configuration.
+    ///
+    /// # Errors
+    ///
+    /// The first server that cannot be reached ([`Error::Connect`]), or that is in the wrong
+    /// role ([`Error::ReplicaIsPrimary`], [`Error::PrimaryIsStandby`]).
+    pub async fn check(&self) -> Result<(), Error> {
+        for server in std::iter::once(&self.inner.primary).chain(&self.inner.replicas) {
+            let connect = AsyncPgConnection::establish(server.url.secret());
+            let mut conn = tokio::time::timeout(server.connect_timeout, connect)
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connecting to a server",
+                    timeout: server.connect_timeout,
+                })?
+                .map_err(|source| Error::Connect {
+                    role: server.role,
+                    url: server.url.redacted().clone(),
+                    source,
+                })?;
+            let in_recovery = in_recovery(&mut conn)
+                .await
+                .map_err(|source| Error::Query {
+                    role: server.role,
+                    source,
+                })?;
+            if let Some(error) = role_error(
+                server.role,
+                &server.url,
+                in_recovery,
+                self.inner.verify_roles,
+            ) {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica indexes in the order a read tries them: `first` (the replica already held), or
+    /// else the next in round robin, then the others.
+    pub(crate) fn replica_order(
+        &self,
+        first: Option<usize>,
+    ) -> impl Iterator<Item = usize> + use<> {
+        let count = self.inner.replicas.len();
+        let start =
+            first.unwrap_or_else(|| self.inner.next_replica.fetch_add(1, Ordering::Relaxed));
+        (0..count).map(move |step| (start + step) % count)
+    }
+}
+
+/// The error for a server whose recovery state contradicts its role, if it does.
+fn role_error(role: Role, url: &DatabaseUrl, in_recovery: bool, verify: bool) -> Option<Error> {
+    match role {
+        _ if !verify => None,
+        Role::Primary if in_recovery => Some(Error::PrimaryIsStandby {
+            url: url.redacted().clone(),
+        }),
+        Role::Replica(_) if !in_recovery => Some(Error::ReplicaIsPrimary {
+            role,
+            url: url.redacted().clone(),
+        }),
+        _ => None,
+    }
+}
+
+pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> diesel::QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+        .get_result(conn)
+        .await
+}
+
+/// Configures a [`RoutedPool`]; made by [`RoutedPool::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct RoutedPoolBuilder {
+    primary: String,
+    replicas: Vec<String>,
+    max_size: usize,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    fallback_to_primary: bool,
+    retry_refused_writes: bool,
+    verify_roles: bool,
+    classifier: Classifier,
+}
+
+impl RoutedPoolBuilder {
+    fn new(primary: String) -> Self {
+        RoutedPoolBuilder {
+            primary,
+            replicas: Vec::new(),
+            max_size: 16,
+            checkout_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            fallback_to_primary: true,
+            retry_refused_writes: true,
+            verify_roles: true,
+            classifier: Classifier::new(),
+        }
+    }
+
+    /// A builder from the environment; see [`RoutedPool::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RoutedPool::from_env`].
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// A builder from variables looked up by `lookup` instead of the process environment, with
+    /// the rules of [`RoutedPool::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RoutedPool::from_env`].
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let vars = env::read(lookup)?;
+        Ok(RoutedPoolBuilder::new(vars.primary).replicas(vars.replicas))
+    }
+
+    /// Adds a replica.
+    pub fn replica(mut self, url: impl Into<String>) -> Self {
+        self.replicas.push(url.into());
+        self
+    }
+
+    /// Adds several replicas.
+    pub fn replicas<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.replicas.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// The most connections each server's pool opens. Default: 16.
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// How long a checkout waits for a free pooled connection. Default: 5 s.
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// How long opening a new server connection may take. Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether a read that no replica can serve runs on the primary (`true`) or fails with
+    /// [`Error::NoReplicaAvailable`] (`false`). Default: `true`.
+    pub fn fallback_to_primary(mut self, fallback: bool) -> Self {
+        self.fallback_to_primary = fallback;
+        self
+    }
+
+    /// Whether a statement classified as a read that a replica refuses as a write (SQLSTATE
+    /// 25006, e.g. a volatile function the classifier did not know) runs again on the primary,
+    /// with a warning (`true`), or fails (`false`). Refused statements changed nothing, so running
+    /// them again is safe; inside a transaction nothing is retried. Default: `true`.
+    pub fn retry_writes_refused_by_replica(mut self, retry: bool) -> Self {
+        self.retry_refused_writes = retry;
+        self
+    }
+
+    /// Whether each new connection checks that its server is in its configured role: a replica
+    /// must be in recovery, the primary must not be. Default: `true`. Turn it off only for a
+    /// development setup that uses one server as both primary and "replica"; replica sessions
+    /// stay read-only (`default_transaction_read_only`) either way.
+    pub fn verify_roles(mut self, verify: bool) -> Self {
+        self.verify_roles = verify;
+        self
+    }
+
+    /// Replaces the statement classifier, e.g. one that knows the application's functions.
+    /// Default: [`Classifier::new`].
+    pub fn classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Builds the pools. Synchronous: no connection is opened here.
+    ///
+    /// # Errors
+    ///
+    /// An invalid URL, a `max_size` of zero, a zero timeout, or a pool deadpool refuses.
+    pub fn build(self) -> Result<RoutedPool, Error> {
+        if self.max_size == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "max_size",
+                reason: "a pool needs at least one connection".to_owned(),
+            });
+        }
+        for (setting, value) in [
+            ("checkout_timeout", self.checkout_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: "a zero timeout fails every checkout".to_owned(),
+                });
+            }
+        }
+        let primary_url = DatabaseUrl::parse("primary", &self.primary)?;
+        let replica_urls = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, url)| DatabaseUrl::parse(&format!("replica {index}"), url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let primary = self.server(Role::Primary, primary_url)?;
+        let replicas = replica_urls
+            .into_iter()
+            .enumerate()
+            .map(|(index, url)| self.server(Role::Replica(index), url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RoutedPool {
+            inner: Arc::new(PoolInner {
+                id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+                primary,
+                replicas,
+                next_replica: AtomicUsize::new(0),
+                test_transaction: AtomicBool::new(false),
+                classifier: self.classifier,
+                fallback_to_primary: self.fallback_to_primary,
+                retry_refused_writes: self.retry_refused_writes,
+                types: Arc::new(Mutex::new(HashMap::new())),
+                verify_roles: self.verify_roles,
+            }),
+        })
+    }
+
+    fn server(&self, role: Role, url: DatabaseUrl) -> Result<Server, Error> {
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        config.custom_setup = setup_callback(role, url.clone(), self.verify_roles);
+        // A replica read that meets a dead pooled connection is retried elsewhere, so replica
+        // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
+        config.recycling_method = match role {
+            Role::Primary => RecyclingMethod::Verified,
+            Role::Replica(_) => RecyclingMethod::Fast,
+        };
+        let manager = AsyncDieselConnectionManager::new_with_config(url.secret(), config);
+        let pool = Pool::builder(manager)
+            .max_size(self.max_size)
+            .wait_timeout(Some(self.checkout_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::PoolBuild {
+                role,
+                url: url.redacted().clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Server {
+            role,
+            url,
+            pool,
+            max_size: self.max_size,
+            checkout_timeout: self.checkout_timeout,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+/// Opens a connection for `role`: replica sessions are read-only on the server, and with
+/// `verify` each session checks that its server is in the configured role.
+fn setup_callback(role: Role, url: DatabaseUrl, verify: bool) -> SetupCallback<AsyncPgConnection> {
+    Box::new(move |secret: &str| {
+        let url = url.clone();
+        async move {
+            let mut conn = AsyncPgConnection::establish(secret).await.map_err(|e| {
+                ConnectionError::BadConnection(format!(
+                    "failed to connect: {}",
+                    connection_error_text(&e)
+                ))
+            })?;
+            let read_only = matches!(role, Role::Replica(_));
+            let in_recovery: bool = diesel::select(diesel::dsl::sql::<Bool>(if read_only {
+                "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)"
+            } else {
+                "pg_is_in_recovery()"
+            }))
+            .get_result(&mut conn)
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            match role_error(role, &url, in_recovery, verify) {
+                Some(error) => Err(ConnectionError::BadConnection(error.to_string())),
+                None => Ok(conn),
+            }
+        }
+        .boxed()
+    })
+}

@@ -1,0 +1,314 @@
+use diesel::QueryResult;
+use diesel::connection::TransactionManagerStatus;
+use diesel::result::Error as DieselError;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+
+use crate::connection::{RoutedConnection, Target};
+use crate::context::should_use_read_replica;
+use crate::error::Error;
+
+type Ansi = AnsiTransactionManager;
+
+/// The transaction manager of [`RoutedConnection`].
+///
+/// A transaction is pinned to one server connection, checked out when it begins, and diesel-async's
+/// [`AnsiTransactionManager`] runs it there, so that the server connection's own transaction state
+/// stays truthful (the pool discards a connection returned mid-transaction).
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RoutedTransactionManager;
+
+impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
+    type TransactionStateData = TransactionManagerStatus;
+
+    async fn begin_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
+        begin(conn, None).await
+    }
+
+    async fn rollback_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
+        let (target, inner) = pinned(conn)?;
+        let result =
+            <Ansi as TransactionManager<AsyncPgConnection>>::rollback_transaction(inner).await;
+        unpin_when_done(conn, target);
+        result
+    }
+
+    async fn commit_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
+        let (target, inner) = pinned(conn)?;
+        let result =
+            <Ansi as TransactionManager<AsyncPgConnection>>::commit_transaction(inner).await;
+        unpin_when_done(conn, target);
+        result
+    }
+
+    fn transaction_manager_status_mut(
+        conn: &mut RoutedConnection,
+    ) -> &mut TransactionManagerStatus {
+        conn.status_mut()
+    }
+
+    fn is_broken_transaction_manager(conn: &mut RoutedConnection) -> bool {
+        match conn.pinned() {
+            Some(target) => conn.held(target).is_none_or(|inner| {
+                <Ansi as TransactionManager<AsyncPgConnection>>::is_broken_transaction_manager(
+                    inner,
+                )
+            }),
+            None => !matches!(
+                conn.status_mut().transaction_state(),
+                Ok(status) if status.transaction_depth().is_none()
+            ),
+        }
+    }
+}
+
+impl RoutedConnection {
+    /// Starts configuring a transaction, as diesel-async's `build_transaction` does for
+    /// `AsyncPgConnection`.
+    ///
+    /// A read-only transaction (`.read_only()`) begun in a replica scope runs on a replica;
+    /// every other transaction runs on the primary. `SERIALIZABLE` read-only transactions go to
+    /// the primary too, since a hot standby does not support serializable isolation.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: &mut routing_core::RoutedConnection) -> diesel::QueryResult<()> {
+    /// use diesel::sql_types::Integer;
+    /// use diesel_async::RunQueryDsl;
+    ///
+    /// let n: i32 = conn
+    ///     .build_transaction()
+    ///     .read_only()
+    ///     .repeatable_read()
+    ///     .run(async |conn| {
+    ///         diesel::select(diesel::dsl::sql::<Integer>("1")).get_result(conn).await
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn build_transaction(&mut self) -> TransactionBuilder<'_> {
+        TransactionBuilder {
+            conn: self,
+            options: TransactionOptions::default(),
+        }
+    }
+}
+
+/// Checks out the transaction's server and begins; `options` come from a
+/// [`TransactionBuilder`]. Inside a transaction, begins a savepoint.
+async fn begin(
+    conn: &mut RoutedConnection,
+    options: Option<&TransactionOptions>,
+) -> QueryResult<()> {
+    if let Some(target) = conn.pinned() {
+        if options.is_some() {
+            return Err(DieselError::AlreadyInTransaction);
+        }
+        let inner = conn.held(target).ok_or_else(lost)?;
+        return <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await;
+    }
+    let read_only = options.is_some_and(|o| o.read_only == Some(true));
+    let serializable = options.is_some_and(|o| o.isolation == Some("SERIALIZABLE"));
+    let mut target = if read_only
+        && !serializable
+        && !conn.has_written()
+        && should_use_read_replica()
+        && conn.pool().replica_count() > 0
+    {
+        Target::Replica
+    } else {
+        Target::Primary
+    };
+    if target == Target::Replica {
+        if let Err(e) = conn.checkout(Target::Replica).await {
+            if !conn.pool().inner.fallback_to_primary {
+                return Err(e.into_diesel());
+            }
+            tracing::warn!(target: "routing_core", error = %e, "read-only transaction falls back to the primary");
+            target = Target::Primary;
+        }
+    }
+    tracing::debug!(
+        target: "routing_core",
+        server = %target,
+        reason = if read_only { "read-only transaction" } else { "transaction" },
+        "route"
+    );
+    let inner = conn.checkout(target).await.map_err(Error::into_diesel)?;
+    match options {
+        None => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await?,
+        Some(options) => {
+            AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await?;
+        }
+    }
+    conn.set_pinned(Some(target));
+    if target == Target::Primary && !read_only {
+        conn.mark_written();
+    }
+    Ok(())
+}
+
+fn pinned(conn: &mut RoutedConnection) -> QueryResult<(Target, &mut AsyncPgConnection)> {
+    let target = conn.pinned().ok_or(DieselError::NotInTransaction)?;
+    let inner = conn.held(target).ok_or_else(lost)?;
+    Ok((target, inner))
+}
+
+/// Releases the pin once the server connection's transaction is over. A connection whose
+/// transaction state broke stays pinned, so its status keeps saying so.
+fn unpin_when_done(conn: &mut RoutedConnection, target: Target) {
+    let done = conn.held(target).is_none_or(|inner| {
+        matches!(
+            <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
+                .transaction_state(),
+            Ok(status) if status.transaction_depth().is_none()
+        )
+    });
+    if done {
+        conn.set_pinned(None);
+    }
+}
+
+fn lost() -> DieselError {
+    DieselError::DatabaseError(
+        diesel::result::DatabaseErrorKind::UnableToSendCommand,
+        Box::new("the transaction's server connection is gone".to_owned()),
+    )
+}
+
+/// Configures a transaction; made by [`RoutedConnection::build_transaction`].
+#[must_use = "a transaction builder does nothing until `run` is called"]
+pub struct TransactionBuilder<'a> {
+    conn: &'a mut RoutedConnection,
+    options: TransactionOptions,
+}
+
+/// What a [`TransactionBuilder`] asks for.
+#[derive(Clone, Copy, Debug, Default)]
+struct TransactionOptions {
+    isolation: Option<&'static str>,
+    read_only: Option<bool>,
+    deferrable: Option<bool>,
+}
+
+impl TransactionOptions {
+    /// The `BEGIN` statement.
+    fn sql(&self) -> String {
+        let mut sql = String::from("BEGIN TRANSACTION");
+        if let Some(level) = self.isolation {
+            sql.push_str(" ISOLATION LEVEL ");
+            sql.push_str(level);
+        }
+        match self.read_only {
+            Some(true) => sql.push_str(" READ ONLY"),
+            Some(false) => sql.push_str(" READ WRITE"),
+            None => {}
+        }
+        match self.deferrable {
+            Some(true) => sql.push_str(" DEFERRABLE"),
+            Some(false) => sql.push_str(" NOT DEFERRABLE"),
+            None => {}
+        }
+        sql
+    }
+}
+
+impl std::fmt::Debug for TransactionBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionBuilder")
+            .field("sql", &self.options.sql())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> TransactionBuilder<'a> {
+    /// `READ ONLY`: may run on a replica in a replica scope.
+    pub fn read_only(mut self) -> Self {
+        self.options.read_only = Some(true);
+        self
+    }
+
+    /// `READ WRITE`.
+    pub fn read_write(mut self) -> Self {
+        self.options.read_only = Some(false);
+        self
+    }
+
+    /// `DEFERRABLE`.
+    pub fn deferrable(mut self) -> Self {
+        self.options.deferrable = Some(true);
+        self
+    }
+
+    /// `NOT DEFERRABLE`.
+    pub fn not_deferrable(mut self) -> Self {
+        self.options.deferrable = Some(false);
+        self
+    }
+
+    /// `ISOLATION LEVEL READ COMMITTED`.
+    pub fn read_committed(mut self) -> Self {
+        self.options.isolation = Some("READ COMMITTED");
+        self
+    }
+
+    /// `ISOLATION LEVEL REPEATABLE READ`.
+    pub fn repeatable_read(mut self) -> Self {
+        self.options.isolation = Some("REPEATABLE READ");
+        self
+    }
+
+    /// `ISOLATION LEVEL SERIALIZABLE`; always on the primary.
+    pub fn serializable(mut self) -> Self {
+        self.options.isolation = Some("SERIALIZABLE");
+        self
+    }
+
+    /// Runs `f` in the transaction: commits when it returns `Ok`, rolls back when it returns
+    /// `Err`.
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the error of `BEGIN`, `COMMIT` or `ROLLBACK`.
+    pub async fn run<T, E, F>(self, f: F) -> Result<T, E>
+    where
+        for<'r> F: AsyncFnOnce(&'r mut RoutedConnection) -> Result<T, E>
+            + sealed::AsyncFunc<&'r mut RoutedConnection, Result<T, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<DieselError>,
+    {
+        let TransactionBuilder { conn, options } = self;
+        begin(conn, Some(&options)).await?;
+        match f(&mut *conn).await {
+            Ok(value) => {
+                RoutedTransactionManager::commit_transaction(conn).await?;
+                Ok(value)
+            }
+            Err(e) => {
+                RoutedTransactionManager::rollback_transaction(conn).await?;
+                Err(e)
+            }
+        }
+    }
+}
+
+mod sealed {
+    use std::future::Future;
+
+    /// An async closure whose future type can be named, so that it can be required `Send`.
+    #[allow(unreachable_pub)]
+    pub trait AsyncFunc<T, R>:
+        AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut
+    {
+        /// The closure's future.
+        type Fut: Future<Output = R>;
+    }
+
+    impl<F, T, Fut, R> AsyncFunc<T, R> for F
+    where
+        F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        type Fut = Fut;
+    }
+}

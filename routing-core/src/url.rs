@@ -1,0 +1,278 @@
+use std::fmt;
+
+use crate::Error;
+
+/// A connection string with its password replaced by `***`, safe to print and log.
+///
+/// Both forms PostgreSQL accepts are handled: URLs (`postgres://user:secret@host/db`,
+/// `?password=secret`) and key-value strings (`host=h password='secret'`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedactedUrl(String);
+
+impl RedactedUrl {
+    /// Redacts the password of `url`.
+    pub fn new(url: &str) -> Self {
+        RedactedUrl(redact(url))
+    }
+
+    /// The redacted text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedactedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RedactedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A validated connection string: the secret original for connecting, the redacted form for
+/// everything else.
+#[derive(Clone)]
+pub(crate) struct DatabaseUrl {
+    secret: String,
+    redacted: RedactedUrl,
+}
+
+impl DatabaseUrl {
+    /// Validates `url` with tokio-postgres's parser; `what` names it in the error.
+    pub(crate) fn parse(what: &str, url: &str) -> Result<Self, Error> {
+        let redacted = RedactedUrl::new(url);
+        let invalid = |reason: String| Error::InvalidUrl {
+            what: what.to_owned(),
+            url: redacted.clone(),
+            reason,
+        };
+        if url.trim().is_empty() {
+            return Err(invalid("the URL is empty".to_owned()));
+        }
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| invalid(scrub(&e.to_string(), url)))?;
+        if config.get_hosts().is_empty() {
+            return Err(invalid("it names no host".to_owned()));
+        }
+        Ok(DatabaseUrl {
+            secret: url.to_owned(),
+            redacted,
+        })
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    pub(crate) fn redacted(&self) -> &RedactedUrl {
+        &self.redacted
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted, f)
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret == other.secret
+    }
+}
+
+/// Removes anything that looks like the password of `url` from a parser's message.
+fn scrub(message: &str, url: &str) -> String {
+    match password_span(url) {
+        Some((start, end)) if end > start => message.replace(&url[start..end], "***"),
+        _ => message.to_owned(),
+    }
+}
+
+fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    // Replace from the back so that earlier spans stay valid.
+    let mut spans = password_spans(url);
+    spans.sort_unstable_by_key(|span| std::cmp::Reverse(span.0));
+    for (start, end) in spans {
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    password_spans(url).into_iter().next()
+}
+
+/// Byte ranges of every password in `url`.
+fn password_spans(url: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    // Any `scheme://` is read as a URL, so that a wrong scheme still has its password hidden.
+    if let Some(scheme_end) = url
+        .find("://")
+        .filter(|&end| {
+            url[..end]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        })
+        .map(|end| end + 3)
+    {
+        let rest = &url[scheme_end..];
+        let query_start = rest.find('?').unwrap_or(rest.len());
+        // The user info ends at the last '@' before the query; a '@' in the path makes us
+        // redact too much, never too little.
+        if let Some(at) = rest[..query_start].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                spans.push((scheme_end + colon + 1, scheme_end + at));
+            }
+        }
+        let query = &rest[query_start..];
+        let mut offset = scheme_end + query_start;
+        for pair in query.split(['?', '&']) {
+            if let Some(value) = pair.strip_prefix("password=") {
+                let start = offset + "password=".len();
+                spans.push((start, start + value.len()));
+            }
+            offset += pair.len() + 1;
+        }
+    } else {
+        spans.extend(key_value_password_spans(url));
+    }
+    spans
+}
+
+/// Password values in a key-value connection string (`password=x` or `password = 'x y'`).
+fn key_value_password_spans(s: &str) -> Vec<(usize, usize)> {
+    let bytes = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &s[key_start..i];
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < bytes.len() && bytes[i] == b'=' {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let value_start = i;
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                if bytes[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            let end = i.min(bytes.len());
+            if key == "password" {
+                spans.push((value_start + 1, end));
+            }
+            i = end + 1;
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                if bytes[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            let end = i.min(bytes.len());
+            if key == "password" {
+                spans.push((value_start, end));
+            }
+        }
+        if i == key_start {
+            i += 1;
+        }
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_password_is_redacted() {
+        assert_eq!(
+            RedactedUrl::new("postgres://app:s3cret@db.example.com:5432/app").as_str(),
+            "postgres://app:***@db.example.com:5432/app"
+        );
+        assert_eq!(
+            RedactedUrl::new("postgresql://app:p%40ss@h/db?sslmode=disable").as_str(),
+            "postgresql://app:***@h/db?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn url_without_password_is_unchanged() {
+        let url = "postgres://app@127.0.0.1:5433/postgres";
+        assert_eq!(RedactedUrl::new(url).as_str(), url);
+    }
+
+    #[test]
+    fn password_query_parameter_is_redacted() {
+        assert_eq!(
+            RedactedUrl::new("postgres://h/db?user=a&password=hunter2&sslmode=disable").as_str(),
+            "postgres://h/db?user=a&password=***&sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn at_sign_in_path_redacts_more_never_less() {
+        let redacted = RedactedUrl::new("postgres://u:pw@h/db@x");
+        assert!(!redacted.as_str().contains("pw"), "{redacted}");
+    }
+
+    #[test]
+    fn key_value_password_is_redacted() {
+        assert_eq!(
+            RedactedUrl::new("host=h user=u password=hunter2 dbname=d").as_str(),
+            "host=h user=u password=*** dbname=d"
+        );
+        assert_eq!(
+            RedactedUrl::new("host=h password = 'two words' dbname=d").as_str(),
+            "host=h password = '***' dbname=d"
+        );
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_password() {
+        let url = DatabaseUrl::parse("primary", "postgres://u:topsecret@localhost/db").unwrap();
+        assert!(!format!("{url:?}").contains("topsecret"));
+        assert!(!url.redacted().to_string().contains("topsecret"));
+        assert_eq!(url.secret(), "postgres://u:topsecret@localhost/db");
+    }
+
+    #[test]
+    fn invalid_urls_are_errors_without_the_password() {
+        for bad in [
+            "",
+            "   ",
+            "postgres://u:topsecret@localhost:notaport/db",
+            "mysql://u:topsecret@localhost/db",
+            "host=localhost port=99999999 password=topsecret",
+            "postgres://u:topsecret@/db",
+        ] {
+            let err = DatabaseUrl::parse("primary", bad).unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("invalid primary URL"), "{message}");
+            assert!(!message.contains("topsecret"), "{message}");
+            assert!(!format!("{err:?}").contains("topsecret"), "{err:?}");
+        }
+    }
+}
