@@ -1,0 +1,11 @@
+//! Integration tests: every test asks the servers where its statements ran.
+
+mod config;
+mod context;
+mod corpus;
+mod custom_types;
+mod faults;
+mod migrations;
+mod routing;
+mod support;
+mod transactions;
