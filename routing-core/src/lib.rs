@@ -1,9 +1,4 @@
-//! Read-replica routing for Diesel.
-//!
-//! A [`RoutedPool`] holds a primary pool and replica pools; its [`RoutedConnection`]s implement
-//! diesel-async's `AsyncConnection`, so ordinary diesel code runs on them unchanged. Each
-//! statement goes where it may: writes and transactions to the primary, reads to a replica when
-//! the [routing scope](with_read_replica) allows it.
+#![doc = include_str!("../../README.md")]
 
 mod classify;
 mod collected;
