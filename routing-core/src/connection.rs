@@ -60,6 +60,7 @@ enum Reason<'a> {
     TestTransaction,
     Write(&'a WriteReason),
     AfterWrite,
+    Forced,
     ScopeDeniesReplica,
     NoReplicas,
     ScopeAllowsReplica,
@@ -72,6 +73,7 @@ impl fmt::Display for Reason<'_> {
             Reason::TestTransaction => f.write_str("the pool is in a test transaction"),
             Reason::Write(why) => write!(f, "write: {why}"),
             Reason::AfterWrite => f.write_str("sticky: this connection wrote before"),
+            Reason::Forced => f.write_str("forced: RoutedConnection::primary"),
             Reason::ScopeDeniesReplica => f.write_str("scope: replica not allowed"),
             Reason::NoReplicas => f.write_str("no replica configured"),
             Reason::ScopeAllowsReplica => f.write_str("scope: replica allowed"),
@@ -155,6 +157,7 @@ impl RoutedConnection {
     /// The primary cannot be checked out.
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
         self.wrote = true;
+        log_decision(Target::Primary, &Reason::Forced);
         self.checkout(Target::Primary).await
     }
 
