@@ -1,5 +1,7 @@
 use std::future::Future;
 
+use tokio::task::futures::TaskLocalFuture;
+
 tokio::task_local! {
     static CONTEXT: RoutingContext;
 }
@@ -45,7 +47,12 @@ impl RoutingContext {
     /// Runs `fut` inside this context. Scopes nest: the innermost wins while it runs, and the
     /// outer context is back as soon as `fut` finishes or is dropped.
     pub async fn scope<F: Future>(self, fut: F) -> F::Output {
-        CONTEXT.scope(self, fut).await
+        self.scoped(fut).await
+    }
+
+    /// `fut` inside this context, as a nameable future type.
+    pub(crate) fn scoped<F: Future>(self, fut: F) -> TaskLocalFuture<RoutingContext, F> {
+        CONTEXT.scope(self, fut)
     }
 
     /// Runs the blocking closure `f` inside this context, for synchronous code and

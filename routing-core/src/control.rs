@@ -1,0 +1,48 @@
+/// A handler's read-replica policy, the equivalent of the original design's
+/// `ReadReplicaControlMixin`.
+///
+/// Middleware ([`ReadReplicaLayer`](crate::ReadReplicaLayer)) asks it for every `GET`, `HEAD`
+/// and `OPTIONS` request of the handler; every other method goes to the primary whatever the
+/// handler says. Derive it, with `#[read_replica(false)]` to keep a handler on the primary:
+///
+/// ```
+/// use routing_core::ReadReplicaControl;
+///
+/// #[derive(ReadReplicaControl)]
+/// struct ListProducts;
+///
+/// #[derive(ReadReplicaControl)]
+/// #[read_replica(false)]
+/// struct ListOrders;
+///
+/// assert!(ListProducts::USE_READ_REPLICA);
+/// assert!(!ListOrders::USE_READ_REPLICA);
+/// ```
+///
+/// For a decision per request (the original's `get_use_read_replica`), implement the trait by
+/// hand and override [`ReadReplicaControl::use_read_replica`]:
+///
+/// ```
+/// use routing_core::ReadReplicaControl;
+///
+/// struct ProductStock;
+///
+/// impl ReadReplicaControl for ProductStock {
+///     fn use_read_replica(request: &http::request::Parts) -> bool {
+///         // `?fresh=1` asks for the primary.
+///         !request.uri.query().is_some_and(|q| q.contains("fresh=1"))
+///     }
+/// }
+/// ```
+pub trait ReadReplicaControl {
+    /// Whether the handler's reads may go to a replica. Default: `true`, as in the original
+    /// mixin (`use_read_replica = True`).
+    const USE_READ_REPLICA: bool = true;
+
+    /// The decision for one `GET`, `HEAD` or `OPTIONS` request. Default:
+    /// [`ReadReplicaControl::USE_READ_REPLICA`].
+    fn use_read_replica(request: &http::request::Parts) -> bool {
+        let _ = request;
+        Self::USE_READ_REPLICA
+    }
+}
