@@ -304,6 +304,12 @@ impl RoutedPoolBuilder {
         Ok(RoutedPoolBuilder::new(vars.primary).replicas(vars.replicas))
     }
 
+    /// The replica URLs configured so far, as given (passwords included: never print them;
+    /// use [`RedactedUrl`] for messages), in configuration order.
+    pub fn replica_url_list(&self) -> &[String] {
+        &self.replicas
+    }
+
     /// Adds a replica.
     pub fn replica(mut self, url: impl Into<String>) -> Self {
         self.replicas.push(url.into());
