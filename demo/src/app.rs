@@ -1,0 +1,46 @@
+use axum::Router;
+use axum::routing::{delete, get};
+use routing_core::{ReadReplicaLayer, RoutedPool};
+
+use crate::handlers::{
+    ListOrders, ListProducts, ProductDetail, SalesReport, cancel_order, create_order,
+    create_product, list_orders, list_products, order_status, product_detail, refresh_sales_report,
+    sales_report, update_product,
+};
+
+/// The demo's routes. Each route carries its handler's read-replica policy; the router's default
+/// lets the reads of the other routes use a replica. Every non-read method goes to the primary.
+pub fn app(pool: RoutedPool) -> Router {
+    Router::new()
+        .route(
+            "/products",
+            get(list_products)
+                .post(create_product)
+                .layer(ReadReplicaLayer::for_handler::<ListProducts>()),
+        )
+        .route(
+            "/products/{id}",
+            get(product_detail)
+                .put(update_product)
+                .layer(ReadReplicaLayer::for_handler::<ProductDetail>()),
+        )
+        .route(
+            "/orders",
+            get(list_orders)
+                .post(create_order)
+                .layer(ReadReplicaLayer::for_handler::<ListOrders>()),
+        )
+        .route("/orders/{id}", delete(cancel_order))
+        .route(
+            "/orders/{id}/status",
+            get(order_status).layer(ReadReplicaLayer::for_handler::<order_status>()),
+        )
+        .route(
+            "/reports/sales",
+            get(sales_report)
+                .post(refresh_sales_report)
+                .layer(ReadReplicaLayer::for_handler::<SalesReport>()),
+        )
+        .layer(ReadReplicaLayer::allow_replica())
+        .with_state(pool)
+}
