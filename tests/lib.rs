@@ -15,15 +15,7 @@ use routing_cluster::LocalCluster;
 use routing_core::{RoutedPool, RoutedPoolBuilder};
 use tokio::sync::OnceCell;
 
-diesel::define_sql_function! {
-    /// Whether the server answering is a standby.
-    fn pg_is_in_recovery() -> Bool;
-}
-
-diesel::define_sql_function! {
-    /// The port of the server answering.
-    fn inet_server_port() -> Integer;
-}
+pub use routing_core::dsl::{inet_server_port, pg_is_in_recovery};
 
 /// The servers under test.
 #[derive(Debug)]

@@ -9,3 +9,4 @@ mod migrations;
 mod routing;
 mod support;
 mod transactions;
+mod web;
