@@ -1,6 +1,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use diesel::result::DatabaseErrorKind;
 
 /// A handler failure, answered as JSON with a status code.
 #[derive(Debug)]
@@ -22,6 +23,16 @@ impl From<diesel::result::Error> for AppError {
     fn from(error: diesel::result::Error) -> Self {
         match error {
             diesel::result::Error::NotFound => AppError::not_found("row"),
+            diesel::result::Error::DatabaseError(
+                DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::UniqueViolation
+                | DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::NotNullViolation,
+                info,
+            ) => AppError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: info.message().to_owned(),
+            },
             other => AppError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: other.to_string(),

@@ -236,3 +236,22 @@ async fn http_call(addr: std::net::SocketAddr, method: Method, path: &str) -> Va
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
     serde_json::from_str(body).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_error_not_a_crash() {
+    let (_, app, _, _) = demo().await;
+    let (status, reply) = call(
+        &app,
+        Method::POST,
+        "/orders",
+        Some(json!({"product_id": -1, "quantity": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("foreign key"),
+        "{reply}"
+    );
+    let (status, _) = call(&app, Method::GET, "/products/999999999", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
