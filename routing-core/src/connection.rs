@@ -1,3 +1,5 @@
+mod read;
+
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,19 +25,23 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+use crate::causal::{CausalToken, ReadYourWrites};
 use crate::classify::{Classification, WriteReason};
 use crate::collected::{Collected, OwnedQuery, render};
-use crate::context::should_use_read_replica;
-use crate::error::{Error, Role};
+use crate::context::{ReadNeeds, read_needs, record_write};
+use crate::error::Error;
+use crate::health::Lease;
+use crate::pool::current_wal_position;
 use crate::pool::{PgObject, RoutedPool};
 use crate::transaction::RoutedTransactionManager;
+use read::{Exclusions, Pick};
 
 /// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
 type PgStream = BoxStream<'static, QueryResult<PgRow>>;
 
 /// Runs a collected statement on a server connection.
-type RunFn<R> =
+pub(crate) type RunFn<R> =
     for<'c> fn(&'c mut AsyncPgConnection, &'c Collected) -> BoxFuture<'c, QueryResult<R>>;
 
 /// Where a statement goes.
@@ -54,16 +60,42 @@ impl fmt::Display for Target {
     }
 }
 
-/// Why a statement went where it went, for the debug log.
-enum Reason<'a> {
+/// Why a statement went where it went, for the debug log and the metrics.
+pub(crate) enum Reason<'a> {
     Transaction,
     TestTransaction,
     Write(&'a WriteReason),
     AfterWrite,
+    RequestWrote,
     Forced,
     ScopeDeniesReplica,
     NoReplicas,
     ScopeAllowsReplica,
+    CausalWindow,
+    NoReplicaEligible(&'a Exclusions),
+    Fallback,
+    RefusedAsWrite,
+}
+
+impl Reason<'_> {
+    /// The `reason` label of the `routing_queries_total` metric.
+    pub(crate) fn metric(&self) -> &'static str {
+        match self {
+            Reason::Transaction => "transaction",
+            Reason::TestTransaction => "test_transaction",
+            Reason::Write(_) => "write",
+            Reason::AfterWrite => "after_write",
+            Reason::RequestWrote => "request_wrote",
+            Reason::Forced => "forced",
+            Reason::ScopeDeniesReplica => "scope_primary",
+            Reason::NoReplicas => "no_replica",
+            Reason::ScopeAllowsReplica => "scope_replica",
+            Reason::CausalWindow => "causal_window",
+            Reason::NoReplicaEligible(_) => "no_replica_eligible",
+            Reason::Fallback => "fallback",
+            Reason::RefusedAsWrite => "refused_as_write",
+        }
+    }
 }
 
 impl fmt::Display for Reason<'_> {
@@ -73,12 +105,24 @@ impl fmt::Display for Reason<'_> {
             Reason::TestTransaction => f.write_str("the pool is in a test transaction"),
             Reason::Write(why) => write!(f, "write: {why}"),
             Reason::AfterWrite => f.write_str("sticky: this connection wrote before"),
+            Reason::RequestWrote => f.write_str("sticky: this request wrote before"),
             Reason::Forced => f.write_str("forced: RoutedConnection::primary"),
             Reason::ScopeDeniesReplica => f.write_str("scope: replica not allowed"),
             Reason::NoReplicas => f.write_str("no replica configured"),
             Reason::ScopeAllowsReplica => f.write_str("scope: replica allowed"),
+            Reason::CausalWindow => f.write_str("causal token: within the time window of a write"),
+            Reason::NoReplicaEligible(why) => write!(f, "no replica eligible: {why}"),
+            Reason::Fallback => f.write_str("fallback: no replica could serve the read"),
+            Reason::RefusedAsWrite => f.write_str("a replica refused the statement as a write"),
         }
     }
+}
+
+/// A connection to one replica, counted in its `in_flight` while held.
+struct HeldReplica {
+    index: usize,
+    conn: PgObject,
+    _lease: Lease,
 }
 
 /// A connection that sends each statement to the primary or a replica.
@@ -103,7 +147,7 @@ impl fmt::Display for Reason<'_> {
 pub struct RoutedConnection {
     pool: RoutedPool,
     primary: Option<PgObject>,
-    replica: Option<(usize, PgObject)>,
+    replica: Option<HeldReplica>,
     pinned: Option<Target>,
     wrote: bool,
     idle_status: TransactionManagerStatus,
@@ -118,7 +162,7 @@ impl fmt::Debug for RoutedConnection {
             .field("holds_primary", &self.primary.is_some())
             .field(
                 "holds_replica",
-                &self.replica.as_ref().map(|(index, _)| index),
+                &self.replica.as_ref().map(|held| held.index),
             )
             .field("transaction_on", &self.pinned)
             .field("wrote", &self.wrote)
@@ -156,9 +200,28 @@ impl RoutedConnection {
     ///
     /// The primary cannot be checked out.
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
-        self.wrote = true;
+        self.mark_written();
         log_decision(Target::Primary, &Reason::Forced);
-        self.checkout(Target::Primary).await
+        let conn = self.checkout(Target::Primary).await?;
+        Ok(conn)
+    }
+
+    /// A token for this connection's writes, to hand to a later request (see [`CausalToken`]):
+    /// `None` when it has not written. Asks the primary for its WAL position, so call it after
+    /// the writes have committed.
+    ///
+    /// # Errors
+    ///
+    /// The primary cannot be checked out or asked.
+    pub async fn causal_token(&mut self) -> Result<Option<CausalToken>, Error> {
+        if !self.wrote {
+            return Ok(None);
+        }
+        if let ReadYourWrites::TimeWindow(_) = self.pool.inner.read_your_writes {
+            return Ok(Some(CausalToken::new(0)));
+        }
+        let conn = self.checkout(Target::Primary).await?;
+        current_wal_position(conn).await.map(Some)
     }
 
     /// Whether this connection has sent a write (or opened a read-write transaction), which
@@ -179,7 +242,7 @@ impl RoutedConnection {
     pub(crate) fn status_mut(&mut self) -> &mut TransactionManagerStatus {
         let inner = match self.pinned {
             Some(Target::Primary) => self.primary.as_deref_mut(),
-            Some(Target::Replica) => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+            Some(Target::Replica) => self.replica.as_mut().map(|held| &mut *held.conn),
             None => None,
         };
         match inner {
@@ -190,8 +253,10 @@ impl RoutedConnection {
         }
     }
 
+    /// Notes a write: later reads of this connection, and of the request, go to the primary.
     pub(crate) fn mark_written(&mut self) {
         self.wrote = true;
+        record_write(&self.pool);
     }
 
     fn holds(&self, target: Target) -> bool {
@@ -205,12 +270,12 @@ impl RoutedConnection {
     pub(crate) fn held(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
         match target {
             Target::Primary => self.primary.as_deref_mut(),
-            Target::Replica => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+            Target::Replica => self.replica.as_mut().map(|held| &mut *held.conn),
         }
     }
 
     /// The connection for `target`, checked out if not held. A replica is chosen by the pool's
-    /// policy, skipping replicas that cannot be reached.
+    /// policy among the eligible ones, skipping and banning those that cannot be reached.
     pub(crate) async fn checkout(
         &mut self,
         target: Target,
@@ -221,22 +286,25 @@ impl RoutedConnection {
                 self.primary = Some(self.prepare(conn));
             }
             Target::Replica if self.replica.is_none() => {
+                let needs = read_needs();
+                let mut tried = Vec::new();
                 let mut failures = Vec::new();
-                for index in self.pool.replica_order(None) {
-                    match self.pool.inner.replicas[index].checkout().await {
-                        Ok(conn) => {
-                            self.replica = Some((index, self.prepare(conn)));
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: "routing_core", error = %e, "replica unavailable");
-                            failures.push(e.to_string());
-                        }
+                while let Pick::Replica { index, .. } = self.pick_replica(&tried, &needs, false) {
+                    tried.push(index);
+                    if let Err(e) = self.hold_replica(index).await {
+                        failures.push(e.to_string());
+                    }
+                    if self.replica.is_some() {
+                        break;
                     }
                 }
                 if self.replica.is_none() {
                     return Err(Error::NoReplicaAvailable {
-                        reasons: failures.join("; "),
+                        reasons: if failures.is_empty() {
+                            "every replica is banned or lagging".to_owned()
+                        } else {
+                            failures.join("; ")
+                        },
                     });
                 }
             }
@@ -271,7 +339,7 @@ impl RoutedConnection {
         let (class, sql) = self.classify(query, query_id)?;
         match &*class {
             Classification::Write(why) => {
-                self.wrote = true;
+                self.mark_written();
                 log_decision(Target::Primary, &Reason::Write(why));
                 Ok((Some(Target::Primary), sql))
             }
@@ -292,16 +360,18 @@ impl RoutedConnection {
         }
     }
 
-    /// The target of a read, from the routing scope of the task running it.
-    fn read_target(&self) -> Target {
+    /// The target of a read, from the routing context of the task running it.
+    fn read_target(&self) -> (Target, ReadNeeds, Reason<'static>) {
+        let needs = read_needs();
         let (target, reason) = match self.sticky_reason() {
             Some(reason) => (self.pinned.unwrap_or(Target::Primary), reason),
-            None if !should_use_read_replica() => (Target::Primary, Reason::ScopeDeniesReplica),
+            None if !needs.use_read_replica => (Target::Primary, Reason::ScopeDeniesReplica),
+            None if needs.request_wrote => (Target::Primary, Reason::RequestWrote),
             None if self.pool.inner.replicas.is_empty() => (Target::Primary, Reason::NoReplicas),
             None => (Target::Replica, Reason::ScopeAllowsReplica),
         };
         log_decision(target, &reason);
-        target
+        (target, needs, reason)
     }
 
     /// Classifies `query`. Queries with a static id are classified once per pool and thread.
@@ -330,92 +400,85 @@ impl RoutedConnection {
         target: Target,
         owned: OwnedQuery,
         run: RunFn<R>,
+        needs: ReadNeeds,
+        reason: Reason<'static>,
+        bound_first_answer: bool,
     ) -> QueryResult<R> {
         match target {
-            Target::Replica if self.pinned.is_none() => self.read_on_replica(owned, run).await,
-            target => self.run_on(target, owned, run).await,
+            Target::Replica if self.pinned.is_none() => {
+                self.read_on_replica(owned, run, needs, bound_first_answer)
+                    .await
+            }
+            target => self.run_on(target, owned, run, &reason).await,
         }
     }
 
-    async fn run_on<R>(
+    pub(crate) async fn run_on<R>(
         &mut self,
         target: Target,
         mut owned: OwnedQuery,
         run: RunFn<R>,
+        reason: &Reason<'_>,
     ) -> QueryResult<R> {
         let pool = self.pool.clone();
         let conn = self.checkout(target).await.map_err(Error::into_diesel)?;
         owned.resolve(conn, &pool.inner.types).await?;
+        self.count(target, reason);
+        let Some(conn) = self.held(target) else {
+            return Err(lost_connection());
+        };
         let collected = owned.collected();
         run(conn, &collected).await
     }
 
-    /// Runs a read on a replica: the held one first, then the others in policy order; a replica
-    /// that cannot be reached is skipped, and the primary serves the read when none can (unless
-    /// fallback is off). A statement a replica refuses as a write runs on the primary.
-    async fn read_on_replica<R>(&mut self, mut owned: OwnedQuery, run: RunFn<R>) -> QueryResult<R> {
+    /// Counts a statement sent to the server held for `target`.
+    fn count(&self, target: Target, reason: &Reason<'_>) {
+        let health = match target {
+            Target::Primary => Some(&self.pool.inner.primary.health),
+            Target::Replica => self
+                .replica
+                .as_ref()
+                .map(|held| &self.pool.inner.replicas[held.index].health),
+        };
+        if let Some(health) = health {
+            health.count_routed(reason.metric());
+        }
+    }
+
+    /// Holds a connection to replica `index`, releasing any other replica held. A checkout
+    /// failure bans the replica.
+    pub(crate) async fn hold_replica(&mut self, index: usize) -> Result<(), Error> {
+        if self
+            .replica
+            .as_ref()
+            .is_some_and(|held| held.index == index)
+        {
+            return Ok(());
+        }
+        self.replica = None;
         let pool = self.pool.clone();
-        let held = self.replica.as_ref().map(|(index, _)| *index);
-        let mut failures = Vec::new();
-        let mut refused_as_write = false;
-        for index in pool.replica_order(held) {
-            let role = Role::Replica(index);
-            if held != Some(index) || self.replica.is_none() {
-                self.replica = None;
-                match pool.inner.replicas[index].checkout().await {
-                    Ok(conn) => self.replica = Some((index, self.prepare(conn))),
-                    Err(e) => {
-                        tracing::warn!(target: "routing_core", error = %e, "replica unavailable");
-                        failures.push(e.to_string());
-                        continue;
-                    }
-                }
+        let server = &pool.inner.replicas[index];
+        match server.checkout().await {
+            Ok(conn) => {
+                self.replica = Some(HeldReplica {
+                    index,
+                    conn: self.prepare(conn),
+                    _lease: Lease::new(&server.health),
+                });
+                Ok(())
             }
-            let Some((_, conn)) = self.replica.as_mut() else {
-                continue;
-            };
-            let result = match owned.resolve(conn, &pool.inner.types).await {
-                Ok(()) => run(conn, &owned.collected()).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(value) => {
-                    tracing::debug!(target: "routing_core", server = %role, "read served");
-                    return Ok(value);
-                }
-                Err(e) if is_read_only_violation(&e) && pool.inner.retry_refused_writes => {
-                    tracing::warn!(
-                        target: "routing_core",
-                        server = %role,
-                        sql = owned.sql(),
-                        "a statement classified as a read was refused by the replica as a write; \
-                         running it on the primary (register its functions with \
-                         Classifier::primary_functions)"
-                    );
-                    refused_as_write = true;
-                    break;
-                }
-                Err(e) if is_unreachable(&e, conn) => {
-                    tracing::warn!(target: "routing_core", server = %role, error = %e, "replica connection failed; trying the next server");
-                    failures.push(format!("{role}: {e}"));
-                    if let Some((_, conn)) = self.replica.take() {
-                        drop(Object::take(conn));
-                    }
-                }
-                Err(e) => return Err(e),
+            Err(e) => {
+                server.health.ban(e.to_string());
+                Err(e)
             }
         }
-        if refused_as_write {
-            self.wrote = true;
-        } else if !pool.inner.fallback_to_primary {
-            return Err(Error::NoReplicaAvailable {
-                reasons: failures.join("; "),
-            }
-            .into_diesel());
-        } else {
-            tracing::debug!(target: "routing_core", server = "primary", "no replica could serve the read; falling back");
+    }
+
+    /// Closes the held replica connection instead of returning it to its pool.
+    pub(crate) fn discard_replica(&mut self) {
+        if let Some(held) = self.replica.take() {
+            drop(Object::take(held.conn));
         }
-        self.run_on(Target::Primary, owned, run).await
     }
 
     /// Sends `query` to its server: straight to a held connection when its target does not
@@ -426,6 +489,7 @@ impl RoutedConnection {
         query: Q,
         direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
         run: RunFn<R>,
+        bound_first_answer: bool,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
         Q: QueryFragment<Pg> + QueryId,
@@ -439,9 +503,10 @@ impl RoutedConnection {
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         if let Some(target) = fixed.filter(|target| self.holds(*target)) {
+            self.count(target, &Reason::Transaction);
             let conn = match target {
                 Target::Primary => self.primary.as_deref_mut(),
-                Target::Replica => self.replica.as_mut().map(|(_, conn)| &mut **conn),
+                Target::Replica => self.replica.as_mut().map(|held| &mut *held.conn),
             };
             let Some(conn) = conn else {
                 return futures_util::future::ready(Err(lost_connection())).boxed();
@@ -457,17 +522,21 @@ impl RoutedConnection {
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         async move {
-            let target = match fixed {
-                Some(target) => target,
+            let (target, needs, reason) = match fixed {
+                Some(target) => (target, ReadNeeds::default(), Reason::Transaction),
                 None => self.read_target(),
             };
             let Some(sql) = debug_sql else {
-                return self.run_owned(target, owned, run).await;
+                return self
+                    .run_owned(target, owned, run, needs, reason, bound_first_answer)
+                    .await;
             };
             let query = StrQueryHelper::new(&sql);
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::start_query(&query));
-            let result = self.run_owned(target, owned, run).await;
+            let result = self
+                .run_owned(target, owned, run, needs, reason, bound_first_answer)
+                .await;
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::finish_query(
                     &query,
@@ -479,7 +548,7 @@ impl RoutedConnection {
     }
 }
 
-fn lost_connection() -> DieselError {
+pub(crate) fn lost_connection() -> DieselError {
     DieselError::DatabaseError(
         DatabaseErrorKind::UnableToSendCommand,
         Box::new("routed connection lost its server connection".to_owned()),
@@ -504,12 +573,12 @@ fn instrument<'a, R: Send + 'a>(
     .boxed()
 }
 
-fn log_decision(target: Target, reason: &Reason<'_>) {
+pub(crate) fn log_decision(target: Target, reason: &Reason<'_>) {
     tracing::debug!(target: "routing_core", server = %target, reason = %reason, "route");
 }
 
 /// SQLSTATE 25006: the server refused a write in a read-only transaction.
-fn is_read_only_violation(e: &DieselError) -> bool {
+pub(crate) fn is_read_only_violation(e: &DieselError) -> bool {
     matches!(
         e,
         DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)
@@ -517,7 +586,7 @@ fn is_read_only_violation(e: &DieselError) -> bool {
 }
 
 /// Whether `e` means the server, not the statement, failed: the read may run elsewhere.
-fn is_unreachable(e: &DieselError, conn: &mut AsyncPgConnection) -> bool {
+pub(crate) fn is_unreachable(e: &DieselError, conn: &mut AsyncPgConnection) -> bool {
     use diesel_async::pooled_connection::PoolableConnection;
     match e {
         DieselError::DatabaseError(
@@ -592,7 +661,7 @@ impl SimpleAsyncConnection for RoutedConnection {
                 target
             }
             None => {
-                self.wrote = true;
+                self.mark_written();
                 log_decision(
                     Target::Primary,
                     &Reason::Write(&WriteReason::Statement("batch_execute".into())),
@@ -621,6 +690,7 @@ impl AsyncConnectionCore for RoutedConnection {
             source.as_query(),
             |conn, query| conn.load(query),
             load_collected,
+            true,
         )
     }
 
@@ -635,6 +705,7 @@ impl AsyncConnectionCore for RoutedConnection {
             source,
             |conn, query| conn.execute_returning_count(query),
             execute_collected,
+            false,
         )
     }
 }
@@ -692,8 +763,8 @@ impl AsyncConnection for RoutedConnection {
         if let Some(conn) = self.primary.as_mut() {
             conn.set_prepared_statement_cache_size(size);
         }
-        if let Some((_, conn)) = self.replica.as_mut() {
-            conn.set_prepared_statement_cache_size(size);
+        if let Some(held) = self.replica.as_mut() {
+            held.conn.set_prepared_statement_cache_size(size);
         }
     }
 }
@@ -803,6 +874,7 @@ mod tests {
         let routes: Vec<&str> = text.lines().filter(|l| l.contains(" route ")).collect();
         let expect = [
             "server=replica reason=scope: replica allowed",
+            "server=primary reason=fallback: no replica could serve the read",
             "server=primary reason=scope: replica not allowed",
             "server=primary reason=write: write statement DELETE",
             "server=primary reason=write: write statement batch_execute",

@@ -1,6 +1,10 @@
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::futures::TaskLocalFuture;
+
+use crate::causal::{CausalToken, WriteSink};
 
 tokio::task_local! {
     static CONTEXT: RoutingContext;
@@ -12,18 +16,43 @@ tokio::task_local! {
 /// [`RoutingContext::scope`]); it is never set by assignment, so nothing needs clearing and
 /// nothing leaks from one request to the next. Outside every scope reads go to the primary.
 ///
+/// Besides the replica flag it carries a staleness budget ([`with_max_lag`]) and a causal token
+/// ([`with_causal_token`]) that narrow which replicas may serve the reads.
+///
 /// The context carries routing preferences only, never a connection or a transaction: handing
 /// it to a spawned task with [`RoutingContext::scope`] or [`spawn_in_context`] lets that task
 /// route its reads the same way, on its own connections.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct RoutingContext {
     use_read_replica: bool,
+    max_lag: Option<Duration>,
+    causal_token: Option<CausalToken>,
+    /// The request's record of writes, set by the middleware; not carried into spawned tasks.
+    sink: Option<Arc<WriteSink>>,
 }
+
+impl PartialEq for RoutingContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.use_read_replica == other.use_read_replica
+            && self.max_lag == other.max_lag
+            && self.causal_token == other.causal_token
+            && match (&self.sink, &other.sink) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for RoutingContext {}
 
 impl RoutingContext {
     /// A context that allows (`true`) or denies (`false`) the replica.
     pub fn new(use_read_replica: bool) -> Self {
-        RoutingContext { use_read_replica }
+        RoutingContext {
+            use_read_replica,
+            ..RoutingContext::default()
+        }
     }
 
     /// The context of the running code: the innermost scope's, or the default (primary) outside
@@ -41,6 +70,47 @@ impl RoutingContext {
     #[must_use]
     pub fn with_use_read_replica(mut self, use_read_replica: bool) -> Self {
         self.use_read_replica = use_read_replica;
+        self
+    }
+
+    /// The staleness budget: replicas known to lag more than this do not serve the reads.
+    pub fn max_lag(&self) -> Option<Duration> {
+        self.max_lag
+    }
+
+    /// This context with a staleness budget. Budgets only tighten: the smaller of this one and
+    /// the one in force wins.
+    #[must_use]
+    pub fn with_max_lag(mut self, max_lag: Duration) -> Self {
+        self.max_lag = Some(self.max_lag.map_or(max_lag, |current| current.min(max_lag)));
+        self
+    }
+
+    /// The causal token the reads must see.
+    pub fn causal_token(&self) -> Option<CausalToken> {
+        self.causal_token
+    }
+
+    /// This context with reads that must see the write `token` stands for. Tokens only move
+    /// forward: the later of this one and the one in force wins.
+    #[must_use]
+    pub fn with_causal_token(mut self, token: CausalToken) -> Self {
+        self.causal_token = Some(
+            self.causal_token
+                .map_or(token, |current| current.max(token)),
+        );
+        self
+    }
+
+    /// This context recording writes in `sink`.
+    pub(crate) fn with_sink(mut self, sink: Arc<WriteSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// This context without the request's record of writes, for work that outlives the request.
+    fn detached(mut self) -> Self {
+        self.sink = None;
         self
     }
 
@@ -109,11 +179,59 @@ pub fn should_use_read_replica() -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `fut` with a staleness budget: its reads go only to replicas known to lag less than
+/// `max_lag` (or to the primary). It tightens the pool's `max_lag`, never loosens it.
+pub async fn with_max_lag<F: Future>(max_lag: Duration, fut: F) -> F::Output {
+    RoutingContext::current()
+        .with_max_lag(max_lag)
+        .scope(fut)
+        .await
+}
+
+/// Runs `fut` with reads that must see the write `token` stands for: they go only to replicas
+/// that have replayed it, else to the primary (see [`ReadYourWrites`](crate::ReadYourWrites)).
+pub async fn with_causal_token<F: Future>(token: CausalToken, fut: F) -> F::Output {
+    RoutingContext::current()
+        .with_causal_token(token)
+        .scope(fut)
+        .await
+}
+
+/// What a read needs from the context, read once per read.
+#[derive(Debug, Default)]
+pub(crate) struct ReadNeeds {
+    pub(crate) use_read_replica: bool,
+    pub(crate) max_lag: Option<Duration>,
+    pub(crate) causal_token: Option<CausalToken>,
+    pub(crate) request_wrote: bool,
+}
+
+/// The running code's read needs.
+pub(crate) fn read_needs() -> ReadNeeds {
+    CONTEXT
+        .try_with(|context| ReadNeeds {
+            use_read_replica: context.use_read_replica,
+            max_lag: context.max_lag,
+            causal_token: context.causal_token,
+            request_wrote: context.sink.as_ref().is_some_and(|sink| sink.wrote()),
+        })
+        .unwrap_or_default()
+}
+
+/// Notes a write through `pool` in the running request's record, if it has one.
+pub(crate) fn record_write(pool: &crate::RoutedPool) {
+    let _ = CONTEXT.try_with(|context| {
+        if let Some(sink) = &context.sink {
+            sink.record(pool);
+        }
+    });
+}
+
 /// Spawns `fut` on the tokio runtime inside the caller's routing context.
 ///
 /// `tokio::spawn` does not carry task-locals into the new task; this does, and carries only the
-/// routing context: the new task opens its own connections and never joins the caller's
-/// transaction.
+/// routing context: the new task opens its own connections, never joins the caller's
+/// transaction, and its writes do not count as the request's.
 ///
 /// # Panics
 ///
@@ -123,7 +241,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(RoutingContext::current().scope(fut))
+    tokio::spawn(RoutingContext::current().detached().scope(fut))
 }
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 /// A handler's read-replica policy, the equivalent of the original design's
 /// `ReadReplicaControlMixin`.
 ///
@@ -15,8 +17,14 @@
 /// #[read_replica(false)]
 /// struct ListOrders;
 ///
+/// // A report that accepts data up to two seconds old.
+/// #[derive(ReadReplicaControl)]
+/// #[read_replica(max_lag = "2s")]
+/// struct SalesReport;
+///
 /// assert!(ListProducts::USE_READ_REPLICA);
 /// assert!(!ListOrders::USE_READ_REPLICA);
+/// assert_eq!(SalesReport::MAX_LAG, Some(std::time::Duration::from_secs(2)));
 /// ```
 ///
 /// For a decision per request (the original's `get_use_read_replica`), implement the trait by
@@ -39,10 +47,21 @@ pub trait ReadReplicaControl {
     /// mixin (`use_read_replica = True`).
     const USE_READ_REPLICA: bool = true;
 
+    /// The handler's staleness budget (`#[read_replica(max_lag = "2s")]`): its reads go only to
+    /// replicas known to lag less, which tightens the pool's `max_lag` for its requests.
+    /// Default: `None`, the pool's bound.
+    const MAX_LAG: Option<Duration> = None;
+
     /// The decision for one `GET`, `HEAD` or `OPTIONS` request. Default:
     /// [`ReadReplicaControl::USE_READ_REPLICA`].
     fn use_read_replica(request: &http::request::Parts) -> bool {
         let _ = request;
         Self::USE_READ_REPLICA
+    }
+
+    /// The staleness budget for one request. Default: [`ReadReplicaControl::MAX_LAG`].
+    fn max_lag(request: &http::request::Parts) -> Option<Duration> {
+        let _ = request;
+        Self::MAX_LAG
     }
 }

@@ -14,10 +14,15 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::FutureExt;
 
+#[allow(unused_imports)] // named in the docs
+use crate::balance::{LeastOutstanding, LowestLatency, Random};
+use crate::balance::{Policy, ReplicaPolicy, RoundRobin};
+use crate::causal::{CausalToken, ReadYourWrites};
 use crate::classify::Classifier;
 use crate::connection::RoutedConnection;
 use crate::env;
 use crate::error::{Error, Role};
+use crate::health::{self, Health, HealthCheck};
 use crate::url::{DatabaseUrl, RedactedUrl};
 
 /// A pooled connection to one server.
@@ -52,7 +57,12 @@ pub(crate) struct PoolInner {
     pub(crate) id: usize,
     pub(crate) primary: Server,
     pub(crate) replicas: Vec<Server>,
-    pub(crate) next_replica: AtomicUsize,
+    pub(crate) policy: Policy,
+    pub(crate) health_check: HealthCheck,
+    pub(crate) prober_started: AtomicBool,
+    pub(crate) max_lag: Option<Duration>,
+    pub(crate) max_lag_bytes: Option<u64>,
+    pub(crate) read_your_writes: ReadYourWrites,
     /// Set by `begin_test_transaction`: every statement of every connection goes to the primary.
     pub(crate) test_transaction: AtomicBool,
     pub(crate) classifier: Classifier,
@@ -67,8 +77,10 @@ pub(crate) struct Server {
     pub(crate) role: Role,
     pub(crate) url: DatabaseUrl,
     pub(crate) pool: Pool<AsyncPgConnection>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) weight: u32,
     max_size: usize,
-    checkout_timeout: Duration,
+    pub(crate) checkout_timeout: Duration,
     connect_timeout: Duration,
 }
 
@@ -153,13 +165,30 @@ impl RoutedPool {
     }
 
     /// Hands out a connection that routes each statement. No server connection is checked out
-    /// until a statement needs one.
+    /// until a statement needs one. The first call starts the replicas' background health probe
+    /// on the running tokio runtime.
     ///
     /// # Errors
     ///
     /// None today; the `Result` leaves room for checks at hand-out time.
     pub async fn get(&self) -> Result<RoutedConnection, Error> {
+        health::start(&self.inner);
         Ok(RoutedConnection::new(self.clone()))
+    }
+
+    /// A token for the primary's current WAL position: every write committed before this call is
+    /// behind it. See [`CausalToken`].
+    ///
+    /// # Errors
+    ///
+    /// The primary cannot be checked out or asked.
+    pub async fn causal_token(&self) -> Result<CausalToken, Error> {
+        if let ReadYourWrites::TimeWindow(_) = self.inner.read_your_writes {
+            // Only the time counts: no need to ask the primary.
+            return Ok(CausalToken::new(0));
+        }
+        let mut conn = self.inner.primary.checkout().await?;
+        current_wal_position(&mut conn).await
     }
 
     /// The primary's URL, password redacted.
@@ -219,18 +248,6 @@ impl RoutedPool {
         }
         Ok(())
     }
-
-    /// Replica indexes in the order a read tries them: `first` (the replica already held), or
-    /// else the next in round robin, then the others.
-    pub(crate) fn replica_order(
-        &self,
-        first: Option<usize>,
-    ) -> impl Iterator<Item = usize> + use<> {
-        let count = self.inner.replicas.len();
-        let start =
-            first.unwrap_or_else(|| self.inner.next_replica.fetch_add(1, Ordering::Relaxed));
-        (0..count).map(move |step| (start + step) % count)
-    }
 }
 
 /// The error for a server whose recovery state contradicts its role, if it does.
@@ -248,6 +265,22 @@ fn role_error(role: Role, url: &DatabaseUrl, in_recovery: bool, verify: bool) ->
     }
 }
 
+/// A token for the WAL position of the primary that `conn` talks to.
+pub(crate) async fn current_wal_position(
+    conn: &mut AsyncPgConnection,
+) -> Result<CausalToken, Error> {
+    let lsn: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+    ))
+    .get_result(conn)
+    .await
+    .map_err(|source| Error::Query {
+        role: Role::Primary,
+        source,
+    })?;
+    Ok(CausalToken::new(u64::try_from(lsn).unwrap_or_default()))
+}
+
 pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> diesel::QueryResult<bool> {
     diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
         .get_result(conn)
@@ -256,10 +289,16 @@ pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> diesel::QueryRe
 
 /// Configures a [`RoutedPool`]; made by [`RoutedPool::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RoutedPoolBuilder {
     primary: String,
     replicas: Vec<String>,
+    weights: Vec<u32>,
+    policy: Option<Policy>,
+    health_check: HealthCheck,
+    max_lag: Option<Duration>,
+    max_lag_bytes: Option<u64>,
+    read_your_writes: ReadYourWrites,
     max_size: usize,
     checkout_timeout: Duration,
     connect_timeout: Duration,
@@ -269,11 +308,43 @@ pub struct RoutedPoolBuilder {
     classifier: Classifier,
 }
 
+impl std::fmt::Debug for RoutedPoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedPoolBuilder")
+            .field("primary", &RedactedUrl::new(&self.primary))
+            .field(
+                "replicas",
+                &self
+                    .replicas
+                    .iter()
+                    .map(|url| RedactedUrl::new(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("weights", &self.weights)
+            .field("health_check", &self.health_check)
+            .field("max_lag", &self.max_lag)
+            .field("max_lag_bytes", &self.max_lag_bytes)
+            .field("read_your_writes", &self.read_your_writes)
+            .field("max_size", &self.max_size)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("fallback_to_primary", &self.fallback_to_primary)
+            .field("verify_roles", &self.verify_roles)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RoutedPoolBuilder {
     fn new(primary: String) -> Self {
         RoutedPoolBuilder {
             primary,
             replicas: Vec::new(),
+            weights: Vec::new(),
+            policy: None,
+            health_check: HealthCheck::default(),
+            max_lag: Some(Duration::from_secs(30)),
+            max_lag_bytes: None,
+            read_your_writes: ReadYourWrites::default(),
             max_size: 16,
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -310,19 +381,67 @@ impl RoutedPoolBuilder {
         &self.replicas
     }
 
-    /// Adds a replica.
-    pub fn replica(mut self, url: impl Into<String>) -> Self {
+    /// Adds a replica, of weight 1.
+    pub fn replica(self, url: impl Into<String>) -> Self {
+        self.replica_with_weight(url, 1)
+    }
+
+    /// Adds a replica that the weighted policies ([`RoundRobin`], [`Random`],
+    /// [`LeastOutstanding`]) pick `weight` times as often as a replica of weight 1. A weight of
+    /// zero is an error at [`build`](Self::build).
+    pub fn replica_with_weight(mut self, url: impl Into<String>, weight: u32) -> Self {
         self.replicas.push(url.into());
+        self.weights.push(weight);
         self
     }
 
-    /// Adds several replicas.
+    /// Adds several replicas, of weight 1.
     pub fn replicas<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.replicas.extend(urls.into_iter().map(Into::into));
+        for url in urls {
+            self = self.replica(url);
+        }
+        self
+    }
+
+    /// How a read picks among the eligible replicas: [`RoundRobin`] (the default), [`Random`],
+    /// [`LeastOutstanding`], [`LowestLatency`], or any `Fn(&[Candidate]) -> usize`.
+    pub fn policy(mut self, policy: impl ReplicaPolicy) -> Self {
+        self.policy = Some(Policy(Arc::new(policy)));
+        self
+    }
+
+    /// The replicas' background health probe. Default: every second, one second to answer.
+    pub fn health_check(mut self, health_check: HealthCheck) -> Self {
+        self.health_check = health_check;
+        self
+    }
+
+    /// Replicas whose probe shows them further behind the primary than this, in time, serve no
+    /// reads until they catch up; `None` turns the bound off. The lag reads zero while the primary
+    /// is idle. A handler's `#[read_replica(max_lag = "..")]` or [`with_max_lag`] tightens it
+    /// for one request. Default: 30 s.
+    ///
+    /// [`with_max_lag`]: crate::with_max_lag
+    pub fn max_lag(mut self, max_lag: Option<Duration>) -> Self {
+        self.max_lag = max_lag;
+        self
+    }
+
+    /// Replicas whose probe shows them more than this many bytes of WAL behind the primary serve
+    /// no reads until they catch up; `None` turns the bound off. Default: `None`.
+    pub fn max_lag_bytes(mut self, max_lag_bytes: Option<u64>) -> Self {
+        self.max_lag_bytes = max_lag_bytes;
+        self
+    }
+
+    /// How reads that carry a [`CausalToken`] see its write. Default:
+    /// [`ReadYourWrites::Lsn`] without waiting.
+    pub fn read_your_writes(mut self, mode: ReadYourWrites) -> Self {
+        self.read_your_writes = mode;
         self
     }
 
@@ -399,6 +518,23 @@ impl RoutedPoolBuilder {
                 });
             }
         }
+        if let Some(index) = self.weights.iter().position(|weight| *weight == 0) {
+            return Err(Error::InvalidSetting {
+                setting: "replica_with_weight",
+                reason: format!("replica {index} has weight 0; weights start at 1"),
+            });
+        }
+        for (setting, value) in [
+            ("health_check.interval", self.health_check.interval),
+            ("health_check.timeout", self.health_check.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::InvalidSetting {
+                    setting,
+                    reason: "the health probe needs a non-zero interval and timeout".to_owned(),
+                });
+            }
+        }
         let primary_url = DatabaseUrl::parse("primary", &self.primary)?;
         let replica_urls = self
             .replicas
@@ -417,7 +553,15 @@ impl RoutedPoolBuilder {
                 id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
                 primary,
                 replicas,
-                next_replica: AtomicUsize::new(0),
+                policy: self
+                    .policy
+                    .clone()
+                    .unwrap_or_else(|| Policy(Arc::new(RoundRobin::new()))),
+                health_check: self.health_check,
+                prober_started: AtomicBool::new(false),
+                max_lag: self.max_lag,
+                max_lag_bytes: self.max_lag_bytes,
+                read_your_writes: self.read_your_writes,
                 test_transaction: AtomicBool::new(false),
                 classifier: self.classifier,
                 fallback_to_primary: self.fallback_to_primary,
@@ -454,6 +598,11 @@ impl RoutedPoolBuilder {
             role,
             url,
             pool,
+            health: Arc::new(Health::new(role)),
+            weight: match role {
+                Role::Primary => 1,
+                Role::Replica(index) => self.weights.get(index).copied().unwrap_or(1),
+            },
             max_size: self.max_size,
             checkout_timeout: self.checkout_timeout,
             connect_timeout: self.connect_timeout,

@@ -4,23 +4,25 @@
 //! ```text
 //! args    := arg ("," arg)* ","?
 //! arg     := "true" | "false"          the policy: may reads go to a replica?
-//!          | key "=" value             reserved; no key is known yet
+//!          | "max_lag" "=" STRING      the staleness budget, e.g. "500ms", "2s", "1.5m"
 //! ```
 //!
-//! Exactly one bool is required today (every key is unknown). Errors are collected, so one
-//! attribute with several mistakes reports all of them.
+//! At least one argument; at most one bool (default `true`) and one of each key. Errors are
+//! collected, so one attribute with several mistakes reports all of them.
 
 use proc_macro2::{Delimiter, Span, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{Attribute, Ident, LitBool, MacroDelimiter, Meta};
+use quote::quote;
+use syn::{Attribute, Ident, LitBool, LitStr, MacroDelimiter, Meta};
 
 /// The policy written in an attribute, before defaults are applied.
 #[derive(Default)]
 pub(crate) struct Policy {
     /// The bare `true` / `false`, with the span the user wrote it at.
     pub(crate) use_read_replica: Option<LitBool>,
-    // A new key gets a field here and one arm in `Parser::key`, e.g.
-    // `pub(crate) max_lag: Option<LitStr>` for `max_lag = "2s"`.
+    /// `max_lag = ".."`, in nanoseconds. A new key gets a field here and one arm in
+    /// `Parser::key`.
+    pub(crate) max_lag: Option<u64>,
 }
 
 impl Policy {
@@ -30,6 +32,52 @@ impl Policy {
             .clone()
             .unwrap_or_else(|| LitBool::new(true, Span::call_site()))
     }
+
+    /// The items of the generated `ReadReplicaControl` impl.
+    pub(crate) fn items(&self) -> TokenStream {
+        let value = self.use_read_replica();
+        let max_lag = self.max_lag.map(|nanos| {
+            quote! {
+                const MAX_LAG: ::core::option::Option<::core::time::Duration> =
+                    ::core::option::Option::Some(::core::time::Duration::from_nanos(#nanos));
+            }
+        });
+        quote! {
+            const USE_READ_REPLICA: bool = #value;
+            #max_lag
+        }
+    }
+}
+
+/// Reads a duration such as `500ms`, `2s`, `1.5m` or `1h` (also `us`), in nanoseconds.
+pub(crate) fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let unit: u128 = match unit.trim() {
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut nanos = whole.checked_mul(unit)?;
+    if !fraction.is_empty() {
+        let digits = u32::try_from(fraction.len()).ok().filter(|d| *d <= 18)?;
+        let fraction: u128 = fraction.parse().ok()?;
+        nanos = nanos.checked_add(fraction * unit / 10u128.pow(digits))?;
+    }
+    u64::try_from(nanos).ok()
 }
 
 /// Every error found so far, combined into one `syn::Error` that renders as several
@@ -135,19 +183,57 @@ impl Parser<'_> {
 
     /// `key = value`. Adding a key is one arm here (plus its field in `Policy`).
     fn key(&mut self, key: &Ident, value: TokenStream) {
-        #[allow(clippy::match_single_binding)] // The arms for future keys go above `_`.
         match key.to_string().as_str() {
-            // "max_lag" => self.max_lag(key, value),
+            "max_lag" => self.max_lag(key, value),
             _ => {
-                let _ = value;
                 self.errors.push(syn::Error::new_spanned(
                     key,
                     format!(
-                        "unknown key `{key}` in #[{}(..)]; expected `true` or `false`",
+                        "unknown key `{key}` in #[{}(..)]; expected `true`, `false` or `max_lag = \"..\"`",
                         self.name
                     ),
                 ));
             }
+        }
+    }
+
+    /// `max_lag = "2s"`.
+    fn max_lag(&mut self, key: &Ident, value: TokenStream) {
+        let literal = match syn::parse2::<LitStr>(value.clone()) {
+            Ok(literal) => literal,
+            Err(_) => {
+                let tokens = if value.is_empty() {
+                    key.to_token_stream()
+                } else {
+                    value
+                };
+                self.errors.push(syn::Error::new_spanned(
+                    tokens,
+                    format!(
+                        "expected a duration string in #[{}(max_lag = \"..\")], like \"500ms\" or \"2s\"",
+                        self.name
+                    ),
+                ));
+                return;
+            }
+        };
+        let Some(nanos) = parse_duration(&literal.value()) else {
+            self.errors.push(syn::Error::new_spanned(
+                &literal,
+                format!(
+                    "invalid duration {:?}: expected a number and a unit (us, ms, s, m or h), like \"500ms\" or \"2s\"",
+                    literal.value()
+                ),
+            ));
+            return;
+        };
+        if self.policy.max_lag.is_some() {
+            self.errors.push(syn::Error::new_spanned(
+                key,
+                format!("duplicate key `max_lag` in #[{}(..)]", self.name),
+            ));
+        } else {
+            self.policy.max_lag = Some(nanos);
         }
     }
 
@@ -233,6 +319,28 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Some(2_000_000_000));
+        assert_eq!(parse_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_duration("1.5m"), Some(90_000_000_000));
+        assert_eq!(parse_duration(" 250 us "), Some(250_000));
+        assert_eq!(parse_duration(".5s"), Some(500_000_000));
+        assert_eq!(parse_duration("1h"), Some(3_600_000_000_000));
+        for bad in [
+            "",
+            "2",
+            "s",
+            "2 seconds",
+            "1.2.3s",
+            "-1s",
+            ".s",
+            "99999999999999h",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn bools() {
         assert_eq!(parse(quote!(true)), Ok(Some(true)));
         assert_eq!(parse(quote!(false)), Ok(Some(false)));
@@ -276,7 +384,7 @@ mod tests {
         assert_eq!(
             parse(quote!(foo = true)),
             Err(vec![
-                "unknown key `foo` in #[read_replica(..)]; expected `true` or `false`".into()
+                "unknown key `foo` in #[read_replica(..)]; expected `true`, `false` or `max_lag = \"..\"`".into()
             ])
         );
     }
@@ -289,7 +397,7 @@ mod tests {
                 "duplicate value in #[read_replica(..)]; expected a single `true` or `false`"
                     .into(),
                 "expected `true` or `false` in #[read_replica(..)]".into(),
-                "unknown key `foo` in #[read_replica(..)]; expected `true` or `false`".into(),
+                "unknown key `foo` in #[read_replica(..)]; expected `true`, `false` or `max_lag = \"..\"`".into(),
                 "duplicate value in #[read_replica(..)]; expected a single `true` or `false`"
                     .into(),
             ])

@@ -45,14 +45,14 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
     errors.finish()?;
 
     let name = &input.ident;
-    let value = policy.use_read_replica();
+    let items = policy.items();
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     Ok(quote! {
         #[automatically_derived]
         impl #impl_generics ::routing_core::__private::ReadReplicaControl
             for #name #ty_generics #where_clause
         {
-            const USE_READ_REPLICA: bool = #value;
+            #items
         }
     })
 }

@@ -45,7 +45,7 @@ fn companion(function: &ItemFn, policy: &Policy) -> TokenStream {
         attrs, vis, sig, ..
     } = function;
     let name = &sig.ident;
-    let value = policy.use_read_replica();
+    let items = policy.items();
     // The companion exists exactly when the fn does.
     let cfgs: Vec<_> = attrs
         .iter()
@@ -66,7 +66,7 @@ fn companion(function: &ItemFn, policy: &Policy) -> TokenStream {
 
         #(#cfgs)*
         impl ::routing_core::__private::ReadReplicaControl for #name {
-            const USE_READ_REPLICA: bool = #value;
+            #items
         }
     }
 }

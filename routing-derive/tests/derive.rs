@@ -129,3 +129,36 @@ fn fn_handlers() {
     assert!(!policy::<Checkout>());
     assert_eq!(format!("{:?}", create_order {}), "create_order");
 }
+
+#[derive(ReadReplicaControl)]
+#[read_replica(max_lag = "2s")]
+struct SalesReport;
+
+#[derive(ReadReplicaControl)]
+#[read_replica(false, max_lag = "1.5m")]
+struct Strict;
+
+#[routing_core::use_read_replica(true, max_lag = "250ms")]
+async fn recent_activity() -> u8 {
+    0
+}
+
+#[test]
+fn max_lag_is_a_staleness_budget() {
+    use std::time::Duration;
+    assert!(policy::<SalesReport>());
+    assert_eq!(SalesReport::MAX_LAG, Some(Duration::from_secs(2)));
+    assert_eq!(
+        <SalesReport as ReadReplicaControl>::max_lag(&request()),
+        Some(Duration::from_secs(2))
+    );
+    assert!(!policy::<Strict>());
+    assert_eq!(Strict::MAX_LAG, Some(Duration::from_secs(90)));
+    assert_eq!(
+        <recent_activity as ReadReplicaControl>::MAX_LAG,
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(block_on(recent_activity()), 0);
+    // No key: the pool's bound.
+    assert_eq!(<handlers::Checkout as ReadReplicaControl>::MAX_LAG, None);
+}

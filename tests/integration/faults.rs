@@ -76,16 +76,26 @@ async fn every_replica_down_mid_request_falls_back_to_the_primary() {
         assert!(!id.in_recovery);
     })
     .await;
-    // Back up: a new request reads from a replica again.
+    // Back up: once the health probe sees them (within two probe intervals), requests read
+    // from the replicas again.
     for i in 0..cluster.replica_count() {
         cluster.start_replica(i).await.unwrap();
     }
-    let mut next = pool.get().await.unwrap();
-    assert!(
-        with_read_replica(true, where_ran(&mut next))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut next = pool.get().await.unwrap();
+        if with_read_replica(true, where_ran(&mut next))
             .await
             .in_recovery
-    );
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no read went back to a replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

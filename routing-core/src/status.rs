@@ -1,0 +1,144 @@
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Role;
+use crate::pool::{RoutedPool, Server};
+use crate::url::RedactedUrl;
+
+/// A snapshot of a pool's servers, the equivalent of pgpool-II's `SHOW POOL NODES`; its
+/// `Display` is a table.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// The primary first, then the replicas in configuration order.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server of a [`PoolStatus`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerStatus {
+    /// Primary or replica `n`.
+    pub role: Role,
+    /// Its URL, password redacted.
+    pub url: RedactedUrl,
+    /// False while the server is banned (a replica that failed, until a probe succeeds).
+    pub healthy: bool,
+    /// Why it is banned.
+    pub ban_reason: Option<String>,
+    /// Its weight for the policies.
+    pub weight: u32,
+    /// Its lag behind the primary in time, from the last probe (replicas only).
+    pub lag: Option<Duration>,
+    /// Its lag behind the primary in bytes of WAL, from the last probe (replicas only).
+    pub lag_bytes: Option<u64>,
+    /// The round trip of its health probe (replicas only).
+    pub latency: Option<Duration>,
+    /// Pooled connections checked out now.
+    pub in_use: usize,
+    /// Pooled connections open and idle.
+    pub idle: usize,
+    /// Tasks waiting for a pooled connection.
+    pub waiting: usize,
+    /// The pool's maximum size.
+    pub max_size: usize,
+    /// Statements sent to this server so far (attempts, including failed ones).
+    pub queries_routed: u64,
+    /// Failures seen: failed checkouts, broken connections, failed probes.
+    pub failures: u64,
+    /// Times the server was taken out of rotation.
+    pub bans: u64,
+}
+
+impl RoutedPool {
+    /// What the router knows of each server now: health, ban reason, lag, connections, queries
+    /// routed.
+    ///
+    /// ```no_run
+    /// # fn show(pool: &routing_core::RoutedPool) {
+    /// println!("{}", pool.status());
+    /// # }
+    /// ```
+    pub fn status(&self) -> PoolStatus {
+        let inner = &self.inner;
+        PoolStatus {
+            servers: std::iter::once(&inner.primary)
+                .chain(&inner.replicas)
+                .map(server_status)
+                .collect(),
+        }
+    }
+}
+
+fn server_status(server: &Server) -> ServerStatus {
+    let health = &server.health;
+    let pool = server.pool.status();
+    ServerStatus {
+        role: server.role,
+        url: server.url.redacted().clone(),
+        healthy: !health.is_banned(),
+        ban_reason: health.ban_reason(),
+        weight: server.weight,
+        lag: health.lag(),
+        lag_bytes: health.lag_bytes(),
+        latency: health.latency(),
+        in_use: pool.size - pool.available,
+        idle: pool.available,
+        waiting: pool.waiting,
+        max_size: pool.max_size,
+        queries_routed: health.routed(),
+        failures: health.failures(),
+        bans: health.bans(),
+    }
+}
+
+impl fmt::Display for PoolStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  url / ban reason",
+            "server",
+            "health",
+            "weight",
+            "lag",
+            "lag bytes",
+            "latency",
+            "in use",
+            "idle",
+            "waiting",
+            "queries",
+            "failures"
+        )?;
+        for server in &self.servers {
+            let millis = |d: Option<Duration>| {
+                d.map_or_else(
+                    || "-".to_owned(),
+                    |d| format!("{:.1}ms", d.as_secs_f64() * 1e3),
+                )
+            };
+            writeln!(
+                f,
+                "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
+                server.role.to_string(),
+                if server.healthy { "up" } else { "banned" },
+                server.weight,
+                millis(server.lag),
+                server
+                    .lag_bytes
+                    .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+                millis(server.latency),
+                server.in_use,
+                server.idle,
+                server.waiting,
+                server.queries_routed,
+                server.failures,
+                server.url,
+                server
+                    .ban_reason
+                    .as_deref()
+                    .map_or_else(String::new, |reason| format!(" ({reason})")),
+            )?;
+        }
+        Ok(())
+    }
+}
