@@ -33,7 +33,7 @@ pub struct Servers {
 }
 
 /// A server as it names itself: `inet_server_port()` and whether it is in recovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerId {
     /// `inet_server_port()`.
     pub port: i32,

@@ -9,7 +9,8 @@ use crate::handlers::{
 };
 
 /// The demo's routes. Each route carries its handler's read-replica policy; the router's default
-/// lets the reads of the other routes use a replica. Every non-read method goes to the primary.
+/// lets the reads of the other routes use a replica and carries causal tokens in a cookie. Every
+/// non-read method goes to the primary.
 pub fn app(pool: RoutedPool) -> Router {
     Router::new()
         .route(
@@ -41,6 +42,9 @@ pub fn app(pool: RoutedPool) -> Router {
                 .post(refresh_sales_report)
                 .layer(ReadReplicaLayer::for_handler::<SalesReport>()),
         )
-        .layer(ReadReplicaLayer::allow_replica())
+        // The default for the other routes, and read-your-writes across requests: a response to a
+        // request that wrote sets the `read_after` cookie, and the next request's reads see that
+        // write (on a caught-up replica, or on the primary).
+        .layer(ReadReplicaLayer::allow_replica().causal_cookie("read_after"))
         .with_state(pool)
 }

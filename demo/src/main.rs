@@ -83,8 +83,9 @@ async fn scripted() -> Result<(), BoxError> {
     let addr = listener.local_addr()?;
     println!("  serving on http://{addr}\n");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = routing_demo::app(pool.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, routing_demo::app(pool))
+        axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
@@ -98,6 +99,10 @@ async fn scripted() -> Result<(), BoxError> {
     table::print(&rows, &|port, in_recovery| {
         server_name(&cluster, port, in_recovery)
     });
+    println!(
+        "\nthe router's view (RoutedPool::status):\n{}",
+        pool.status()
+    );
     drop(cluster);
     Ok(())
 }

@@ -102,6 +102,11 @@ impl RoutingContext {
         self
     }
 
+    /// The request's record of writes, if a middleware set one.
+    pub(crate) fn sink(&self) -> Option<Arc<WriteSink>> {
+        self.sink.clone()
+    }
+
     /// This context recording writes in `sink`.
     pub(crate) fn with_sink(mut self, sink: Arc<WriteSink>) -> Self {
         self.sink = Some(sink);

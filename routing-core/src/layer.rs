@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::causal::{CausalToken, WriteSink};
+use crate::causal::CausalToken;
 use crate::context::RoutingContext;
 use crate::control::ReadReplicaControl;
 
@@ -225,7 +225,8 @@ where
         if let Some(token) = carrier.as_ref().and_then(|carrier| carrier.read(&parts)) {
             context = context.with_causal_token(token);
         }
-        let sink = Arc::new(WriteSink::default());
+        // An outer layer's record of writes serves this request too.
+        let sink = context.sink().unwrap_or_default();
         let context = context.with_sink(Arc::clone(&sink));
         tracing::debug!(
             target: "routing_core",

@@ -5,33 +5,17 @@ use diesel_async::RunQueryDsl;
 use routing_cluster::LocalCluster;
 use routing_core::{RoutedPool, with_read_replica};
 use routing_migrate::products;
-use routing_tests::{ServerId, identify, servers, where_ran};
+use routing_tests::{identify, where_ran};
 
-use crate::support::insert_product;
+use crate::support::{self, insert_product, port_of};
 
-/// A private cluster: fault controls must not disturb the tests sharing the process cluster.
 async fn private_cluster(test: &str) -> Option<(LocalCluster, RoutedPool)> {
-    servers().await.local(test)?;
-    let cluster = LocalCluster::start()
-        .await
-        .expect("start a private cluster");
-    let mut migrator = routing_core::Migrator::connect(&cluster.primary_url())
-        .await
-        .unwrap();
-    migrator
-        .run_pending(routing_migrate::MIGRATIONS)
-        .await
-        .unwrap();
-    cluster.wait_for_replicas().await.unwrap();
+    let cluster = support::private_cluster(test).await?;
     let pool = RoutedPool::builder(cluster.primary_url())
         .replicas(cluster.replica_urls())
         .build()
         .unwrap();
     Some((cluster, pool))
-}
-
-fn port_of(id: &ServerId) -> u16 {
-    u16::try_from(id.port).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,5 +8,6 @@ mod faults;
 mod migrations;
 mod routing;
 mod support;
+mod survival;
 mod transactions;
 mod web;

@@ -35,3 +35,29 @@ pub(crate) async fn insert_product(conn: &mut RoutedConnection, name: &str) -> (
         .expect("insert a product");
     (id, ServerId { port, in_recovery })
 }
+
+/// A cluster of the test's own, migrated and caught up: fault controls must not disturb the
+/// tests sharing the process cluster. `None` (the test skips) on external servers.
+pub(crate) async fn private_cluster(test: &str) -> Option<routing_cluster::LocalCluster> {
+    routing_tests::servers().await.local(test)?;
+    let cluster = routing_cluster::LocalCluster::start()
+        .await
+        .expect("start a private cluster");
+    let mut migrator = routing_core::Migrator::connect(&cluster.primary_url())
+        .await
+        .expect("connect the migrator");
+    migrator
+        .run_pending(routing_migrate::MIGRATIONS)
+        .await
+        .expect("migrate the private cluster");
+    cluster
+        .wait_for_replicas()
+        .await
+        .expect("replicas catch up");
+    Some(cluster)
+}
+
+/// The port a server answered from.
+pub(crate) fn port_of(id: &ServerId) -> u16 {
+    u16::try_from(id.port).expect("a port")
+}

@@ -255,3 +255,65 @@ async fn bad_input_is_a_clear_error_not_a_crash() {
     let (status, _) = call(&app, Method::GET, "/products/999999999", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_cookie_lets_the_next_request_read_its_own_write() {
+    let Some(cluster) = crate::support::private_cluster("causal_cookie").await else {
+        return;
+    };
+    let pool = RoutedPool::builder(cluster.primary_url())
+        .replicas(cluster.replica_urls())
+        .build()
+        .unwrap();
+    let app = routing_demo::app(pool);
+    for i in 0..cluster.replica_count() {
+        cluster.pause_replay(i).await.unwrap();
+    }
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/products")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"name": "fresh", "price_cents": 1}).to_string(),
+        ))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("read_after="), "{cookie}");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let created: Value = serde_json::from_slice(&bytes).unwrap();
+    let id = created["data"]["id"].as_i64().unwrap();
+
+    // Without the cookie a lagging replica answers: the new product is not there yet.
+    let (status, _) = call(&app, Method::GET, &format!("/products/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // With it (a browser redirected after the POST), the read sees the write.
+    let token = cookie
+        .trim_start_matches("read_after=")
+        .split(';')
+        .next()
+        .unwrap();
+    let request = Request::builder()
+        .uri(format!("/products/{id}"))
+        .header("cookie", format!("theme=dark; read_after={token}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(reply["data"]["name"], "fresh");
+    let id = answered_by(&reply)[0].clone();
+    assert_eq!(id.port, i32::from(cluster.primary_port()), "{reply}");
+    for i in 0..cluster.replica_count() {
+        cluster.resume_replay(i).await.unwrap();
+    }
+}
