@@ -336,9 +336,9 @@ impl RoutedConnection {
             log_decision(target, &reason);
             return Ok((Some(target), None));
         }
-        let (class, sql) = self.classify(query, query_id)?;
-        match &*class {
-            Classification::Write(why) => {
+        let (write, sql) = self.classify(query, query_id)?;
+        match write.as_deref() {
+            Some(Classification::Write(why)) => {
                 self.mark_written();
                 log_decision(Target::Primary, &Reason::Write(why));
                 Ok((Some(Target::Primary), sql))
@@ -375,23 +375,32 @@ impl RoutedConnection {
     }
 
     /// Classifies `query`. Queries with a static id are classified once per pool and thread.
+    /// Returns the classification of a write (`None` for a read) and the SQL when it had to be
+    /// rendered. A cached read costs one lookup and no reference count.
     fn classify(
         &self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Arc<Classification>, Option<String>)> {
+    ) -> QueryResult<(Option<Arc<Classification>>, Option<String>)> {
         let key = query_id.map(|id| (self.pool.inner.id, id));
         if let Some(key) = key {
-            if let Some(class) = CLASSIFIED.with(|cache| cache.borrow().get(&key).cloned()) {
-                return Ok((class, None));
+            let cached = CLASSIFIED.with(|cache| {
+                cache.borrow().get(&key).map(|class| match class {
+                    Some(write) => Some(Arc::clone(write)),
+                    None => None,
+                })
+            });
+            if let Some(write) = cached {
+                return Ok((write, None));
             }
         }
         let sql = render(query)?;
-        let class = Arc::new(self.pool.inner.classifier.classify(&sql));
+        let class = self.pool.inner.classifier.classify(&sql);
+        let write = (!class.is_read()).then(|| Arc::new(class));
         if let Some(key) = key {
-            CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, Arc::clone(&class)));
+            CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, write.clone()));
         }
-        Ok((class, Some(sql)))
+        Ok((write, Some(sql)))
     }
 
     /// Runs an owned statement on `target`; reads on a replica fail over.
@@ -630,7 +639,9 @@ impl Hasher for TypeIdHasher {
     }
 }
 
-type ClassCache = HashMap<(usize, TypeId), Arc<Classification>, BuildHasherDefault<TypeIdHasher>>;
+/// `None` for a read, the classification of a write.
+type ClassCache =
+    HashMap<(usize, TypeId), Option<Arc<Classification>>, BuildHasherDefault<TypeIdHasher>>;
 
 thread_local! {
     /// Classifications of statically known queries, by pool and query type.

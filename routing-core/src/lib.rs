@@ -44,8 +44,26 @@ pub use status::{PoolStatus, ServerStatus};
 pub use transaction::{RoutedTransactionManager, TransactionBuilder};
 pub use url::RedactedUrl;
 
-/// Paths used by code that `routing-derive` generates. Not public API.
+/// Paths used by code that `routing-derive` generates, and hooks for the benchmarks. Not public
+/// API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::control::ReadReplicaControl;
+
+    /// The routing decision for `query` on `conn`, without running it: the replica a read would
+    /// try first, or `None` for the primary. Classifies (or takes the cached classification),
+    /// reads the routing scope and applies the replica policy; opens no connection.
+    ///
+    /// # Errors
+    ///
+    /// The query cannot be rendered.
+    pub fn decide<Q>(
+        conn: &mut crate::RoutedConnection,
+        query: &Q,
+    ) -> diesel::QueryResult<Option<usize>>
+    where
+        Q: diesel::query_builder::QueryFragment<diesel::pg::Pg> + diesel::query_builder::QueryId,
+    {
+        conn.decide_only(query, Q::query_id())
+    }
 }

@@ -11,6 +11,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::{
     Reason, RoutedConnection, RunFn, Target, is_read_only_violation, is_unreachable, log_decision,
 };
+use smallvec::SmallVec;
+
 use crate::balance::Candidate;
 use crate::causal::{CausalToken, ReadYourWrites};
 use crate::collected::OwnedQuery;
@@ -57,6 +59,26 @@ pub(crate) enum Pick {
 }
 
 impl RoutedConnection {
+    /// The routing decision for `query`, without running it: the replica a read would try
+    /// first, or `None` for the primary. For benchmarks of the decision's cost.
+    pub(crate) fn decide_only(
+        &mut self,
+        query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+        query_id: Option<std::any::TypeId>,
+    ) -> QueryResult<Option<usize>> {
+        let target = match self.fixed_target(query, query_id)?.0 {
+            Some(target) => target,
+            None => self.read_target().0,
+        };
+        if target == Target::Primary {
+            return Ok(None);
+        }
+        match self.pick_replica(&[], &crate::context::read_needs(), true) {
+            Pick::Replica { index, .. } => Ok(Some(index)),
+            Pick::None(_) => Ok(None),
+        }
+    }
+
     /// Chooses a replica for a read among those not `tried`: not banned, within the lag bounds,
     /// and, with a causal token, known to have replayed it (or, with `allow_unverified`, not
     /// known either way). The held replica wins when it is eligible; else the pool's policy
@@ -77,8 +99,9 @@ impl RoutedConnection {
             (pool, request) => pool.or(request),
         };
         let mut exclusions = Exclusions::default();
-        let mut caught_up = Vec::with_capacity(inner.replicas.len());
-        let mut unverified = Vec::new();
+        // On the stack for up to eight replicas: the decision allocates nothing.
+        let mut caught_up: SmallVec<[Candidate; 8]> = SmallVec::new();
+        let mut unverified: SmallVec<[Candidate; 8]> = SmallVec::new();
         for (index, server) in inner.replicas.iter().enumerate() {
             if tried.contains(&index) {
                 continue;
