@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p routing-bench --bench decision`
 
+// `criterion_group!` generates an undocumented function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
