@@ -123,13 +123,16 @@ where
 
 impl Servers {
     /// A pool over these servers, with a unique `application_name` so that tests can count its
-    /// server sessions.
+    /// server sessions. A misrouted write fails loudly: a replica refuses it (SQLSTATE 25006) and
+    /// the pool does not run it again on the primary.
     pub fn pool_builder(&self, application_name: &str) -> RoutedPoolBuilder {
-        RoutedPool::builder(with_application_name(&self.primary_url, application_name)).replicas(
-            self.replica_urls
-                .iter()
-                .map(|url| with_application_name(url, application_name)),
-        )
+        RoutedPool::builder(with_application_name(&self.primary_url, application_name))
+            .replicas(
+                self.replica_urls
+                    .iter()
+                    .map(|url| with_application_name(url, application_name)),
+            )
+            .retry_writes_refused_by_replica(false)
     }
 
     /// A pool over these servers; see [`Servers::pool_builder`].

@@ -40,6 +40,26 @@ use read::{Exclusions, Pick};
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
 type PgStream = BoxStream<'static, QueryResult<PgRow>>;
 
+/// Waits for the first item of a result, so that a read that fails before its first row (a
+/// replica that refuses it, a connection that breaks) can still be retried elsewhere.
+pub(crate) type FirstRow<R> = fn(R) -> BoxFuture<'static, QueryResult<R>>;
+
+/// The stream again, with its first row (or its end) already received; its first error instead.
+fn first_row(stream: PgStream) -> BoxFuture<'static, QueryResult<PgStream>> {
+    use futures_util::StreamExt;
+    async move {
+        let mut stream = stream;
+        match stream.next().await {
+            None => Ok(futures_util::stream::empty().boxed()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(row)) => Ok(futures_util::stream::once(std::future::ready(Ok(row)))
+                .chain(stream)
+                .boxed()),
+        }
+    }
+    .boxed()
+}
+
 /// Runs a collected statement on a server connection.
 pub(crate) type RunFn<R> =
     for<'c> fn(&'c mut AsyncPgConnection, &'c Collected) -> BoxFuture<'c, QueryResult<R>>;
@@ -411,12 +431,11 @@ impl RoutedConnection {
         run: RunFn<R>,
         needs: ReadNeeds,
         reason: Reason<'static>,
-        bound_first_answer: bool,
+        first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
         match target {
             Target::Replica if self.pinned.is_none() => {
-                self.read_on_replica(owned, run, needs, bound_first_answer)
-                    .await
+                self.read_on_replica(owned, run, needs, first_row).await
             }
             target => self.run_on(target, owned, run, &reason).await,
         }
@@ -498,7 +517,7 @@ impl RoutedConnection {
         query: Q,
         direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
         run: RunFn<R>,
-        bound_first_answer: bool,
+        first_row: Option<FirstRow<R>>,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
         Q: QueryFragment<Pg> + QueryId,
@@ -537,14 +556,14 @@ impl RoutedConnection {
             };
             let Some(sql) = debug_sql else {
                 return self
-                    .run_owned(target, owned, run, needs, reason, bound_first_answer)
+                    .run_owned(target, owned, run, needs, reason, first_row)
                     .await;
             };
             let query = StrQueryHelper::new(&sql);
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::start_query(&query));
             let result = self
-                .run_owned(target, owned, run, needs, reason, bound_first_answer)
+                .run_owned(target, owned, run, needs, reason, first_row)
                 .await;
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::finish_query(
@@ -701,7 +720,7 @@ impl AsyncConnectionCore for RoutedConnection {
             source.as_query(),
             |conn, query| conn.load(query),
             load_collected,
-            true,
+            Some(first_row),
         )
     }
 
@@ -716,7 +735,7 @@ impl AsyncConnectionCore for RoutedConnection {
             source,
             |conn, query| conn.execute_returning_count(query),
             execute_collected,
-            false,
+            None,
         )
     }
 }

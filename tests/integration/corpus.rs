@@ -89,11 +89,7 @@ macro_rules! exec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_no_write_reaches_a_replica_and_every_read_does() {
     let servers = servers().await;
-    let pool = servers
-        .pool_builder(&unique("corpus"))
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .unwrap();
+    let pool = servers.pool_builder(&unique("corpus")).build().unwrap();
     // Shared by the cases' closures, which outlive this scope's borrows.
     let name: &'static str = Box::leak(unique("corpus").into_boxed_str());
     let mut setup = pool.get().await.unwrap();

@@ -13,20 +13,12 @@ use crate::support::insert_product;
 async fn enum_writes_and_reads_work_from_a_replica_scope() {
     let servers = servers().await;
     // A fresh pool has no cached OIDs: the first statement with the enum must look it up.
-    let pool = servers
-        .pool_builder(&unique("enum"))
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .unwrap();
+    let pool = servers.pool_builder(&unique("enum")).build().unwrap();
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("enum")).await;
     drop(setup);
 
-    let pool = servers
-        .pool_builder(&unique("enum_fresh"))
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .unwrap();
+    let pool = servers.pool_builder(&unique("enum_fresh")).build().unwrap();
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
         let (status, in_recovery, port) = diesel::insert_into(orders::table)
@@ -46,11 +38,7 @@ async fn enum_writes_and_reads_work_from_a_replica_scope() {
     servers.wait_for_replicas().await;
 
     // Reads that bind the enum, alone and in an array (whose bytes embed the element OID).
-    let pool = servers
-        .pool_builder(&unique("enum_read"))
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .unwrap();
+    let pool = servers.pool_builder(&unique("enum_read")).build().unwrap();
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
         let (count, in_recovery, port) = orders::table
@@ -84,11 +72,7 @@ async fn enum_writes_and_reads_work_from_a_replica_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enum_array_write_from_a_replica_scope_reaches_the_primary() {
     let servers = servers().await;
-    let pool = servers
-        .pool_builder(&unique("enum_array"))
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .unwrap();
+    let pool = servers.pool_builder(&unique("enum_array")).build().unwrap();
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("enum_array")).await;
     diesel::insert_into(orders::table)
@@ -100,7 +84,6 @@ async fn enum_array_write_from_a_replica_scope_reaches_the_primary() {
 
     let pool = servers
         .pool_builder(&unique("enum_array_fresh"))
-        .retry_writes_refused_by_replica(false)
         .build()
         .unwrap();
     with_read_replica(true, async {

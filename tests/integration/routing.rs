@@ -4,26 +4,16 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SaveChangesDsl, SimpleAsyncConnection};
 use futures_util::TryStreamExt;
-use routing_core::{RoutedPool, with_primary, with_read_replica};
+use routing_core::{with_primary, with_read_replica};
 use routing_migrate::{OrderStatus, orders, products};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique, where_ran};
 
 use crate::support::{RanOn, insert_product};
 
-/// A pool whose misrouted writes fail loudly (no retry on the primary after SQLSTATE 25006).
-async fn strict(name: &str) -> RoutedPool {
-    servers()
-        .await
-        .pool_builder(name)
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .expect("build the pool")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_in_replica_scope_goes_to_a_replica() {
     let servers = servers().await;
-    let pool = strict(&unique("read_replica")).await;
+    let pool = servers.pool(&unique("read_replica"));
     let mut conn = pool.get().await.unwrap();
     let id = with_read_replica(true, where_ran(&mut conn)).await;
     assert!(servers.is_replica(&id), "{id:?}");
@@ -32,7 +22,7 @@ async fn read_in_replica_scope_goes_to_a_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_outside_any_scope_goes_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("read_default")).await;
+    let pool = servers.pool(&unique("read_default"));
     let mut conn = pool.get().await.unwrap();
     let id = where_ran(&mut conn).await;
     assert!(servers.is_primary(&id), "{id:?}");
@@ -41,7 +31,7 @@ async fn read_outside_any_scope_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_scope_inside_replica_scope_reads_from_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("read_nested")).await;
+    let pool = servers.pool(&unique("read_nested"));
     let mut conn = pool.get().await.unwrap();
     with_read_replica(true, async {
         let inner = with_primary(where_ran(&mut conn)).await;
@@ -55,7 +45,7 @@ async fn primary_scope_inside_replica_scope_reads_from_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_returning_in_replica_scope_goes_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("insert")).await;
+    let pool = servers.pool(&unique("insert"));
     let mut conn = pool.get().await.unwrap();
     let (_, id) = with_read_replica(true, insert_product(&mut conn, &unique("insert"))).await;
     assert!(servers.is_primary(&id), "{id:?}");
@@ -64,7 +54,7 @@ async fn insert_returning_in_replica_scope_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_and_delete_in_replica_scope_go_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("update_delete")).await;
+    let pool = servers.pool(&unique("update_delete"));
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("update")).await;
     drop(setup);
@@ -101,7 +91,7 @@ async fn update_and_delete_in_replica_scope_go_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_four_locking_clauses_go_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("locking")).await;
+    let pool = servers.pool(&unique("locking"));
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("locked")).await;
     drop(setup);
@@ -174,7 +164,7 @@ async fn all_four_locking_clauses_go_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_modifying_cte_goes_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("cte")).await;
+    let pool = servers.pool(&unique("cte"));
     let mut conn = pool.get().await.unwrap();
     let ran = with_read_replica(
         true,
@@ -193,7 +183,7 @@ async fn data_modifying_cte_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nextval_goes_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("nextval")).await;
+    let pool = servers.pool(&unique("nextval"));
     let mut conn = pool.get().await.unwrap();
     let ran = with_read_replica(
         true,
@@ -211,7 +201,7 @@ async fn nextval_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_and_batch_execute_go_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("ddl")).await;
+    let pool = servers.pool(&unique("ddl"));
     let table = unique("ddl_table");
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
@@ -248,7 +238,7 @@ async fn ddl_and_batch_execute_go_to_the_primary() {
 async fn unknown_function_goes_to_the_primary_and_registered_one_to_a_replica() {
     let servers = servers().await;
     let function = unique("rt_lookup");
-    let mut admin = strict(&unique("fn_setup")).await.get().await.unwrap();
+    let mut admin = servers.pool(&unique("fn_setup")).get().await.unwrap();
     admin
         .batch_execute(&format!(
             "CREATE FUNCTION {function}() RETURNS int LANGUAGE sql STABLE AS 'SELECT 1'"
@@ -260,7 +250,7 @@ async fn unknown_function_goes_to_the_primary_and_registered_one_to_a_replica() 
         "SELECT {function}() AS n, pg_is_in_recovery() AS in_recovery, inet_server_port() AS port"
     );
 
-    let pool = strict(&unique("fn_unknown")).await;
+    let pool = servers.pool(&unique("fn_unknown"));
     let mut conn = pool.get().await.unwrap();
     let ran = with_read_replica(true, diesel::sql_query(&sql).get_result::<RanOn>(&mut conn))
         .await
@@ -270,7 +260,6 @@ async fn unknown_function_goes_to_the_primary_and_registered_one_to_a_replica() 
     let pool = servers
         .pool_builder(&unique("fn_known"))
         .classifier(routing_core::Classifier::new().replica_safe_functions([function.as_str()]))
-        .retry_writes_refused_by_replica(false)
         .build()
         .unwrap();
     let mut conn = pool.get().await.unwrap();
@@ -283,7 +272,7 @@ async fn unknown_function_goes_to_the_primary_and_registered_one_to_a_replica() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_hints_override_the_classifier() {
     let servers = servers().await;
-    let pool = strict(&unique("hints")).await;
+    let pool = servers.pool(&unique("hints"));
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
         let ran = diesel::sql_query(
@@ -300,7 +289,7 @@ async fn sql_hints_override_the_classifier() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_after_a_write_stick_to_the_primary() {
     let servers = servers().await;
-    let pool = strict(&unique("sticky")).await;
+    let pool = servers.pool(&unique("sticky"));
     let name = unique("sticky");
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
@@ -326,7 +315,7 @@ async fn reads_after_a_write_stick_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escape_hatch_forces_the_primary_for_one_call() {
     let servers = servers().await;
-    let pool = strict(&unique("hatch")).await;
+    let pool = servers.pool(&unique("hatch"));
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
         let primary = conn.primary().await.unwrap();
@@ -398,7 +387,7 @@ struct Product {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_changes_and_builder_reads_work_unchanged() {
     let servers = servers().await;
-    let pool = strict(&unique("save_changes")).await;
+    let pool = servers.pool(&unique("save_changes"));
     let mut setup = pool.get().await.unwrap();
     let name = unique("saved");
     let (id, _) = insert_product(&mut setup, &name).await;
@@ -473,7 +462,7 @@ async fn save_changes_and_builder_reads_work_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_and_aggregate_reads_go_to_a_replica() {
     let servers = servers().await;
-    let pool = strict(&unique("aggregates")).await;
+    let pool = servers.pool(&unique("aggregates"));
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("joined")).await;
     diesel::insert_into(orders::table)
@@ -524,7 +513,7 @@ async fn join_and_aggregate_reads_go_to_a_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_with_different_scopes_route_independently() {
     let servers = servers().await;
-    let pool = strict(&unique("concurrent")).await;
+    let pool = servers.pool(&unique("concurrent"));
     let mut tasks = Vec::new();
     for i in 0..40 {
         let pool = pool.clone();
@@ -550,7 +539,7 @@ async fn concurrent_requests_with_different_scopes_route_independently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_of_a_select_is_a_read() {
-    let pool = strict(&unique("execute_read")).await;
+    let pool = servers().await.pool(&unique("execute_read"));
     let mut conn = pool.get().await.unwrap();
     with_read_replica(true, async {
         let rows = diesel::sql_query("SELECT 1 WHERE pg_is_in_recovery()")
@@ -588,7 +577,7 @@ async fn routed_connection_establish_talks_to_its_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_future_routes_by_the_scope_that_awaits_it() {
     let servers = servers().await;
-    let pool = strict(&unique("future_scope")).await;
+    let pool = servers.pool(&unique("future_scope"));
     let mut conn = pool.get().await.unwrap();
     // diesel-async builds the query future before `with_read_replica` runs it.
     let (in_recovery, port) = with_read_replica(
@@ -603,4 +592,68 @@ async fn a_query_future_routes_by_the_scope_that_awaits_it() {
         .get_result::<(bool, i32)>(&mut conn);
     let (in_recovery, port) = with_primary(future).await.unwrap();
     assert!(servers.is_primary(&ServerId { port, in_recovery }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_hidden_in_a_function_wrongly_registered_as_read_only_is_rerun_on_the_primary() {
+    let servers = servers().await;
+    let function = unique("rt_hidden_write");
+    let table = unique("rt_hidden_table");
+    let mut admin = servers.pool(&unique("hidden_setup")).get().await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id serial PRIMARY KEY, note text); \
+             CREATE FUNCTION {function}() RETURNS int LANGUAGE sql VOLATILE \
+             AS 'INSERT INTO {table} (note) VALUES (''hidden'') RETURNING 1'"
+        ))
+        .await
+        .unwrap();
+    servers.wait_for_replicas().await;
+    let sql = format!(
+        "SELECT {function}() AS n, pg_is_in_recovery() AS in_recovery, inet_server_port() AS port"
+    );
+    let wrongly_registered =
+        || routing_core::Classifier::new().replica_safe_functions([function.as_str()]);
+
+    // Strict: the replica's refusal (SQLSTATE 25006) reaches the caller.
+    let strict = servers
+        .pool_builder(&unique("hidden_strict"))
+        .classifier(wrongly_registered())
+        .build()
+        .unwrap();
+    let mut conn = strict.get().await.unwrap();
+    let error = with_read_replica(true, diesel::sql_query(&sql).get_result::<RanOn>(&mut conn))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+                _
+            )
+        ),
+        "{error}"
+    );
+
+    // The default: the refused statement changed nothing, so it runs again on the primary.
+    let forgiving = servers
+        .pool_builder(&unique("hidden_retry"))
+        .classifier(wrongly_registered())
+        .retry_writes_refused_by_replica(true)
+        .build()
+        .unwrap();
+    let mut conn = forgiving.get().await.unwrap();
+    let ran = with_read_replica(true, diesel::sql_query(&sql).get_result::<RanOn>(&mut conn))
+        .await
+        .unwrap();
+    assert!(servers.is_primary(&ran.id()), "{ran:?}");
+    assert!(conn.has_written());
+    let rows: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+        "(SELECT count(*) FROM {table})"
+    )))
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1, "one insert, on the primary");
 }

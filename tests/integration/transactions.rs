@@ -5,25 +5,16 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use routing_core::{RoutedPool, with_read_replica};
+use routing_core::with_read_replica;
 use routing_migrate::products;
 use routing_tests::{servers, unique, where_ran};
 
 use crate::support::insert_product;
 
-async fn pool(name: &str) -> RoutedPool {
-    servers()
-        .await
-        .pool_builder(name)
-        .retry_writes_refused_by_replica(false)
-        .build()
-        .expect("build the pool")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_statement_in_a_transaction_goes_to_the_primary() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_primary")).await;
+    let pool = servers.pool(&unique("tx_primary"));
     let name = unique("tx_row");
     with_read_replica(true, async {
         let mut conn = pool.get().await.unwrap();
@@ -54,7 +45,7 @@ async fn every_statement_in_a_transaction_goes_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_transactions_stay_on_the_primary_and_roll_back_to_savepoints() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_nested")).await;
+    let pool = servers.pool(&unique("tx_nested"));
     let kept = unique("kept");
     let dropped = unique("dropped");
     with_read_replica(true, async {
@@ -89,7 +80,7 @@ async fn nested_transactions_stay_on_the_primary_and_roll_back_to_savepoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_transaction_in_replica_scope_runs_on_one_replica() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_read_only")).await;
+    let pool = servers.pool(&unique("tx_read_only"));
     let mut conn = pool.get().await.unwrap();
     let seen = with_read_replica(true, async {
         conn.build_transaction()
@@ -113,7 +104,7 @@ async fn read_only_transaction_in_replica_scope_runs_on_one_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_inside_a_read_only_replica_transaction_fails_read_only() {
-    let pool = pool(&unique("tx_read_only_write")).await;
+    let pool = servers().await.pool(&unique("tx_read_only_write"));
     let mut conn = pool.get().await.unwrap();
     let result = with_read_replica(true, async {
         conn.build_transaction()
@@ -151,7 +142,7 @@ async fn insert_product_result(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_transaction_outside_replica_scope_runs_on_the_primary() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_read_only_primary")).await;
+    let pool = servers.pool(&unique("tx_read_only_primary"));
     let mut conn = pool.get().await.unwrap();
     let id = conn
         .build_transaction()
@@ -165,7 +156,7 @@ async fn read_only_transaction_outside_replica_scope_runs_on_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serializable_read_only_transaction_runs_on_the_primary() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_serializable")).await;
+    let pool = servers.pool(&unique("tx_serializable"));
     let mut conn = pool.get().await.unwrap();
     let id = with_read_replica(true, async {
         conn.build_transaction()
@@ -183,7 +174,7 @@ async fn serializable_read_only_transaction_runs_on_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_transaction_reads_stay_on_the_primary() {
     let servers = servers().await;
-    let pool = pool(&unique("tx_sticky")).await;
+    let pool = servers.pool(&unique("tx_sticky"));
     let mut conn = pool.get().await.unwrap();
     with_read_replica(true, async {
         conn.transaction(async |conn| {

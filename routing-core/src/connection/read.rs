@@ -9,7 +9,8 @@ use diesel::sql_types::{Bool, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{
-    Reason, RoutedConnection, RunFn, Target, is_read_only_violation, is_unreachable, log_decision,
+    FirstRow, Reason, RoutedConnection, RunFn, Target, is_read_only_violation, is_unreachable,
+    log_decision,
 };
 use smallvec::SmallVec;
 
@@ -165,7 +166,8 @@ impl RoutedConnection {
 
     /// Runs a read on a replica: the held one when eligible, else one chosen by the policy. A
     /// replica that cannot be reached (or, for a `load`, has not started answering within the
-    /// checkout timeout) is banned and the next one tried; the primary serves the read when no
+    /// checkout timeout) is banned and the next one tried; a `load` is retried until its first
+    /// row has been received (`first_row`), never after; the primary serves the read when no
     /// replica is eligible (lag, causal token) and, unless fallback is off, when none can be
     /// reached. A statement a replica refuses as a write runs on the primary.
     pub(crate) async fn read_on_replica<R>(
@@ -173,7 +175,7 @@ impl RoutedConnection {
         mut owned: OwnedQuery,
         run: RunFn<R>,
         needs: ReadNeeds,
-        bound_first_answer: bool,
+        first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
         let pool = self.pool.clone();
         let inner = &pool.inner;
@@ -231,15 +233,20 @@ impl RoutedConnection {
                 }
             }
             health.count_routed(Reason::ScopeAllowsReplica.metric());
-            let timeout = bound_first_answer.then_some(inner.replicas[index].checkout_timeout);
             let result = match owned.resolve(conn, &inner.types).await {
                 Ok(()) => {
                     let collected = owned.collected();
-                    match timeout {
+                    match first_row {
                         None => run(conn, &collected).await,
-                        Some(limit) => tokio::time::timeout(limit, run(conn, &collected))
-                            .await
-                            .unwrap_or_else(|_| Err(no_answer(limit))),
+                        // A frozen server never starts answering; a slow query does, at once.
+                        Some(first_row) => {
+                            let limit = inner.replicas[index].checkout_timeout;
+                            match tokio::time::timeout(limit, run(conn, &collected)).await {
+                                Ok(Ok(stream)) => first_row(stream).await,
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(no_answer(limit)),
+                            }
+                        }
                     }
                 }
                 Err(e) => Err(e),
