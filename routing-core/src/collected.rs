@@ -2,28 +2,73 @@
 //! read retried elsewhere) after diesel's borrowed query is gone.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use diesel::QueryResult;
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{CollectedQuery, MoveableBindCollector, QueryBuilder, QueryFragment};
-use diesel::sql_types::{Oid, Text};
+use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
+use diesel::sql_types::{Oid, Text, Untyped};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::pool::TypeCache;
 
 type TypeKey = (Option<String>, String);
 
-/// The statement an owned query runs as.
-pub(crate) type Collected = CollectedQuery<RawBytesBindCollector<Pg>>;
+/// The identity an owned statement shows diesel-async's statement cache: the original query's
+/// static id, so that its prepared statement is found by type as the original's would be, or
+/// none, so that it is found by its SQL.
+pub(crate) trait Identity: 'static {
+    /// `QueryId::QueryId` of the owned statement.
+    type Id: 'static;
+    /// `QueryId::HAS_STATIC_QUERY_ID` of the owned statement.
+    const STATIC: bool;
+}
 
-/// A rendered statement with its binds; custom type OIDs may still need a lookup.
-pub(crate) struct OwnedQuery {
-    sql: String,
+/// The static id `Id` of a query whose SQL never changes.
+pub(crate) struct StaticId<Id>(PhantomData<fn() -> Id>);
+
+impl<Id: 'static> Identity for StaticId<Id> {
+    type Id = Id;
+    const STATIC: bool = true;
+}
+
+/// No static id: the statement cache goes by the SQL.
+pub(crate) struct NoId;
+
+impl Identity for NoId {
+    type Id = ();
+    const STATIC: bool = false;
+}
+
+/// A rendered statement with its binds, owned and `Send`, that runs on any server connection
+/// and can run again on another one; custom type OIDs may still need a lookup.
+pub(crate) struct OwnedQuery<I> {
+    sql: Arc<str>,
     safe_to_cache: bool,
     binds: RawBytesBindCollector<Pg>,
     unresolved: Option<Unresolved>,
+    identity: PhantomData<fn() -> I>,
+}
+
+impl<I: Identity> QueryFragment<Pg> for OwnedQuery<I> {
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        if !self.safe_to_cache {
+            pass.unsafe_to_cache_prepared();
+        }
+        pass.push_sql(&self.sql);
+        pass.push_bind_collector_data::<RawBytesBindCollector<Pg>>(&self.binds)
+    }
+}
+
+impl<I: Identity> QueryId for OwnedQuery<I> {
+    type QueryId = I::Id;
+    const HAS_STATIC_QUERY_ID: bool = I::STATIC;
+}
+
+impl<I> Query for OwnedQuery<I> {
+    type SqlType = Untyped;
 }
 
 /// Placeholder OIDs handed out for custom types not in the cache yet, and where they sit.
@@ -40,18 +85,14 @@ const UNKNOWN_OID: u32 = 0;
 /// The second pass numbers unknown types from here down, far from real OIDs.
 const PLACEHOLDER_BASE: u32 = u32::MAX - 1;
 
-impl OwnedQuery {
-    /// Renders `query`. `sql` is reused when the caller rendered it already.
+impl<I: Identity> OwnedQuery<I> {
+    /// Collects the binds of `query`, whose rendered SQL is `sql`.
     pub(crate) fn new(
         query: &dyn QueryFragment<Pg>,
-        sql: Option<String>,
+        sql: Arc<str>,
+        safe_to_cache: bool,
         types: &Arc<TypeCache>,
     ) -> QueryResult<Self> {
-        let sql = match sql {
-            Some(sql) => sql,
-            None => render(query)?,
-        };
-        let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
         let mut first = CacheLookup {
             types: Arc::clone(types),
             placeholders: None,
@@ -65,6 +106,7 @@ impl OwnedQuery {
                 safe_to_cache,
                 binds,
                 unresolved: None,
+                identity: PhantomData,
             });
         }
         // Some custom type is not cached: collect again with a distinct placeholder per type and
@@ -98,6 +140,7 @@ impl OwnedQuery {
                 placeholders,
                 in_bytes,
             }),
+            identity: PhantomData,
         })
     }
 
@@ -144,11 +187,6 @@ impl OwnedQuery {
             }
         }
         Ok(())
-    }
-
-    /// The statement, ready to run; binds are copied so that a failed read can run again.
-    pub(crate) fn collected(&self) -> Collected {
-        CollectedQuery::new(self.sql.clone(), self.safe_to_cache, self.binds.moveable())
     }
 }
 

@@ -27,7 +27,7 @@ use futures_util::stream::BoxStream;
 
 use crate::causal::{CausalToken, ReadYourWrites};
 use crate::classify::{Classification, WriteReason};
-use crate::collected::{Collected, OwnedQuery, render};
+use crate::collected::{Identity, NoId, OwnedQuery, StaticId, render};
 use crate::context::{ReadNeeds, read_needs, record_write};
 use crate::error::Error;
 use crate::health::Lease;
@@ -60,9 +60,9 @@ fn first_row(stream: PgStream) -> BoxFuture<'static, QueryResult<PgStream>> {
     .boxed()
 }
 
-/// Runs a collected statement on a server connection.
-pub(crate) type RunFn<R> =
-    for<'c> fn(&'c mut AsyncPgConnection, &'c Collected) -> BoxFuture<'c, QueryResult<R>>;
+/// Runs an owned statement on a server connection.
+pub(crate) type RunFn<I, R> =
+    for<'c> fn(&'c mut AsyncPgConnection, &'c OwnedQuery<I>) -> BoxFuture<'c, QueryResult<R>>;
 
 /// Where a statement goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,23 +97,40 @@ pub(crate) enum Reason<'a> {
     RefusedAsWrite,
 }
 
+/// The `reason` labels of the `routing_queries_total` metric, by [`Reason::metric`].
+pub(crate) const REASON_LABELS: [&str; 13] = [
+    "transaction",
+    "test_transaction",
+    "write",
+    "after_write",
+    "request_wrote",
+    "forced",
+    "scope_primary",
+    "no_replica",
+    "scope_replica",
+    "causal_window",
+    "no_replica_eligible",
+    "fallback",
+    "refused_as_write",
+];
+
 impl Reason<'_> {
-    /// The `reason` label of the `routing_queries_total` metric.
-    pub(crate) fn metric(&self) -> &'static str {
+    /// The position of the reason's label in [`REASON_LABELS`].
+    pub(crate) fn metric(&self) -> usize {
         match self {
-            Reason::Transaction => "transaction",
-            Reason::TestTransaction => "test_transaction",
-            Reason::Write(_) => "write",
-            Reason::AfterWrite => "after_write",
-            Reason::RequestWrote => "request_wrote",
-            Reason::Forced => "forced",
-            Reason::ScopeDeniesReplica => "scope_primary",
-            Reason::NoReplicas => "no_replica",
-            Reason::ScopeAllowsReplica => "scope_replica",
-            Reason::CausalWindow => "causal_window",
-            Reason::NoReplicaEligible(_) => "no_replica_eligible",
-            Reason::Fallback => "fallback",
-            Reason::RefusedAsWrite => "refused_as_write",
+            Reason::Transaction => 0,
+            Reason::TestTransaction => 1,
+            Reason::Write(_) => 2,
+            Reason::AfterWrite => 3,
+            Reason::RequestWrote => 4,
+            Reason::Forced => 5,
+            Reason::ScopeDeniesReplica => 6,
+            Reason::NoReplicas => 7,
+            Reason::ScopeAllowsReplica => 8,
+            Reason::CausalWindow => 9,
+            Reason::NoReplicaEligible(_) => 10,
+            Reason::Fallback => 11,
+            Reason::RefusedAsWrite => 12,
         }
     }
 }
@@ -350,20 +367,20 @@ impl RoutedConnection {
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Option<Target>, Option<String>)> {
+    ) -> QueryResult<(Option<Target>, Option<Rendered>)> {
         if let Some(reason) = self.sticky_reason() {
             let target = self.pinned.unwrap_or(Target::Primary);
             log_decision(target, &reason);
             return Ok((Some(target), None));
         }
-        let (write, sql) = self.classify(query, query_id)?;
+        let (write, rendered) = self.classify(query, query_id)?;
         match write.as_deref() {
             Some(Classification::Write(why)) => {
                 self.mark_written();
                 log_decision(Target::Primary, &Reason::Write(why));
-                Ok((Some(Target::Primary), sql))
+                Ok((Some(Target::Primary), Some(rendered)))
             }
-            _ => Ok((None, sql)),
+            _ => Ok((None, Some(rendered))),
         }
     }
 
@@ -394,41 +411,44 @@ impl RoutedConnection {
         (target, needs, reason)
     }
 
-    /// Classifies `query`. Queries with a static id are classified once per pool and thread.
-    /// Returns the classification of a write (`None` for a read) and the SQL when it had to be
-    /// rendered. A cached read costs one lookup and no reference count.
+    /// Classifies `query`: the classification of a write (`None` for a read), and its SQL.
+    /// Queries with a static id (whose SQL never changes) are rendered and classified once per
+    /// pool and thread; a cached read costs one lookup.
     fn classify(
         &self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Option<Arc<Classification>>, Option<String>)> {
+    ) -> QueryResult<(Option<Arc<Classification>>, Rendered)> {
         let key = query_id.map(|id| (self.pool.inner.id, id));
         if let Some(key) = key {
-            let cached = CLASSIFIED.with(|cache| {
-                cache.borrow().get(&key).map(|class| match class {
-                    Some(write) => Some(Arc::clone(write)),
-                    None => None,
-                })
-            });
-            if let Some(write) = cached {
-                return Ok((write, None));
+            let cached = CLASSIFIED.with(|cache| cache.borrow().get(&key).cloned());
+            if let Some(cached) = cached {
+                return Ok((cached.write, cached.rendered));
             }
         }
         let sql = render(query)?;
         let class = self.pool.inner.classifier.classify(&sql);
         let write = (!class.is_read()).then(|| Arc::new(class));
+        let rendered = Rendered {
+            sql: Arc::from(sql),
+            safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
+        };
         if let Some(key) = key {
-            CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, write.clone()));
+            let cached = Classified {
+                write: write.clone(),
+                rendered: rendered.clone(),
+            };
+            CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, cached));
         }
-        Ok((write, Some(sql)))
+        Ok((write, rendered))
     }
 
     /// Runs an owned statement on `target`; reads on a replica fail over.
-    async fn run_owned<R>(
+    async fn run_owned<I: Identity, R>(
         &mut self,
         target: Target,
-        owned: OwnedQuery,
-        run: RunFn<R>,
+        owned: OwnedQuery<I>,
+        run: RunFn<I, R>,
         needs: ReadNeeds,
         reason: Reason<'static>,
         first_row: Option<FirstRow<R>>,
@@ -441,11 +461,11 @@ impl RoutedConnection {
         }
     }
 
-    pub(crate) async fn run_on<R>(
+    pub(crate) async fn run_on<I: Identity, R>(
         &mut self,
         target: Target,
-        mut owned: OwnedQuery,
-        run: RunFn<R>,
+        mut owned: OwnedQuery<I>,
+        run: RunFn<I, R>,
         reason: &Reason<'_>,
     ) -> QueryResult<R> {
         let pool = self.pool.clone();
@@ -455,8 +475,7 @@ impl RoutedConnection {
         let Some(conn) = self.held(target) else {
             return Err(lost_connection());
         };
-        let collected = owned.collected();
-        run(conn, &collected).await
+        run(conn, &owned).await
     }
 
     /// Counts a statement sent to the server held for `target`.
@@ -516,7 +535,7 @@ impl RoutedConnection {
         &'conn mut self,
         query: Q,
         direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
-        run: RunFn<R>,
+        run: Runners<Q::QueryId, R>,
         first_row: Option<FirstRow<R>>,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
@@ -526,7 +545,7 @@ impl RoutedConnection {
         let debug_sql = self
             .instrumented
             .then(|| diesel::debug_query::<Pg, _>(&query).to_string());
-        let (fixed, sql) = match self.fixed_target(&query, Q::query_id()) {
+        let (fixed, rendered) = match self.fixed_target(&query, Q::query_id()) {
             Ok(decision) => decision,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
@@ -545,7 +564,57 @@ impl RoutedConnection {
                 Some(sql) => instrument(&mut self.instrumentation, sql, fut),
             };
         }
-        let owned = match OwnedQuery::new(&query, sql, &self.pool.inner.types) {
+        let rendered = match rendered {
+            Some(rendered) => rendered,
+            None => match render(&query).and_then(|sql| {
+                Ok(Rendered {
+                    sql: Arc::from(sql),
+                    safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
+                })
+            }) {
+                Ok(rendered) => rendered,
+                Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+            },
+        };
+        // The owned form keeps the query's static id, so that the server connection's statement
+        // cache finds its prepared statement by type, as for the query itself.
+        if Q::HAS_STATIC_QUERY_ID {
+            self.run_later(
+                &query,
+                rendered,
+                fixed,
+                run.with_static_id,
+                first_row,
+                debug_sql,
+            )
+        } else {
+            self.run_later(
+                &query,
+                rendered,
+                fixed,
+                run.without_id,
+                first_row,
+                debug_sql,
+            )
+        }
+    }
+
+    /// The future of a statement sent through its owned form: routed when it first runs.
+    fn run_later<'conn, I: Identity, R: Send + 'conn>(
+        &'conn mut self,
+        query: &dyn QueryFragment<Pg>,
+        rendered: Rendered,
+        fixed: Option<Target>,
+        run: RunFn<I, R>,
+        first_row: Option<FirstRow<R>>,
+        debug_sql: Option<String>,
+    ) -> BoxFuture<'conn, QueryResult<R>> {
+        let owned = match OwnedQuery::<I>::new(
+            query,
+            rendered.sql,
+            rendered.safe_to_cache,
+            &self.pool.inner.types,
+        ) {
             Ok(owned) => owned,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
@@ -573,6 +642,45 @@ impl RoutedConnection {
             result
         }
         .boxed()
+    }
+}
+
+/// A statement's SQL, rendered once (and, for a static query, kept).
+#[derive(Clone)]
+pub(crate) struct Rendered {
+    sql: Arc<str>,
+    safe_to_cache: bool,
+}
+
+/// What the cache keeps of a static query.
+#[derive(Clone)]
+struct Classified {
+    /// `None` for a read, the classification of a write.
+    write: Option<Arc<Classification>>,
+    rendered: Rendered,
+}
+
+/// How to run a statement's owned form, with or without the query's static id `Id`.
+pub(crate) struct Runners<Id: 'static, R> {
+    with_static_id: RunFn<StaticId<Id>, R>,
+    without_id: RunFn<NoId, R>,
+}
+
+impl<Id: 'static> Runners<Id, PgStream> {
+    fn load() -> Self {
+        Runners {
+            with_static_id: load_owned::<StaticId<Id>>,
+            without_id: load_owned::<NoId>,
+        }
+    }
+}
+
+impl<Id: 'static> Runners<Id, usize> {
+    fn execute() -> Self {
+        Runners {
+            with_static_id: execute_owned::<StaticId<Id>>,
+            without_id: execute_owned::<NoId>,
+        }
     }
 }
 
@@ -658,25 +766,23 @@ impl Hasher for TypeIdHasher {
     }
 }
 
-/// `None` for a read, the classification of a write.
-type ClassCache =
-    HashMap<(usize, TypeId), Option<Arc<Classification>>, BuildHasherDefault<TypeIdHasher>>;
+type ClassCache = HashMap<(usize, TypeId), Classified, BuildHasherDefault<TypeIdHasher>>;
 
 thread_local! {
     /// Classifications of statically known queries, by pool and query type.
     static CLASSIFIED: RefCell<ClassCache> = RefCell::new(ClassCache::default());
 }
 
-fn load_collected<'c>(
+fn load_owned<'c, I: Identity>(
     conn: &'c mut AsyncPgConnection,
-    query: &'c Collected,
+    query: &'c OwnedQuery<I>,
 ) -> BoxFuture<'c, QueryResult<PgStream>> {
     AsyncConnectionCore::load(conn, query)
 }
 
-fn execute_collected<'c>(
+fn execute_owned<'c, I: Identity>(
     conn: &'c mut AsyncPgConnection,
-    query: &'c Collected,
+    query: &'c OwnedQuery<I>,
 ) -> BoxFuture<'c, QueryResult<usize>> {
     AsyncConnectionCore::execute_returning_count(conn, query)
 }
@@ -719,7 +825,7 @@ impl AsyncConnectionCore for RoutedConnection {
         self.dispatch(
             source.as_query(),
             |conn, query| conn.load(query),
-            load_collected,
+            Runners::load(),
             Some(first_row),
         )
     }
@@ -734,7 +840,7 @@ impl AsyncConnectionCore for RoutedConnection {
         self.dispatch(
             source,
             |conn, query| conn.execute_returning_count(query),
-            execute_collected,
+            Runners::execute(),
             None,
         )
     }

@@ -3,13 +3,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Bool, Nullable};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 
+use crate::connection::REASON_LABELS;
 use crate::error::Role;
 use crate::pool::{PoolInner, Server};
 use crate::url::DatabaseUrl;
@@ -57,6 +58,8 @@ pub(crate) struct Health {
     routed: AtomicU64,
     failures: AtomicU64,
     bans: AtomicU64,
+    /// `routing_queries_total` per reason, registered on first use.
+    queries: [OnceLock<metrics::Counter>; REASON_LABELS.len()],
 }
 
 impl Health {
@@ -77,6 +80,7 @@ impl Health {
             routed: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
+            queries: Default::default(),
         }
     }
 
@@ -153,15 +157,21 @@ impl Health {
         self.bans.load(Ordering::Relaxed)
     }
 
-    /// Counts a statement sent to this server.
-    pub(crate) fn count_routed(&self, reason: &'static str) {
+    /// Counts a statement sent to this server for the reason at `reason` in [`REASON_LABELS`].
+    /// The metric's handle is registered once (install a recorder before the first query).
+    pub(crate) fn count_routed(&self, reason: usize) {
         self.routed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "routing_queries_total",
-            "server" => Arc::clone(&self.label),
-            "reason" => reason
-        )
-        .increment(1);
+        if let Some(counter) = self.queries.get(reason) {
+            counter
+                .get_or_init(|| {
+                    metrics::counter!(
+                        "routing_queries_total",
+                        "server" => Arc::clone(&self.label),
+                        "reason" => REASON_LABELS[reason]
+                    )
+                })
+                .increment(1);
+        }
     }
 
     fn record_probe(

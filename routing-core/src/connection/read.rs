@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 
 use crate::balance::Candidate;
 use crate::causal::{CausalToken, ReadYourWrites};
-use crate::collected::OwnedQuery;
+use crate::collected::{Identity, OwnedQuery};
 use crate::context::ReadNeeds;
 use crate::error::{Error, Role};
 
@@ -170,10 +170,10 @@ impl RoutedConnection {
     /// row has been received (`first_row`), never after; the primary serves the read when no
     /// replica is eligible (lag, causal token) and, unless fallback is off, when none can be
     /// reached. A statement a replica refuses as a write runs on the primary.
-    pub(crate) async fn read_on_replica<R>(
+    pub(crate) async fn read_on_replica<I: Identity, R>(
         &mut self,
-        mut owned: OwnedQuery,
-        run: RunFn<R>,
+        mut owned: OwnedQuery<I>,
+        run: RunFn<I, R>,
         needs: ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
@@ -235,13 +235,12 @@ impl RoutedConnection {
             health.count_routed(Reason::ScopeAllowsReplica.metric());
             let result = match owned.resolve(conn, &inner.types).await {
                 Ok(()) => {
-                    let collected = owned.collected();
                     match first_row {
-                        None => run(conn, &collected).await,
+                        None => run(conn, &owned).await,
                         // A frozen server never starts answering; a slow query does, at once.
                         Some(first_row) => {
                             let limit = inner.replicas[index].checkout_timeout;
-                            match tokio::time::timeout(limit, run(conn, &collected)).await {
+                            match tokio::time::timeout(limit, run(conn, &owned)).await {
                                 Ok(Ok(stream)) => first_row(stream).await,
                                 Ok(Err(e)) => Err(e),
                                 Err(_) => Err(no_answer(limit)),

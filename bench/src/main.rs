@@ -1,0 +1,404 @@
+//! `routing-load`: a load benchmark of read-replica routing, on a throwaway local cluster.
+//!
+//! ```text
+//! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
+//!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
+//!     [--systems baseline,routed,pgpool] [--no-scenarios]
+//! ```
+//!
+//! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
+//! systems with pools of the same size over the same servers, at every workload and client
+//! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
+//! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
+//! installed). Then it measures the primary's share of a read-only workload's transactions
+//! through the router, and the router's behaviour while a replica stops and starts again. The
+//! results go to stdout as Markdown (and to `--markdown FILE`); progress goes to stderr.
+//!
+//! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
+//! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
+//! cluster, [`machine`] and [`report`] the output.
+
+mod failover;
+mod machine;
+mod offload;
+mod pgpool;
+mod report;
+mod setup;
+mod systems;
+mod workload;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use routing_cluster::LocalCluster;
+
+use crate::pgpool::Pgpool;
+use crate::report::{Cell, Report, Settings};
+use crate::setup::IdRange;
+use crate::systems::{Recycling, Servers, System, SystemKind};
+use crate::workload::Workload;
+
+/// The error type of the run's steps.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The most clients per cell: every server allows 200 connections, and pgpool-II keeps one per
+/// child and backend besides the pools.
+const MAX_CLIENTS: i64 = 64;
+
+/// Unmeasured requests before each cell: pools open their connections, caches warm up.
+const WARMUP: Duration = Duration::from_millis(500);
+
+/// A load benchmark of read-replica routing on a throwaway local PostgreSQL cluster: a plain
+/// hand-written baseline, `RoutedPool`, and pgpool-II, compared in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "routing-load", version)]
+struct Args {
+    /// Measured seconds per cell (system, workload, client count); also the length of the
+    /// primary offload run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+
+    /// Concurrent clients, comma-separated; each from 1 to 64.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4,16",
+        value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS)
+    )]
+    clients: Vec<u16>,
+
+    /// Workloads, comma-separated: `point` (read-only point SELECTs) and `mixed` (90 % point
+    /// SELECTs, 10 % single-row UPDATEs).
+    #[arg(long, value_delimiter = ',', default_value = "point,mixed")]
+    workloads: Vec<Workload>,
+
+    /// Also write the Markdown report to FILE.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+
+    /// How the plain pools (baseline and pgpool) check a pooled connection at checkout:
+    /// `verified` (diesel-async's default, a `SELECT 1` each time) or `fast` (no round trip,
+    /// like the router's replica pools).
+    #[arg(long, value_enum, default_value_t = Recycling::Fast)]
+    plain_recycling: Recycling,
+
+    /// Systems to measure, comma-separated (the baseline is needed for the ratios).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "baseline,routed,pgpool"
+    )]
+    systems: Vec<SystemKind>,
+
+    /// Skip the primary offload and failover scenarios.
+    #[arg(long)]
+    no_scenarios: bool,
+}
+
+impl Args {
+    /// The run's settings, without repeated client counts or workloads.
+    fn settings(&self) -> Settings {
+        let mut clients: Vec<usize> = Vec::new();
+        for count in self.clients.iter().map(|c| usize::from(*c)) {
+            if !clients.contains(&count) {
+                clients.push(count);
+            }
+        }
+        let mut workloads = Vec::new();
+        for workload in &self.workloads {
+            if !workloads.contains(workload) {
+                workloads.push(*workload);
+            }
+        }
+        Settings {
+            cell: Duration::from_secs(self.seconds),
+            warmup: WARMUP,
+            clients,
+            workloads,
+            recycling: self.plain_recycling,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("routing-load: cannot start the tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = run(&args) => outcome,
+            () = interrupted() => Err("interrupted; the cluster and pgpool-II were stopped".into()),
+        }
+    });
+    // Client tasks still running after an interruption end with the runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("routing-load: some measurements failed; see the report");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("routing-load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C; never when the signal cannot be watched.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The whole run; `Ok(false)` when the report holds a failed measurement. Dropping the future
+/// (on Ctrl-C) stops pgpool-II and the cluster through their `Drop`.
+async fn run(args: &Args) -> Result<bool, BoxError> {
+    let settings = args.settings();
+    // Fail before the run, not after it, on a file that cannot be written.
+    let mut markdown = match &args.markdown {
+        Some(path) => Some((
+            path,
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    let pgpool_program = pgpool::find();
+
+    eprintln!(
+        "starting a throwaway cluster (a primary and two streaming replicas), seeding it ..."
+    );
+    let (cluster, ids) = setup::start().await?;
+    eprintln!(
+        "  primary on port {}, replicas on ports {} and {}",
+        cluster.primary_port(),
+        cluster.replica_port(0),
+        cluster.replica_port(1)
+    );
+    let machine = machine::describe(cluster.bin_dir(), pgpool_program.as_deref()).await;
+    let max_clients = settings.clients.iter().copied().max().unwrap_or(1);
+    let (pgpool, pgpool_note) = if args.systems.contains(&SystemKind::Pgpool) {
+        start_pgpool(pgpool_program, &cluster, max_clients).await
+    } else {
+        (None, "pgpool-II was not asked for.".to_owned())
+    };
+    let servers = Servers {
+        primary: cluster.primary_url(),
+        replicas: cluster.replica_urls(),
+        pgpool: pgpool.as_ref().map(Pgpool::url),
+    };
+
+    let systems: Vec<SystemKind> = SystemKind::ALL
+        .into_iter()
+        .filter(|system| args.systems.contains(system))
+        .filter(|system| *system != SystemKind::Pgpool || pgpool.is_some())
+        .collect();
+    let mut cells = Vec::new();
+    for workload in &settings.workloads {
+        for clients in &settings.clients {
+            cells.extend(
+                measure_cells(&servers, &settings, *workload, *clients, &systems, ids).await,
+            );
+        }
+    }
+    let pgpool_note = match &pgpool {
+        Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
+        None => pgpool_note,
+    };
+    drop(pgpool);
+
+    let (offload, failover) = if args.no_scenarios {
+        (
+            Err("skipped (--no-scenarios)".to_owned()),
+            Err("skipped (--no-scenarios)".to_owned()),
+        )
+    } else {
+        eprintln!(
+            "primary offload: routed, point, {} clients, {} s ...",
+            offload::CLIENTS,
+            settings.cell.as_secs()
+        );
+        let offload = offload::measure(&cluster, settings.cell, ids)
+            .await
+            .map_err(|e| e.to_string());
+        eprintln!(
+            "failover: routed, point, {} clients, replica 0 stopped and started again ...",
+            failover::CLIENTS
+        );
+        let failover = failover::measure(&cluster, ids)
+            .await
+            .map_err(|e| e.to_string());
+        (offload, failover)
+    };
+    eprintln!("stopping the cluster ...");
+    drop(cluster);
+
+    let all_ok = (args.no_scenarios || (offload.is_ok() && failover.is_ok()))
+        && cells
+            .iter()
+            .all(|c| c.outcome.as_ref().is_ok_and(|m| m.errors == 0));
+    let report = Report {
+        machine,
+        settings,
+        pgpool_note,
+        cells,
+        offload,
+        failover,
+    };
+    let text = report.markdown();
+    if let Some((path, file)) = &mut markdown {
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write the report to stdout: {e}"))?;
+    Ok(all_ok)
+}
+
+/// Starts pgpool-II when installed; the note says what became of it, for the report.
+async fn start_pgpool(
+    program: Option<PathBuf>,
+    cluster: &LocalCluster,
+    max_clients: usize,
+) -> (Option<Pgpool>, String) {
+    let Some(program) = program else {
+        let note = "pgpool-II is not installed (`apt-get install pgpool2`); skipped.".to_owned();
+        eprintln!("{note}");
+        return (None, note);
+    };
+    eprintln!("starting pgpool-II ({}) ...", program.display());
+    match Pgpool::start(&program, cluster, max_clients).await {
+        Ok(pgpool) => {
+            let (on_replica, sessions) = pgpool.replica_sessions();
+            let note = format!(
+                "Verified before measuring: `SELECT pg_is_in_recovery()` through it answered \
+                 true in {on_replica} of {sessions} new sessions (it picks a session's \
+                 load-balancing node at connect time, not per statement).{}",
+                if pgpool.runs_as_postgres() {
+                    " It runs as the `postgres` user (it would not run as root)."
+                } else {
+                    ""
+                }
+            );
+            eprintln!("  pgpool-II on {}", pgpool.url());
+            (Some(pgpool), note)
+        }
+        Err(error) => {
+            eprintln!("pgpool-II could not be used, skipping it: {error}");
+            let note = format!(
+                "pgpool-II could not be used and was skipped: {} (its log tail is on stderr).",
+                error.summary()
+            );
+            (None, note)
+        }
+    }
+}
+
+/// What `SHOW POOL_NODES` says of the `SELECT`s pgpool-II sent to each backend, for the report.
+async fn node_selects_note(pgpool: &Pgpool) -> String {
+    match pgpool.node_selects().await {
+        Ok(nodes) => format!(
+            "`SHOW POOL_NODES` after its cells, `SELECT`s per backend (verification and \
+             `SELECT 1` checks included): {}.",
+            nodes
+                .iter()
+                .map(|n| format!("{} :{} {}", n.role, n.port, n.select_cnt))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(error) => {
+            eprintln!("SHOW POOL_NODES through pgpool-II failed: {error}");
+            "`SHOW POOL_NODES` failed after its cells.".to_owned()
+        }
+    }
+}
+
+/// Slices each cell is measured in: the systems take turns, so that a drift of the machine
+/// (another process, the servers' background work) weighs on every system alike.
+const ROUNDS: u32 = 5;
+
+/// Measures every system at one workload and client count, each on pools of its own: after a
+/// warm-up, the systems take turns in [`ROUNDS`] slices (in a rotating order) that add up to the
+/// cell's duration.
+async fn measure_cells(
+    servers: &Servers,
+    settings: &Settings,
+    workload: Workload,
+    clients: usize,
+    systems: &[SystemKind],
+    ids: IdRange,
+) -> Vec<Cell> {
+    let mut built = Vec::new();
+    for &system in systems {
+        match System::build(system, servers, clients, settings.recycling) {
+            Ok(pools) => {
+                let pools = Arc::new(pools);
+                workload::run(&pools, workload, clients, settings.warmup, ids).await;
+                built.push((system, Ok(pools), None::<workload::Measurement>));
+            }
+            Err(error) => built.push((
+                system,
+                Err(format!("cannot build the system: {error}")),
+                None,
+            )),
+        }
+    }
+    let slice = settings.cell / ROUNDS;
+    for round in 0..ROUNDS as usize {
+        let count = built.len();
+        for turn in 0..count {
+            let (_, pools, measured) = &mut built[(round + turn) % count];
+            if let Ok(pools) = pools {
+                let run = workload::run(pools, workload, clients, slice, ids).await;
+                *measured = Some(match measured.take() {
+                    Some(so_far) => so_far.merge(run),
+                    None => run,
+                });
+            }
+        }
+    }
+    built
+        .into_iter()
+        .map(|(system, pools, measured)| {
+            let outcome = pools.and_then(|_| measured.ok_or_else(|| "not measured".to_owned()));
+            match &outcome {
+                Ok(m) => eprintln!(
+                    "  {workload:<5} {clients:>2} clients  {system:<8} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
+                    m.throughput(),
+                    m.percentile(50.0)
+                        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+                    m.percentile(99.0)
+                        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+                    m.errors
+                ),
+                Err(error) => {
+                    eprintln!("  {workload:<5} {clients:>2} clients  {system:<8} failed: {error}")
+                }
+            }
+            Cell {
+                workload,
+                clients,
+                system,
+                outcome,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,263 @@
+//! The three systems under test, behind one enum: each serves `read(id)` and `write(id)`, taking a
+//! fresh connection from its pool per request and returning it afterwards, as a web handler does.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use routing_core::{RoutedPool, with_read_replica};
+use routing_migrate::products;
+
+use crate::BoxError;
+
+/// How long a checkout may wait for a free connection, or a new connection take, in every pool:
+/// the `RoutedPool` defaults, applied to the plain pools too.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which system, for the command line and the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub(crate) enum SystemKind {
+    /// Hand-written: one plain deadpool pool per server, round robin over the replica pools.
+    Baseline,
+    /// `routing_core::RoutedPool`, reads in a `with_read_replica(true, ..)` scope.
+    Routed,
+    /// pgpool-II in front of the cluster, one plain deadpool pool to it.
+    Pgpool,
+}
+
+impl SystemKind {
+    /// Every system, in report order; the baseline first.
+    pub(crate) const ALL: [SystemKind; 3] =
+        [SystemKind::Baseline, SystemKind::Routed, SystemKind::Pgpool];
+}
+
+impl fmt::Display for SystemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SystemKind::Baseline => "baseline",
+            SystemKind::Routed => "routed",
+            SystemKind::Pgpool => "pgpool",
+        })
+    }
+}
+
+/// One request's operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// The point `SELECT` by primary key.
+    Read,
+    /// The single-row `UPDATE` by primary key.
+    Write,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        })
+    }
+}
+
+/// How the plain deadpool pools (baseline and pgpool) check a connection at checkout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Recycling {
+    /// diesel-async's default: a `SELECT 1` round trip on every checkout of a pooled connection.
+    Verified,
+    /// Only a local check (no round trip), as `RoutedPool` does for its replica pools.
+    Fast,
+}
+
+impl fmt::Display for Recycling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Recycling::Verified => "verified",
+            Recycling::Fast => "fast",
+        })
+    }
+}
+
+/// The servers a system is built over.
+#[derive(Clone, Debug)]
+pub(crate) struct Servers {
+    /// The primary's URL.
+    pub(crate) primary: String,
+    /// The replicas' URLs.
+    pub(crate) replicas: Vec<String>,
+    /// pgpool-II's URL, when it runs.
+    pub(crate) pgpool: Option<String>,
+}
+
+/// A system under test, with pools of `max_size` connections per server.
+pub(crate) enum System {
+    /// Hand-written routing over plain pools.
+    Baseline(Baseline),
+    /// The router.
+    Routed(RoutedPool),
+    /// One plain pool to pgpool-II, which routes.
+    Pgpool(Pool<AsyncPgConnection>),
+}
+
+/// The hand-written baseline: what applications do without a router.
+pub(crate) struct Baseline {
+    primary: Pool<AsyncPgConnection>,
+    replicas: Vec<Pool<AsyncPgConnection>>,
+    next: AtomicUsize,
+}
+
+impl System {
+    /// Builds `kind` over `servers`, every pool at most `max_size` connections (at least 1).
+    /// Nothing connects until the first request.
+    pub(crate) fn build(
+        kind: SystemKind,
+        servers: &Servers,
+        max_size: usize,
+        recycling: Recycling,
+    ) -> Result<System, BoxError> {
+        let max_size = max_size.max(1);
+        if servers.replicas.is_empty() {
+            return Err("the systems under test need at least one replica".into());
+        }
+        Ok(match kind {
+            SystemKind::Baseline => System::Baseline(Baseline {
+                primary: plain_pool(&servers.primary, max_size, recycling)?,
+                replicas: servers
+                    .replicas
+                    .iter()
+                    .map(|url| plain_pool(url, max_size, recycling))
+                    .collect::<Result<_, _>>()?,
+                next: AtomicUsize::new(0),
+            }),
+            SystemKind::Routed => System::Routed(
+                RoutedPool::builder(servers.primary.clone())
+                    .replicas(servers.replicas.iter().cloned())
+                    .max_size(max_size)
+                    .build()?,
+            ),
+            SystemKind::Pgpool => {
+                let url = servers
+                    .pgpool
+                    .as_deref()
+                    .ok_or("pgpool-II is not running")?;
+                System::Pgpool(plain_pool(url, max_size, recycling)?)
+            }
+        })
+    }
+
+    /// The router's view of its servers, for the routed system.
+    pub(crate) fn routed_status(&self) -> Option<routing_core::PoolStatus> {
+        match self {
+            System::Routed(pool) => Some(pool.status()),
+            _ => None,
+        }
+    }
+
+    /// Runs one request of `op` for the product `id`.
+    pub(crate) async fn request(&self, op: Op, id: i64) -> Result<(), BoxError> {
+        match op {
+            Op::Read => self.read(id).await,
+            Op::Write => self.write(id).await,
+        }
+    }
+
+    /// The point `SELECT` of product `id` on a replica.
+    pub(crate) async fn read(&self, id: i64) -> Result<(), BoxError> {
+        match self {
+            System::Baseline(baseline) => {
+                let index = baseline.next.fetch_add(1, Ordering::Relaxed) % baseline.replicas.len();
+                let mut conn = baseline.replicas[index].get().await?;
+                point_select(&mut conn, id).await?;
+            }
+            System::Routed(pool) => {
+                // The scope a web middleware sets for a GET request; it covers the checkout.
+                with_read_replica(true, async {
+                    let mut conn = pool.get().await?;
+                    point_select(&mut conn, id).await?;
+                    Ok::<_, BoxError>(())
+                })
+                .await?;
+            }
+            System::Pgpool(pool) => {
+                let mut conn = pool.get().await?;
+                point_select(&mut conn, id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `UPDATE` of product `id`, on the primary.
+    pub(crate) async fn write(&self, id: i64) -> Result<(), BoxError> {
+        match self {
+            System::Baseline(baseline) => {
+                let mut conn = baseline.primary.get().await?;
+                bump_price(&mut conn, id).await?;
+            }
+            System::Routed(pool) => {
+                // The same replica scope as the reads: the router sends the UPDATE to the
+                // primary by itself.
+                with_read_replica(true, async {
+                    let mut conn = pool.get().await?;
+                    bump_price(&mut conn, id).await?;
+                    Ok::<_, BoxError>(())
+                })
+                .await?;
+            }
+            System::Pgpool(pool) => {
+                let mut conn = pool.get().await?;
+                bump_price(&mut conn, id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plain diesel-async deadpool pool for `url`, as an application builds it by hand.
+fn plain_pool(
+    url: &str,
+    max_size: usize,
+    recycling: Recycling,
+) -> Result<Pool<AsyncPgConnection>, BoxError> {
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.recycling_method = match recycling {
+        Recycling::Verified => RecyclingMethod::Verified,
+        Recycling::Fast => RecyclingMethod::Fast,
+    };
+    let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+    Ok(Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?)
+}
+
+/// `SELECT id, name, price_cents FROM products WHERE id = $1`.
+async fn point_select<C>(conn: &mut C, id: i64) -> QueryResult<(i64, String, i64)>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    products::table
+        .find(id)
+        .select((products::id, products::name, products::price_cents))
+        .get_result(conn)
+        .await
+}
+
+/// `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1`.
+async fn bump_price<C>(conn: &mut C, id: i64) -> QueryResult<usize>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    diesel::update(products::table.find(id))
+        .set(products::price_cents.eq(products::price_cents + 1))
+        .execute(conn)
+        .await
+}

@@ -1,0 +1,211 @@
+//! The timed request loop: concurrent clients, one latency per request, and the percentiles.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::setup::IdRange;
+use crate::systems::{Op, System};
+
+/// What the clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub(crate) enum Workload {
+    /// Point `SELECT`s by primary key, in a replica scope: read-only.
+    Point,
+    /// 90 % point `SELECT`s, 10 % single-row `UPDATE`s (which go to the primary).
+    Mixed,
+}
+
+impl Workload {
+    /// One in this many requests of the workload is a write.
+    const MIXED_WRITE_ONE_IN: u8 = 10;
+
+    /// The operation of the next request.
+    fn next_op(self, rng: &mut fastrand::Rng) -> Op {
+        match self {
+            Workload::Point => Op::Read,
+            Workload::Mixed if rng.u8(0..Self::MIXED_WRITE_ONE_IN) == 0 => Op::Write,
+            Workload::Mixed => Op::Read,
+        }
+    }
+
+    /// What the workload sends, for the report.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Workload::Point => {
+                "point `SELECT id, name, price_cents FROM products WHERE id = $1` (random id), read scope"
+            }
+            Workload::Mixed => {
+                "90 % the point `SELECT`, 10 % `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1`"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Workload::Point => "point",
+            Workload::Mixed => "mixed",
+        })
+    }
+}
+
+/// What one timed run measured.
+#[derive(Clone, Debug)]
+pub(crate) struct Measurement {
+    /// Requests that succeeded.
+    pub(crate) requests: usize,
+    /// Requests that failed.
+    pub(crate) errors: u64,
+    /// The first failure's message, if any.
+    pub(crate) first_error: Option<String>,
+    /// From the start of the run until the last client finished its last request.
+    pub(crate) elapsed: Duration,
+    /// Latencies of the successful requests, sorted ascending.
+    latencies: Vec<Duration>,
+}
+
+impl Measurement {
+    /// Successful requests per second.
+    pub(crate) fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The `p`-th percentile latency (nearest rank), `None` without successful requests.
+    pub(crate) fn percentile(&self, p: f64) -> Option<Duration> {
+        percentile(&self.latencies, p)
+    }
+
+    /// Both runs as one: requests, errors and time add up, latencies pool.
+    pub(crate) fn merge(mut self, other: Measurement) -> Measurement {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.first_error = self.first_error.or(other.first_error);
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_unstable();
+        self
+    }
+}
+
+/// The `p`-th percentile (0 < p <= 100) of `sorted` by the nearest-rank method: the smallest
+/// value with at least `p` % of the values at or below it.
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientLog {
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs `workload` on `system` with `clients` concurrent tasks for `duration`; each task sends
+/// one request after another, and each request is timed from before the checkout until after
+/// the connection is back in its pool. Requests started before the deadline are finished and
+/// counted; the elapsed time runs until the last one finished.
+pub(crate) async fn run(
+    system: &Arc<System>,
+    workload: Workload,
+    clients: usize,
+    duration: Duration,
+    ids: IdRange,
+) -> Measurement {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(client(Arc::clone(system), workload, deadline, ids)))
+        .collect();
+    let mut all = ClientLog::default();
+    for task in tasks {
+        match task.await {
+            Ok(log) => {
+                all.latencies.extend(log.latencies);
+                all.errors += log.errors;
+                if all.first_error.is_none() {
+                    all.first_error = log.first_error;
+                }
+            }
+            Err(join) => {
+                all.errors += 1;
+                all.first_error
+                    .get_or_insert_with(|| format!("a client task failed: {join}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    all.latencies.sort_unstable();
+    Measurement {
+        requests: all.latencies.len(),
+        errors: all.errors,
+        first_error: all.first_error,
+        elapsed,
+        latencies: all.latencies,
+    }
+}
+
+/// One client: requests back to back until `deadline`.
+async fn client(
+    system: Arc<System>,
+    workload: Workload,
+    deadline: Instant,
+    ids: IdRange,
+) -> ClientLog {
+    let mut rng = fastrand::Rng::new();
+    let mut log = ClientLog::default();
+    while Instant::now() < deadline {
+        let id = ids.random(&mut rng);
+        let op = workload.next_op(&mut rng);
+        let began = Instant::now();
+        match system.request(op, id).await {
+            Ok(()) => log.latencies.push(began.elapsed()),
+            Err(error) => {
+                log.errors += 1;
+                log.first_error
+                    .get_or_insert_with(|| format!("{op} of id {id}: {error}"));
+            }
+        }
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|v| Duration::from_millis(*v)).collect()
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let sorted = ms(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(percentile(&sorted, 50.0), Some(Duration::from_millis(5)));
+        assert_eq!(percentile(&sorted, 99.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&sorted, 100.0), Some(Duration::from_millis(10)));
+        assert_eq!(percentile(&ms(&[7]), 50.0), Some(Duration::from_millis(7)));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn mixed_writes_about_one_in_ten() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let writes = (0..100_000)
+            .filter(|_| Workload::Mixed.next_op(&mut rng) == Op::Write)
+            .count();
+        assert!((9_000..11_000).contains(&writes), "{writes} writes");
+        assert!((0..100).all(|_| Workload::Point.next_op(&mut rng) == Op::Read));
+    }
+}
