@@ -130,8 +130,8 @@ impl Report {
             "- `routed`: `RoutedPool` over the same servers; each request runs in \
              `with_read_replica(true, ..)` (the scope a web middleware sets), checkout included; \
              the router sends the `UPDATE`s to the primary itself. Its replica pools recycle \
-             `fast` (a dead connection is retried on another server), its primary pool \
-             `verified`."
+             `fast` (a dead connection is retried on another server), its primary pool as the \
+             baseline's (`verify_primary_checkouts`)."
         );
         let _ = writeln!(
             out,

@@ -139,6 +139,8 @@ impl System {
                 RoutedPool::builder(servers.primary.clone())
                     .replicas(servers.replicas.iter().cloned())
                     .max_size(max_size)
+                    // The primary's checkouts as the plain pools' (replica checkouts never ask).
+                    .verify_primary_checkouts(recycling == Recycling::Verified)
                     .build()?,
             ),
             SystemKind::Pgpool => {

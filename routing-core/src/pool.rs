@@ -305,6 +305,7 @@ pub struct RoutedPoolBuilder {
     fallback_to_primary: bool,
     retry_refused_writes: bool,
     verify_roles: bool,
+    verify_primary_checkouts: bool,
     classifier: Classifier,
 }
 
@@ -330,6 +331,7 @@ impl std::fmt::Debug for RoutedPoolBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("fallback_to_primary", &self.fallback_to_primary)
             .field("verify_roles", &self.verify_roles)
+            .field("verify_primary_checkouts", &self.verify_primary_checkouts)
             .finish_non_exhaustive()
     }
 }
@@ -351,6 +353,7 @@ impl RoutedPoolBuilder {
             fallback_to_primary: true,
             retry_refused_writes: true,
             verify_roles: true,
+            verify_primary_checkouts: true,
             classifier: Classifier::new(),
         }
     }
@@ -488,6 +491,16 @@ impl RoutedPoolBuilder {
         self
     }
 
+    /// Whether a pooled primary connection answers a `SELECT 1` before each checkout hands it out
+    /// (diesel-async's `RecyclingMethod::Verified`), so that a write never meets a connection
+    /// that died while idle (`true`), or only a local check is made (`false`, one round trip
+    /// less per request that writes). Replica checkouts never ask: a read that meets a dead
+    /// connection runs again elsewhere. Default: `true`.
+    pub fn verify_primary_checkouts(mut self, verify: bool) -> Self {
+        self.verify_primary_checkouts = verify;
+        self
+    }
+
     /// Replaces the statement classifier, e.g. one that knows the application's functions.
     /// Default: [`Classifier::new`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
@@ -578,8 +591,8 @@ impl RoutedPoolBuilder {
         // A replica read that meets a dead pooled connection is retried elsewhere, so replica
         // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
         config.recycling_method = match role {
-            Role::Primary => RecyclingMethod::Verified,
-            Role::Replica(_) => RecyclingMethod::Fast,
+            Role::Primary if self.verify_primary_checkouts => RecyclingMethod::Verified,
+            _ => RecyclingMethod::Fast,
         };
         let manager = AsyncDieselConnectionManager::new_with_config(url.secret(), config);
         let pool = Pool::builder(manager)

@@ -184,8 +184,8 @@ impl RoutedConnection {
         {
             if token.age() < window {
                 log_decision(Target::Primary, &Reason::CausalWindow);
-                return self
-                    .run_on(Target::Primary, owned, run, &Reason::CausalWindow)
+                // Cold paths are boxed, to keep the read's own future small.
+                return Box::pin(self.run_on(Target::Primary, owned, run, &Reason::CausalWindow))
                     .await;
             }
         }
@@ -216,7 +216,7 @@ impl RoutedConnection {
             };
             let conn = &mut *held.conn;
             if let Some(token) = needs.causal_token.filter(|_| verify_token) {
-                match replayed(conn, token, wait).await {
+                match Box::pin(replayed(conn, token, wait)).await {
                     Ok(true) => health.note_replay(token.lsn()),
                     Ok(false) => {
                         // Waiting on the next replica too would add up the waits.
@@ -265,9 +265,13 @@ impl RoutedConnection {
                          Classifier::primary_functions)"
                     );
                     self.mark_written();
-                    return self
-                        .run_on(Target::Primary, owned, run, &Reason::RefusedAsWrite)
-                        .await;
+                    return Box::pin(self.run_on(
+                        Target::Primary,
+                        owned,
+                        run,
+                        &Reason::RefusedAsWrite,
+                    ))
+                    .await;
                 }
                 Err(e) if is_no_answer(&e) || is_unreachable(&e, conn) => {
                     health.ban(format!("{e}"));
@@ -294,7 +298,7 @@ impl RoutedConnection {
         if !exclusions.failures.is_empty() {
             metrics::counter!("routing_fallbacks_total").increment(1);
         }
-        self.run_on(Target::Primary, owned, run, &reason).await
+        Box::pin(self.run_on(Target::Primary, owned, run, &reason)).await
     }
 }
 
