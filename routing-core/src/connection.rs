@@ -378,9 +378,9 @@ impl RoutedConnection {
             Some(Classification::Write(why)) => {
                 self.mark_written();
                 log_decision(Target::Primary, &Reason::Write(why));
-                Ok((Some(Target::Primary), Some(rendered)))
+                Ok((Some(Target::Primary), rendered))
             }
-            _ => Ok((None, Some(rendered))),
+            _ => Ok((None, rendered)),
         }
     }
 
@@ -411,28 +411,26 @@ impl RoutedConnection {
         (target, needs, reason)
     }
 
-    /// Classifies `query`: the classification of a write (`None` for a read), and its SQL.
-    /// Queries with a static id (whose SQL never changes) are rendered and classified once per
-    /// pool and thread; a cached read costs one lookup.
+    /// Classifies `query`: the classification of a write (`None` for a read), and its SQL when
+    /// it had to be rendered. Queries with a static id (whose SQL never changes) are rendered and
+    /// classified once per pool and thread: a cached read costs one lookup, and its SQL is
+    /// fetched by [`RoutedConnection::rendered`] only when needed.
     fn classify(
         &self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Option<Arc<Classification>>, Rendered)> {
+    ) -> QueryResult<(Option<Arc<Classification>>, Option<Rendered>)> {
         let key = query_id.map(|id| (self.pool.inner.id, id));
         if let Some(key) = key {
-            let cached = CLASSIFIED.with(|cache| cache.borrow().get(&key).cloned());
-            if let Some(cached) = cached {
-                return Ok((cached.write, cached.rendered));
+            let cached = CLASSIFIED
+                .with(|cache| cache.borrow().get(&key).map(|cached| cached.write.clone()));
+            if let Some(write) = cached {
+                return Ok((write, None));
             }
         }
-        let sql = render(query)?;
-        let class = self.pool.inner.classifier.classify(&sql);
+        let rendered = render_for_owned(query)?;
+        let class = self.pool.inner.classifier.classify(&rendered.sql);
         let write = (!class.is_read()).then(|| Arc::new(class));
-        let rendered = Rendered {
-            sql: Arc::from(sql),
-            safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
-        };
         if let Some(key) = key {
             let cached = Classified {
                 write: write.clone(),
@@ -440,7 +438,23 @@ impl RoutedConnection {
             };
             CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, cached));
         }
-        Ok((write, rendered))
+        Ok((write, Some(rendered)))
+    }
+
+    /// The SQL of `query`: from the cache of static queries, or rendered now.
+    fn rendered(
+        &self,
+        query: &dyn QueryFragment<Pg>,
+        query_id: Option<TypeId>,
+    ) -> QueryResult<Rendered> {
+        let key = query_id.map(|id| (self.pool.inner.id, id));
+        let cached = key.and_then(|key| {
+            CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|c| c.rendered.clone()))
+        });
+        match cached {
+            Some(rendered) => Ok(rendered),
+            None => render_for_owned(query),
+        }
     }
 
     /// Runs an owned statement on `target`; reads on a replica fail over.
@@ -564,17 +578,9 @@ impl RoutedConnection {
                 Some(sql) => instrument(&mut self.instrumentation, sql, fut),
             };
         }
-        let rendered = match rendered {
-            Some(rendered) => rendered,
-            None => match render(&query).and_then(|sql| {
-                Ok(Rendered {
-                    sql: Arc::from(sql),
-                    safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
-                })
-            }) {
-                Ok(rendered) => rendered,
-                Err(e) => return futures_util::future::ready(Err(e)).boxed(),
-            },
+        let rendered = match rendered.map_or_else(|| self.rendered(&query, Q::query_id()), Ok) {
+            Ok(rendered) => rendered,
+            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         // The owned form keeps the query's static id, so that the server connection's statement
         // cache finds its prepared statement by type, as for the query itself.
@@ -643,6 +649,14 @@ impl RoutedConnection {
         }
         .boxed()
     }
+}
+
+/// Renders `query` for its owned form.
+fn render_for_owned(query: &dyn QueryFragment<Pg>) -> QueryResult<Rendered> {
+    Ok(Rendered {
+        sql: Arc::from(render(query)?),
+        safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
+    })
 }
 
 /// A statement's SQL, rendered once (and, for a static query, kept).

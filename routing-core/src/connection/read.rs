@@ -67,14 +67,17 @@ impl RoutedConnection {
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
-        let target = match self.fixed_target(query, query_id)?.0 {
-            Some(target) => target,
-            None => self.read_target().0,
+        let (target, needs) = match self.fixed_target(query, query_id)?.0 {
+            Some(target) => (target, ReadNeeds::default()),
+            None => {
+                let (target, needs, _) = self.read_target();
+                (target, needs)
+            }
         };
         if target == Target::Primary {
             return Ok(None);
         }
-        match self.pick_replica(&[], &crate::context::read_needs(), true) {
+        match self.pick_replica(&[], &needs, true) {
             Pick::Replica { index, .. } => Ok(Some(index)),
             Pick::None(_) => Ok(None),
         }
@@ -150,14 +153,15 @@ impl RoutedConnection {
                 };
             }
         }
-        let (candidates, verify_token) = if !caught_up.is_empty() {
-            (caught_up, false)
+        // Borrowed, not moved: a move would copy the inline buffers.
+        let (candidates, verify_token): (&[Candidate], bool) = if !caught_up.is_empty() {
+            (&caught_up, false)
         } else if !unverified.is_empty() {
-            (unverified, true)
+            (&unverified, true)
         } else {
             return Pick::None(exclusions);
         };
-        let position = inner.policy.0.choose(&candidates) % candidates.len();
+        let position = inner.policy.0.choose(candidates) % candidates.len();
         Pick::Replica {
             index: candidates[position].index,
             verify_token,
