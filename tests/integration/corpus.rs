@@ -13,7 +13,7 @@ use routing_core::{Classifier, RoutedConnection, with_read_replica};
 use routing_migrate::{OrderStatus, orders, products};
 use routing_tests::{pg_is_in_recovery, servers, unique};
 
-use crate::support::insert_product;
+use crate::support::{insert_order, insert_product};
 
 /// A statement's own answer to "am I on a standby?".
 #[derive(QueryableByName)]
@@ -94,15 +94,7 @@ async fn corpus_no_write_reaches_a_replica_and_every_read_does() {
     let name: &'static str = Box::leak(unique("corpus").into_boxed_str());
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, name).await;
-    diesel::insert_into(orders::table)
-        .values((
-            orders::product_id.eq(product),
-            orders::quantity.eq(1),
-            orders::status.eq(OrderStatus::Pending),
-        ))
-        .execute(&mut setup)
-        .await
-        .unwrap();
+    insert_order(&mut setup, product, OrderStatus::Pending).await;
     let scratch = unique("corpus_scratch");
     diesel::sql_query(format!(
         "CREATE TABLE {scratch} (id int PRIMARY KEY, note text)"

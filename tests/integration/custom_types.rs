@@ -7,7 +7,7 @@ use routing_core::with_read_replica;
 use routing_migrate::{OrderStatus, orders};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique};
 
-use crate::support::insert_product;
+use crate::support::{insert_order, insert_product};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enum_writes_and_reads_work_from_a_replica_scope() {
@@ -75,11 +75,7 @@ async fn enum_array_write_from_a_replica_scope_reaches_the_primary() {
     let pool = servers.pool_builder(&unique("enum_array")).build().unwrap();
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("enum_array")).await;
-    diesel::insert_into(orders::table)
-        .values((orders::product_id.eq(product), orders::quantity.eq(1)))
-        .execute(&mut setup)
-        .await
-        .unwrap();
+    insert_order(&mut setup, product, OrderStatus::Pending).await;
     drop(setup);
 
     let pool = servers

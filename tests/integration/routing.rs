@@ -8,7 +8,7 @@ use routing_core::{with_primary, with_read_replica};
 use routing_migrate::{OrderStatus, orders, products};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique, where_ran};
 
-use crate::support::{RanOn, insert_product};
+use crate::support::{RanOn, insert_order, insert_product};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_in_replica_scope_goes_to_a_replica() {
@@ -465,15 +465,7 @@ async fn join_and_aggregate_reads_go_to_a_replica() {
     let pool = servers.pool(&unique("aggregates"));
     let mut setup = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut setup, &unique("joined")).await;
-    diesel::insert_into(orders::table)
-        .values((
-            orders::product_id.eq(product),
-            orders::quantity.eq(2),
-            orders::status.eq(OrderStatus::Paid),
-        ))
-        .execute(&mut setup)
-        .await
-        .unwrap();
+    insert_order(&mut setup, product, OrderStatus::Paid).await;
     drop(setup);
     servers.wait_for_replicas().await;
     let mut conn = pool.get().await.unwrap();

@@ -36,6 +36,24 @@ pub(crate) async fn insert_product(conn: &mut RoutedConnection, name: &str) -> (
     (id, ServerId { port, in_recovery })
 }
 
+/// Places an order of `product` in `status` on `conn`.
+pub(crate) async fn insert_order(
+    conn: &mut RoutedConnection,
+    product: i64,
+    status: routing_migrate::OrderStatus,
+) {
+    use routing_migrate::orders;
+    diesel::insert_into(orders::table)
+        .values((
+            orders::product_id.eq(product),
+            orders::quantity.eq(1),
+            orders::status.eq(status),
+        ))
+        .execute(conn)
+        .await
+        .expect("insert an order");
+}
+
 /// A cluster of the test's own, migrated and caught up: fault controls must not disturb the
 /// tests sharing the process cluster. `None` (the test skips) on external servers.
 pub(crate) async fn private_cluster(test: &str) -> Option<routing_cluster::LocalCluster> {
