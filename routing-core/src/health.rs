@@ -232,7 +232,11 @@ impl Drop for Lease {
 
 /// Starts the probe of `inner`'s replicas on the running tokio runtime, once.
 pub(crate) fn start(inner: &Arc<PoolInner>) {
-    if inner.replicas.is_empty() || inner.prober_started.swap(true, Ordering::AcqRel) {
+    // A plain load first: every `get` passes here, and a swap would contend on the cache line.
+    if inner.replicas.is_empty()
+        || inner.prober_started.load(Ordering::Acquire)
+        || inner.prober_started.swap(true, Ordering::AcqRel)
+    {
         return;
     }
     match tokio::runtime::Handle::try_current() {
