@@ -105,13 +105,15 @@ impl ReplicaPolicy for LeastOutstanding {
             .map(load)
             .min_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)));
         let Some(best) = best else { return 0 };
-        let tied: Vec<usize> = (0..candidates.len())
-            .filter(|&i| {
-                let l = load(&candidates[i]);
-                l.0 * best.1 == best.0 * l.1
-            })
-            .collect();
-        tied[self.tie.fetch_add(1, Ordering::Relaxed) % tied.len()]
+        let is_best = |c: &Candidate| {
+            let l = load(c);
+            l.0 * best.1 == best.0 * l.1
+        };
+        nth_tied(
+            candidates,
+            is_best,
+            self.tie.fetch_add(1, Ordering::Relaxed),
+        )
     }
 }
 
@@ -135,11 +137,26 @@ impl ReplicaPolicy for LowestLatency {
         let Some(best) = candidates.iter().map(latency).min() else {
             return 0;
         };
-        let tied: Vec<usize> = (0..candidates.len())
-            .filter(|&i| latency(&candidates[i]) == best)
-            .collect();
-        tied[self.tie.fetch_add(1, Ordering::Relaxed) % tied.len()]
+        nth_tied(
+            candidates,
+            |c| latency(c) == best,
+            self.tie.fetch_add(1, Ordering::Relaxed),
+        )
     }
+}
+
+/// The position of the `turn`-th (wrapping) candidate for which `tied` holds, without allocating.
+fn nth_tied(candidates: &[Candidate], tied: impl Fn(&Candidate) -> bool, turn: usize) -> usize {
+    let count = candidates.iter().filter(|c| tied(c)).count();
+    if count == 0 {
+        return 0;
+    }
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| tied(c))
+        .nth(turn % count)
+        .map_or(0, |(position, _)| position)
 }
 
 fn total_weight(candidates: &[Candidate]) -> usize {

@@ -155,11 +155,12 @@ impl<I: Identity> OwnedQuery<I> {
         conn: &mut AsyncPgConnection,
         types: &TypeCache,
     ) -> QueryResult<()> {
-        let Some(unresolved) = self.unresolved.take() else {
+        let Some(pending) = self.unresolved.as_ref() else {
             return Ok(());
         };
+        // Every lookup first: a failed one leaves the placeholders for a retry elsewhere.
         let mut real = HashMap::new();
-        for ((schema, name), (oid, array_oid)) in &unresolved.placeholders {
+        for ((schema, name), (oid, array_oid)) in &pending.placeholders {
             let found = lookup_type(conn, schema.as_deref(), name).await?;
             types
                 .lock()
@@ -168,6 +169,9 @@ impl<I: Identity> OwnedQuery<I> {
             real.insert(*oid, found.0);
             real.insert(*array_oid, found.1);
         }
+        let Some(unresolved) = self.unresolved.take() else {
+            return Ok(());
+        };
         for metadata in &mut self.binds.metadata {
             let (oid, array_oid) = oids(metadata);
             *metadata = PgTypeMetadata::new(

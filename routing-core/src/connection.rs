@@ -29,12 +29,12 @@ use crate::causal::{CausalToken, ReadYourWrites};
 use crate::classify::{Classification, WriteReason};
 use crate::collected::{Identity, NoId, OwnedQuery, StaticId, render};
 use crate::context::{ReadNeeds, read_needs, record_write};
-use crate::error::Error;
+use crate::error::{Error, Role};
 use crate::health::Lease;
 use crate::pool::current_wal_position;
 use crate::pool::{PgObject, RoutedPool};
 use crate::transaction::RoutedTransactionManager;
-use read::{Exclusions, Pick};
+use read::Exclusions;
 
 /// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
@@ -181,6 +181,11 @@ struct HeldReplica {
 ///
 /// Server connections are checked out lazily: one that only reads in a replica scope never holds
 /// a primary connection, and one in a primary scope never holds a replica connection.
+///
+/// As with diesel-async's own connections, a transaction whose future is dropped midway stays
+/// open on its server connection, and this connection's later statements run inside it; drop the
+/// `RoutedConnection` then: its pool discards a server connection returned inside a transaction,
+/// which rolls the transaction back.
 pub struct RoutedConnection {
     pool: RoutedPool,
     primary: Option<PgObject>,
@@ -239,8 +244,8 @@ impl RoutedConnection {
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
         self.mark_written();
         log_decision(Target::Primary, &Reason::Forced);
-        let conn = self.checkout(Target::Primary).await?;
-        Ok(conn)
+        self.count(Target::Primary, Reason::Forced.metric());
+        self.checkout(Target::Primary).await
     }
 
     /// A token for this connection's writes, to hand to a later request (see [`CausalToken`]):
@@ -323,33 +328,21 @@ impl RoutedConnection {
                 self.primary = Some(self.prepare(conn));
             }
             Target::Replica if self.replica.is_none() => {
-                let needs = read_needs();
-                let mut tried = Vec::new();
-                let mut failures = Vec::new();
-                while let Pick::Replica { index, .. } = self.pick_replica(&tried, &needs, false) {
-                    tried.push(index);
-                    if let Err(e) = self.hold_replica(index).await {
-                        failures.push(e.to_string());
-                    }
-                    if self.replica.is_some() {
-                        break;
-                    }
-                }
-                if self.replica.is_none() {
+                let held = self.hold_eligible_replica(&read_needs()).await?;
+                if !held {
                     return Err(Error::NoReplicaAvailable {
-                        reasons: if failures.is_empty() {
-                            "every replica is banned or lagging".to_owned()
-                        } else {
-                            failures.join("; ")
-                        },
+                        reasons: "every replica lags or is behind the causal token".to_owned(),
                     });
                 }
             }
             _ => {}
         }
-        self.held(target).ok_or_else(|| Error::NoReplicaAvailable {
-            reasons: "no connection held".to_owned(),
-        })
+        self.held(target)
+            .ok_or_else(lost_connection)
+            .map_err(|e| Error::Query {
+                role: Role::Primary,
+                source: e,
+            })
     }
 
     fn prepare(&self, mut conn: PgObject) -> PgObject {
@@ -367,25 +360,26 @@ impl RoutedConnection {
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Option<Target>, Option<Rendered>)> {
+    ) -> QueryResult<(Option<Fixed>, Option<Rendered>)> {
         if let Some(reason) = self.sticky_reason() {
             let target = self.pinned.unwrap_or(Target::Primary);
             log_decision(target, &reason);
-            return Ok((Some(target), None));
+            return Ok((Some((target, reason.metric())), None));
         }
         let (write, rendered) = self.classify(query, query_id)?;
         match write.as_deref() {
             Some(Classification::Write(why)) => {
                 self.mark_written();
-                log_decision(Target::Primary, &Reason::Write(why));
-                Ok((Some(Target::Primary), rendered))
+                let reason = Reason::Write(why);
+                log_decision(Target::Primary, &reason);
+                Ok((Some((Target::Primary, reason.metric())), rendered))
             }
             _ => Ok((None, rendered)),
         }
     }
 
     /// Why every statement goes to the transaction's server or the primary, if one does.
-    fn sticky_reason(&self) -> Option<Reason<'static>> {
+    pub(crate) fn sticky_reason(&self) -> Option<Reason<'static>> {
         if self.pinned.is_some() {
             Some(Reason::Transaction)
         } else if self.pool.inner.test_transaction.load(Ordering::Relaxed) {
@@ -431,7 +425,8 @@ impl RoutedConnection {
         let rendered = render_for_owned(query)?;
         let class = self.pool.inner.classifier.classify(&rendered.sql);
         let write = (!class.is_read()).then(|| Arc::new(class));
-        if let Some(key) = key {
+        // Diesel's own statement cache trusts a static id only for SQL that is safe to cache.
+        if let Some(key) = key.filter(|_| rendered.safe_to_cache) {
             let cached = Classified {
                 write: write.clone(),
                 rendered: rendered.clone(),
@@ -464,14 +459,14 @@ impl RoutedConnection {
         owned: OwnedQuery<I>,
         run: RunFn<I, R>,
         needs: ReadNeeds,
-        reason: Reason<'static>,
+        metric: usize,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
         match target {
             Target::Replica if self.pinned.is_none() => {
                 self.read_on_replica(owned, run, needs, first_row).await
             }
-            target => self.run_on(target, owned, run, &reason).await,
+            target => self.run_on(target, owned, run, metric).await,
         }
     }
 
@@ -480,20 +475,21 @@ impl RoutedConnection {
         target: Target,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
-        reason: &Reason<'_>,
+        metric: usize,
     ) -> QueryResult<R> {
         let pool = self.pool.clone();
         let conn = self.checkout(target).await.map_err(Error::into_diesel)?;
         owned.resolve(conn, &pool.inner.types).await?;
-        self.count(target, reason);
+        self.count(target, metric);
         let Some(conn) = self.held(target) else {
             return Err(lost_connection());
         };
         run(conn, &owned).await
     }
 
-    /// Counts a statement sent to the server held for `target`.
-    fn count(&self, target: Target, reason: &Reason<'_>) {
+    /// Counts a statement sent to the server held for `target`, for the reason at `metric` in
+    /// [`REASON_LABELS`].
+    fn count(&self, target: Target, metric: usize) {
         let health = match target {
             Target::Primary => Some(&self.pool.inner.primary.health),
             Target::Replica => self
@@ -502,7 +498,7 @@ impl RoutedConnection {
                 .map(|held| &self.pool.inner.replicas[held.index].health),
         };
         if let Some(health) = health {
-            health.count_routed(reason.metric());
+            health.count_routed(metric);
         }
     }
 
@@ -528,6 +524,8 @@ impl RoutedConnection {
                 });
                 Ok(())
             }
+            // A busy pool is no sign of a sick server: try another replica, but do not ban.
+            Err(e @ Error::PoolExhausted { .. }) => Err(e),
             Err(e) => {
                 server.health.ban(e.to_string());
                 Err(e)
@@ -563,8 +561,8 @@ impl RoutedConnection {
             Ok(decision) => decision,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
-        if let Some(target) = fixed.filter(|target| self.holds(*target)) {
-            self.count(target, &Reason::Transaction);
+        if let Some((target, metric)) = fixed.filter(|(target, _)| self.holds(*target)) {
+            self.count(target, metric);
             let conn = match target {
                 Target::Primary => self.primary.as_deref_mut(),
                 Target::Replica => self.replica.as_mut().map(|held| &mut *held.conn),
@@ -610,7 +608,7 @@ impl RoutedConnection {
         &'conn mut self,
         query: &dyn QueryFragment<Pg>,
         rendered: Rendered,
-        fixed: Option<Target>,
+        fixed: Option<Fixed>,
         run: RunFn<I, R>,
         first_row: Option<FirstRow<R>>,
         debug_sql: Option<String>,
@@ -625,20 +623,23 @@ impl RoutedConnection {
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         async move {
-            let (target, needs, reason) = match fixed {
-                Some(target) => (target, ReadNeeds::default(), Reason::Transaction),
-                None => self.read_target(),
+            let (target, needs, metric) = match fixed {
+                Some((target, metric)) => (target, ReadNeeds::default(), metric),
+                None => {
+                    let (target, needs, reason) = self.read_target();
+                    (target, needs, reason.metric())
+                }
             };
             let Some(sql) = debug_sql else {
                 return self
-                    .run_owned(target, owned, run, needs, reason, first_row)
+                    .run_owned(target, owned, run, needs, metric, first_row)
                     .await;
             };
             let query = StrQueryHelper::new(&sql);
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::start_query(&query));
             let result = self
-                .run_owned(target, owned, run, needs, reason, first_row)
+                .run_owned(target, owned, run, needs, metric, first_row)
                 .await;
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::finish_query(
@@ -658,6 +659,9 @@ fn render_for_owned(query: &dyn QueryFragment<Pg>) -> QueryResult<Rendered> {
         safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
     })
 }
+
+/// A target fixed before the statement runs, and the metric index of its reason.
+type Fixed = (Target, usize);
 
 /// A statement's SQL, rendered once (and, for a static query, kept).
 #[derive(Clone)]

@@ -29,11 +29,26 @@ const COMPONENT: &AsciiSet = &CONTROLS
     .add(b'+')
     .add(b'\'');
 
-/// The URLs the environment configures.
-#[derive(Debug)]
+/// The URLs the environment configures; `Debug` redacts their passwords.
 pub(crate) struct Vars {
     pub(crate) primary: String,
     pub(crate) replicas: Vec<String>,
+}
+
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vars")
+            .field("primary", &crate::RedactedUrl::new(&self.primary))
+            .field(
+                "replicas",
+                &self
+                    .replicas
+                    .iter()
+                    .map(|url| crate::RedactedUrl::new(url))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Reads the variables through `lookup`; empty values count as unset.
@@ -61,15 +76,34 @@ pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, Erro
         });
     }
     let replicas = match get("DATABASE_READ_REPLICA_URL") {
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        Some(list) => split_url_list(&list),
         None => vec![replica_url_from_parts(&get)?],
     };
     Ok(Vars { primary, replicas })
+}
+
+/// Splits a comma-separated list of URLs. A comma starts a new URL only where a
+/// `postgres://` or `postgresql://` follows it, so that a comma inside a password or a
+/// multi-host URL stays where it is; a list of key-value strings splits at every comma.
+fn split_url_list(list: &str) -> Vec<String> {
+    let is_url = |s: &str| {
+        let s = s.trim_start();
+        s.starts_with("postgres://") || s.starts_with("postgresql://")
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for piece in list.split(',').filter(|piece| !piece.trim().is_empty()) {
+        match urls.last_mut() {
+            Some(last) if is_url(last) && !is_url(piece) => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => urls.push(piece.to_owned()),
+        }
+    }
+    urls.into_iter()
+        .map(|url| url.trim().to_owned())
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// Builds a URL from `POSTGRES_READ_REPLICA_DB`, `_USER`, `_PASSWORD`, `_HOST`, `_PORT`.
@@ -154,6 +188,26 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(read.replicas, ["postgres://u@r1/db", "postgres://u@r2/db"]);
+    }
+
+    #[test]
+    fn commas_inside_a_url_stay_in_it() {
+        let read = read(vars(&[
+            ("DATABASE_URL", "postgres://u@primary/db"),
+            ("ENABLE_READ_REPLICA", "1"),
+            (
+                "DATABASE_READ_REPLICA_URL",
+                "postgres://app:Sup3r,secret@r1/db,postgresql://u@r2a,r2b/db",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            read.replicas,
+            [
+                "postgres://app:Sup3r,secret@r1/db",
+                "postgresql://u@r2a,r2b/db"
+            ]
+        );
     }
 
     #[test]

@@ -89,6 +89,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// Every connection of a server's pool stayed in use for the whole checkout timeout.
+    #[error("no free {role} connection from {url} within {timeout:?} (pool of {max_size})")]
+    PoolExhausted {
+        /// The server.
+        role: Role,
+        /// Its URL, password redacted.
+        url: RedactedUrl,
+        /// The checkout timeout.
+        timeout: Duration,
+        /// The pool's size.
+        max_size: usize,
+    },
+
     /// A server configured as a replica is not in recovery: it is a primary.
     #[error(
         "{url} is configured as {role} but is not in recovery (pg_is_in_recovery() is false): it is a primary, not a standby"

@@ -250,37 +250,57 @@ pub(crate) fn start(inner: &Arc<PoolInner>) {
 /// Samples of the primary's WAL position, oldest first, to turn a replica's replay position into
 /// a time lag that reads zero while the primary is idle.
 #[derive(Debug, Default)]
-struct WalHistory(VecDeque<(Instant, u64)>);
+struct WalHistory {
+    samples: VecDeque<(Instant, u64)>,
+    /// Whether older samples were dropped: a replica behind the oldest kept one lags more than
+    /// can be told.
+    pruned: bool,
+}
 
 impl WalHistory {
     const KEEP: Duration = Duration::from_secs(600);
 
     fn push(&mut self, at: Instant, lsn: u64) {
-        if self.0.back().is_some_and(|(_, last)| *last == lsn) {
+        if self.samples.back().is_some_and(|(_, last)| *last == lsn) {
             // Idle: the oldest sample at this position says since when it has been there.
             return;
         }
-        self.0.push_back((at, lsn));
+        self.samples.push_back((at, lsn));
         while self
-            .0
+            .samples
             .front()
             .is_some_and(|(t, _)| at.duration_since(*t) > Self::KEEP)
         {
-            self.0.pop_front();
+            self.samples.pop_front();
+            self.pruned = true;
         }
     }
 
     /// How long ago the primary first stood past `replay`: zero for a replica that has replayed
-    /// every sample.
+    /// every sample, unbounded for one behind every sample kept after older ones were dropped.
     fn lag(&self, replay: u64, now: Instant) -> Duration {
-        self.0
-            .iter()
-            .find(|(_, lsn)| *lsn > replay)
-            .map_or(Duration::ZERO, |(at, _)| now.duration_since(*at))
+        match self.samples.iter().position(|(_, lsn)| *lsn > replay) {
+            None => Duration::ZERO,
+            Some(0) if self.pruned => Duration::MAX,
+            Some(index) => now.duration_since(self.samples[index].0),
+        }
+    }
+}
+
+/// Clears the pool's "probe started" flag when the probe task ends (its runtime shut down), so
+/// that the next `get` starts it again.
+struct Restartable(Weak<PoolInner>);
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.prober_started.store(false, Ordering::Release);
+        }
     }
 }
 
 async fn probe_forever(pool: Weak<PoolInner>, schedule: HealthCheck) {
+    let _restartable = Restartable(pool.clone());
     let mut primary: Option<AsyncPgConnection> = None;
     let mut replicas: Vec<Option<AsyncPgConnection>> = Vec::new();
     let mut history = WalHistory::default();
@@ -341,8 +361,10 @@ async fn probe_primary(
             return Err("no session".to_owned());
         };
         use diesel_async::RunQueryDsl;
+        // The flushed position: all that replicas can replay. (The insert position can sit a page
+        // header past it on an idle primary, which no replica ever reaches.)
         diesel::select(diesel::dsl::sql::<BigInt>(
-            "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            "(pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint",
         ))
         .get_result::<i64>(session)
         .await
@@ -424,7 +446,7 @@ mod tests {
         history.push(start, 100);
         // Idle for a long time: the same position sampled again and again.
         history.push(start + Duration::from_secs(40), 100);
-        assert_eq!(history.0.len(), 1);
+        assert_eq!(history.samples.len(), 1);
         assert_eq!(
             history.lag(100, start + Duration::from_secs(41)),
             Duration::ZERO
@@ -442,6 +464,18 @@ mod tests {
         assert_eq!(history.lag(150, now), Duration::from_secs(2));
         assert_eq!(history.lag(250, now), Duration::from_secs(1));
         assert_eq!(history.lag(300, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_replica_behind_every_kept_sample_lags_without_bound() {
+        let start = Instant::now();
+        let mut history = WalHistory::default();
+        history.push(start, 100);
+        history.push(start + WalHistory::KEEP + Duration::from_secs(1), 200);
+        history.push(start + WalHistory::KEEP + Duration::from_secs(2), 300);
+        let now = start + WalHistory::KEEP + Duration::from_secs(3);
+        assert_eq!(history.lag(50, now), Duration::MAX);
+        assert_eq!(history.lag(250, now), Duration::from_secs(1));
     }
 
     #[test]

@@ -90,10 +90,14 @@ impl Server {
         self.pool.get().await.map_err(|e| {
             use deadpool::managed::{PoolError, TimeoutType};
             let reason = match e {
-                PoolError::Timeout(TimeoutType::Wait) => format!(
-                    "no free connection within {:?} (pool of {})",
-                    self.checkout_timeout, self.max_size
-                ),
+                PoolError::Timeout(TimeoutType::Wait) => {
+                    return Error::PoolExhausted {
+                        role: self.role,
+                        url: self.url.redacted().clone(),
+                        timeout: self.checkout_timeout,
+                        max_size: self.max_size,
+                    };
+                }
                 PoolError::Timeout(TimeoutType::Create) => {
                     format!("connecting took longer than {:?}", self.connect_timeout)
                 }

@@ -4,7 +4,7 @@ use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
 use crate::connection::{RoutedConnection, Target};
-use crate::context::should_use_read_replica;
+use crate::context::read_needs;
 use crate::error::Error;
 
 type Ansi = AnsiTransactionManager;
@@ -108,23 +108,25 @@ async fn begin(
     }
     let read_only = options.is_some_and(|o| o.read_only == Some(true));
     let serializable = options.is_some_and(|o| o.isolation == Some("SERIALIZABLE"));
-    let mut target = if read_only
+    // The rules of a plain read: the scope allows a replica, nothing wrote before on this
+    // connection or in this request, no test transaction.
+    let needs = read_needs();
+    let mut target = Target::Primary;
+    if read_only
         && !serializable
-        && !conn.has_written()
-        && should_use_read_replica()
+        && conn.sticky_reason().is_none()
+        && needs.use_read_replica
+        && !needs.request_wrote
         && conn.pool().replica_count() > 0
     {
-        Target::Replica
-    } else {
-        Target::Primary
-    };
-    if target == Target::Replica {
-        if let Err(e) = conn.checkout(Target::Replica).await {
-            if !conn.pool().inner.fallback_to_primary {
-                return Err(e.into_diesel());
+        match conn.hold_eligible_replica(&needs).await {
+            Ok(true) => target = Target::Replica,
+            // Every replica lags or is behind the causal token: the primary, by design.
+            Ok(false) => {}
+            Err(e) if !conn.pool().inner.fallback_to_primary => return Err(e.into_diesel()),
+            Err(e) => {
+                tracing::warn!(target: "routing_core", error = %e, "read-only transaction falls back to the primary");
             }
-            tracing::warn!(target: "routing_core", error = %e, "read-only transaction falls back to the primary");
-            target = Target::Primary;
         }
     }
     tracing::debug!(
@@ -133,12 +135,23 @@ async fn begin(
         reason = if read_only { "read-only transaction" } else { "transaction" },
         "route"
     );
+    let in_test_transaction = conn
+        .pool()
+        .inner
+        .test_transaction
+        .load(std::sync::atomic::Ordering::Relaxed);
     let inner = conn.checkout(target).await.map_err(Error::into_diesel)?;
+    // Inside a test transaction the pooled primary session is already in a transaction: a
+    // configured one becomes a savepoint there, as a plain one does.
+    let savepoint = in_test_transaction
+        && <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
+            .transaction_depth()
+            .is_ok_and(|depth| depth.is_some());
     match options {
-        None => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await?,
-        Some(options) => {
+        Some(options) if !savepoint => {
             AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await?;
         }
+        _ => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await?,
     }
     conn.set_pinned(Some(target));
     if target == Target::Primary && !read_only {
@@ -284,10 +297,11 @@ impl<'a> TransactionBuilder<'a> {
                 RoutedTransactionManager::commit_transaction(conn).await?;
                 Ok(value)
             }
-            Err(e) => {
-                RoutedTransactionManager::rollback_transaction(conn).await?;
-                Err(e)
-            }
+            // As diesel-async's `transaction`: the caller's error wins over a broken rollback.
+            Err(user_error) => match RoutedTransactionManager::rollback_transaction(conn).await {
+                Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(user_error),
+                Err(rollback_error) => Err(rollback_error.into()),
+            },
         }
     }
 }

@@ -327,6 +327,32 @@ async fn causal_token_reads_see_the_write_while_every_replica_lags() {
     let with_token = with_causal_token(token, read(pool.clone())).await;
     assert_eq!(with_token, Some((name.clone(), false)));
 
+    // A read-only transaction with the token too, even with fallback off: no replica has
+    // replayed it, so the primary serves it (and sees the row).
+    let strict = builder(&cluster)
+        .fallback_to_primary(false)
+        .build()
+        .unwrap();
+    let mut conn = strict.get().await.unwrap();
+    let in_transaction = with_causal_token(
+        token,
+        with_read_replica(true, async {
+            conn.build_transaction()
+                .read_only()
+                .run(async |conn| {
+                    products::table
+                        .find(id)
+                        .select((products::name, pg_is_in_recovery()))
+                        .get_result::<(String, bool)>(conn)
+                        .await
+                })
+                .await
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(in_transaction, (name.clone(), false));
+
     for i in 0..cluster.replica_count() {
         cluster.resume_replay(i).await.unwrap();
     }

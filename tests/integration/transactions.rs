@@ -270,3 +270,26 @@ async fn a_transaction_dropped_midway_is_never_reused_open() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transaction_in_a_test_transaction_stays_on_the_primary() {
+    let servers = servers().await;
+    let pool = servers
+        .pool_builder(&unique("tx_test_read_only"))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    conn.begin_test_transaction().await.unwrap();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let id = with_read_replica(true, async {
+        conn.build_transaction()
+            .read_only()
+            .run(async |conn| Ok::<_, DieselError>(where_ran(conn).await))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(servers.is_primary(&id), "{id:?}");
+}

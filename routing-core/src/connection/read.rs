@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use diesel::QueryResult;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Bool, Text};
+use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{
@@ -68,7 +69,7 @@ impl RoutedConnection {
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
         let (target, needs) = match self.fixed_target(query, query_id)?.0 {
-            Some(target) => (target, ReadNeeds::default()),
+            Some((target, _)) => (target, ReadNeeds::default()),
             None => {
                 let (target, needs, _) = self.read_target();
                 (target, needs)
@@ -168,6 +169,34 @@ impl RoutedConnection {
         }
     }
 
+    /// Holds a connection to an eligible replica (the held one when it still is; no causal token
+    /// it has not been seen to replay): `Ok(false)` when every replica lags or is behind the
+    /// token, an error when none of the others can be reached.
+    pub(crate) async fn hold_eligible_replica(&mut self, needs: &ReadNeeds) -> Result<bool, Error> {
+        let mut tried: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut failures = Vec::new();
+        loop {
+            match self.pick_replica(&tried, needs, false) {
+                Pick::Replica { index, .. } => {
+                    tried.push(index);
+                    match self.hold_replica(index).await {
+                        Ok(()) => return Ok(true),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                Pick::None(mut exclusions) => {
+                    exclusions.failures = failures;
+                    if exclusions.all_unreachable() {
+                        return Err(Error::NoReplicaAvailable {
+                            reasons: exclusions.to_string(),
+                        });
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
     /// Runs a read on a replica: the held one when eligible, else one chosen by the policy. A
     /// replica that cannot be reached (or, for a `load`, has not started answering within the
     /// checkout timeout) is banned and the next one tried; a `load` is retried until its first
@@ -189,15 +218,20 @@ impl RoutedConnection {
             if token.age() < window {
                 log_decision(Target::Primary, &Reason::CausalWindow);
                 // Cold paths are boxed, to keep the read's own future small.
-                return Box::pin(self.run_on(Target::Primary, owned, run, &Reason::CausalWindow))
-                    .await;
+                return Box::pin(self.run_on(
+                    Target::Primary,
+                    owned,
+                    run,
+                    Reason::CausalWindow.metric(),
+                ))
+                .await;
             }
         }
         let wait = match inner.read_your_writes {
             ReadYourWrites::Lsn { wait } => wait,
             ReadYourWrites::TimeWindow(_) => Duration::ZERO,
         };
-        let mut tried = Vec::new();
+        let mut tried: SmallVec<[usize; 8]> = SmallVec::new();
         let mut failures = Vec::new();
         let mut token_missed = 0;
         let mut exclusions = loop {
@@ -219,15 +253,19 @@ impl RoutedConnection {
                 continue;
             };
             let conn = &mut *held.conn;
+            // A frozen server answers nothing: every step on it is bounded.
+            let limit = inner.replicas[index].checkout_timeout;
             if let Some(token) = needs.causal_token.filter(|_| verify_token) {
-                match Box::pin(replayed(conn, token, wait)).await {
+                let asked =
+                    tokio::time::timeout(limit + wait, Box::pin(replayed(conn, token, wait)));
+                match asked.await.unwrap_or_else(|_| Err(no_answer(limit + wait))) {
                     Ok(true) => health.note_replay(token.lsn()),
                     Ok(false) => {
                         // Waiting on the next replica too would add up the waits.
                         token_missed += 1;
                         break Exclusions::default();
                     }
-                    Err(e) if is_unreachable(&e, conn) => {
+                    Err(e) if is_no_answer(&e) || is_unreachable(&e, conn) => {
                         health.ban(format!("{role}: {e}"));
                         failures.push(format!("{role}: {e}"));
                         self.discard_replica();
@@ -237,13 +275,13 @@ impl RoutedConnection {
                 }
             }
             health.count_routed(Reason::ScopeAllowsReplica.metric());
-            let result = match owned.resolve(conn, &inner.types).await {
+            let resolved = tokio::time::timeout(limit, owned.resolve(conn, &inner.types)).await;
+            let result = match resolved.unwrap_or_else(|_| Err(no_answer(limit))) {
                 Ok(()) => {
                     match first_row {
                         None => run(conn, &owned).await,
                         // A frozen server never starts answering; a slow query does, at once.
                         Some(first_row) => {
-                            let limit = inner.replicas[index].checkout_timeout;
                             match tokio::time::timeout(limit, run(conn, &owned)).await {
                                 Ok(Ok(stream)) => first_row(stream).await,
                                 Ok(Err(e)) => Err(e),
@@ -273,9 +311,14 @@ impl RoutedConnection {
                         Target::Primary,
                         owned,
                         run,
-                        &Reason::RefusedAsWrite,
+                        Reason::RefusedAsWrite.metric(),
                     ))
                     .await;
+                }
+                // A query cancelled by a conflict with recovery: this replica is fine, the next
+                // one may serve it.
+                Err(e) if is_recovery_conflict(&e) && !conn.is_broken() => {
+                    failures.push(format!("{role}: {e}"));
                 }
                 Err(e) if is_no_answer(&e) || is_unreachable(&e, conn) => {
                     health.ban(format!("{e}"));
@@ -302,7 +345,8 @@ impl RoutedConnection {
         if !exclusions.failures.is_empty() {
             metrics::counter!("routing_fallbacks_total").increment(1);
         }
-        Box::pin(self.run_on(Target::Primary, owned, run, &reason)).await
+        let metric = reason.metric();
+        Box::pin(self.run_on(Target::Primary, owned, run, metric)).await
     }
 }
 
@@ -336,6 +380,11 @@ fn no_answer(limit: Duration) -> DieselError {
         DatabaseErrorKind::UnableToSendCommand,
         Box::new(format!("{NO_ANSWER} {limit:?}")),
     )
+}
+
+/// A statement a standby cancelled because replay needed what it read.
+fn is_recovery_conflict(e: &DieselError) -> bool {
+    matches!(e, DieselError::DatabaseError(_, info) if info.message().contains("conflict with recovery"))
 }
 
 fn is_no_answer(e: &DieselError) -> bool {
