@@ -149,6 +149,11 @@ impl<I: Identity> OwnedQuery<I> {
         &self.sql
     }
 
+    /// Whether custom type OIDs remain to be looked up on a server.
+    pub(crate) fn needs_lookup(&self) -> bool {
+        self.unresolved.is_some()
+    }
+
     /// Looks up the OIDs of custom types that were not cached, on `conn`, and patches them in.
     pub(crate) async fn resolve(
         &mut self,

@@ -275,8 +275,14 @@ impl RoutedConnection {
                 }
             }
             health.count_routed(Reason::ScopeAllowsReplica.metric());
-            let resolved = tokio::time::timeout(limit, owned.resolve(conn, &inner.types)).await;
-            let result = match resolved.unwrap_or_else(|_| Err(no_answer(limit))) {
+            let resolved = if owned.needs_lookup() {
+                tokio::time::timeout(limit, owned.resolve(conn, &inner.types))
+                    .await
+                    .unwrap_or_else(|_| Err(no_answer(limit)))
+            } else {
+                Ok(())
+            };
+            let result = match resolved {
                 Ok(()) => {
                     match first_row {
                         None => run(conn, &owned).await,
