@@ -52,7 +52,8 @@ pub mod __private {
 
     /// The routing decision for `query` on `conn`, without running it: the replica a read would
     /// try first, or `None` for the primary. Classifies (or takes the cached classification),
-    /// reads the routing scope and applies the replica policy; opens no connection.
+    /// reads the routing scope and applies the replica policy; opens no connection. A write marks
+    /// the connection as having written, as a real one does.
     ///
     /// # Errors
     ///

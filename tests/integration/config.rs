@@ -10,6 +10,18 @@ use routing_tests::{servers, unique, where_ran, with_application_name};
 
 use crate::support::insert_product;
 
+/// A read in a replica scope on `pool` that must fail: its error.
+async fn failed_replica_read(pool: &RoutedPool) -> diesel::result::Error {
+    let mut conn = pool.get().await.unwrap();
+    with_read_replica(true, async {
+        diesel::select(routing_tests::pg_is_in_recovery())
+            .get_result::<bool>(&mut conn)
+            .await
+            .unwrap_err()
+    })
+    .await
+}
+
 /// A loopback port where nothing listens.
 fn closed_port_url(password: &str) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -31,14 +43,7 @@ async fn a_replica_that_is_really_a_primary_is_refused() {
     assert!(matches!(error, Error::ReplicaIsPrimary { .. }), "{error}");
     assert!(error.to_string().contains("is not in recovery"), "{error}");
 
-    let mut conn = pool.get().await.unwrap();
-    let error = with_read_replica(true, async {
-        diesel::select(routing_tests::pg_is_in_recovery())
-            .get_result::<bool>(&mut conn)
-            .await
-            .unwrap_err()
-    })
-    .await;
+    let error = failed_replica_read(&pool).await;
     assert!(error.to_string().contains("is not in recovery"), "{error}");
 
     // With fallback on (the default) the read is served, by the real primary.
@@ -97,14 +102,7 @@ async fn an_unreachable_replica_falls_back_and_never_shows_its_password() {
         .fallback_to_primary(false)
         .build()
         .unwrap();
-    let mut conn = pool.get().await.unwrap();
-    let error = with_read_replica(true, async {
-        diesel::select(routing_tests::pg_is_in_recovery())
-            .get_result::<bool>(&mut conn)
-            .await
-            .unwrap_err()
-    })
-    .await;
+    let error = failed_replica_read(&pool).await;
     let message = error.to_string();
     assert!(
         message.contains("no replica could serve the read"),

@@ -102,48 +102,20 @@ async fn all_four_locking_clauses_go_to_the_primary() {
             .select((pg_is_in_recovery(), inet_server_port()))
     };
     with_read_replica(true, async {
-        let mut seen = Vec::new();
-        let mut conn = pool.get().await.unwrap();
-        seen.push(
-            base()
-                .for_update()
-                .get_result::<(bool, i32)>(&mut conn)
-                .await
-                .unwrap(),
-        );
-        let mut conn = pool.get().await.unwrap();
-        seen.push(
-            base()
-                .for_no_key_update()
-                .get_result::<(bool, i32)>(&mut conn)
-                .await
-                .unwrap(),
-        );
-        let mut conn = pool.get().await.unwrap();
-        seen.push(
-            base()
-                .for_share()
-                .get_result::<(bool, i32)>(&mut conn)
-                .await
-                .unwrap(),
-        );
-        let mut conn = pool.get().await.unwrap();
-        seen.push(
-            base()
-                .for_key_share()
-                .get_result::<(bool, i32)>(&mut conn)
-                .await
-                .unwrap(),
-        );
-        let mut conn = pool.get().await.unwrap();
-        seen.push(
-            base()
-                .for_update()
-                .skip_locked()
-                .get_result::<(bool, i32)>(&mut conn)
-                .await
-                .unwrap(),
-        );
+        // Each locking clause on a fresh connection (a new request).
+        macro_rules! locked {
+            ($($clause:ident()).+) => {{
+                let mut conn = pool.get().await.unwrap();
+                base()$(.$clause())+.get_result::<(bool, i32)>(&mut conn).await.unwrap()
+            }};
+        }
+        let seen = [
+            locked!(for_update()),
+            locked!(for_no_key_update()),
+            locked!(for_share()),
+            locked!(for_key_share()),
+            locked!(for_update().skip_locked()),
+        ];
         for (in_recovery, port) in seen {
             assert!(
                 servers.is_primary(&ServerId { port, in_recovery }),

@@ -61,8 +61,9 @@ pub(crate) enum Pick {
 }
 
 impl RoutedConnection {
-    /// The routing decision for `query`, without running it: the replica a read would try
-    /// first, or `None` for the primary. For benchmarks of the decision's cost.
+    /// The routing decision for `query`, without sending it: the replica a read would try
+    /// first, or `None` for the primary. For benchmarks of the decision's cost; like a real
+    /// statement, a write makes the connection's later reads go to the primary.
     pub(crate) fn decide_only(
         &mut self,
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
