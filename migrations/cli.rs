@@ -304,7 +304,7 @@ pub async fn migrate(
         Ok(migrator) => migrator,
         Err(Error::PrimaryIsStandby { url }) => return Err(CliError::TargetIsStandby { url }),
         // `Target::resolve` validated the URL already; keep the classification anyway.
-        Err(error @ Error::InvalidUrl { .. }) => return Err(CliError::Config(error)),
+        Err(error @ Error::Build(_)) => return Err(CliError::Config(error)),
         Err(source) => {
             return Err(CliError::Database {
                 context: "cannot reach the primary",
@@ -432,7 +432,8 @@ async fn list(
 /// prefix is dropped, the message names the migration already.
 fn migration_error(action: &'static str, name: &str, url: &RedactedUrl, error: Error) -> CliError {
     match error {
-        Error::Migration { reason, .. } => {
+        Error::Migration { source, .. } => {
+            let reason = source.to_string();
             let prefix = format!("Failed to run {name} with: ");
             let reason = reason
                 .strip_prefix(&prefix)
@@ -483,13 +484,16 @@ impl Target {
                 vars(name)
             }
         };
-        let builder = RoutedPoolBuilder::from_vars(lookup).map_err(CliError::Config)?;
+        let builder =
+            RoutedPoolBuilder::from_vars(lookup).map_err(|e| CliError::Config(e.into()))?;
         // `build` validates every URL the way `RoutedPool::from_env` does; it opens nothing.
-        builder.clone().build().map_err(CliError::Config)?;
+        builder
+            .clone()
+            .build()
+            .map_err(|e| CliError::Config(e.into()))?;
         let redacted = RedactedUrl::new(&url);
         let config = parse("primary", &url)?;
-        let replicas = builder
-            .replica_url_list()
+        let replicas = routing_core::__private::replica_urls(&builder)
             .iter()
             .enumerate()
             .map(|(index, replica)| {
@@ -529,11 +533,11 @@ impl Target {
 /// Parses `url` (already validated by routing-core; this only fails if the parsers disagree).
 fn parse(what: &str, url: &str) -> Result<tokio_postgres::Config, CliError> {
     url.parse().map_err(|_| {
-        CliError::Config(Error::InvalidUrl {
+        CliError::Config(Error::Build(routing_core::BuildError::InvalidUrl {
             what: what.to_owned(),
             url: RedactedUrl::new(url),
-            reason: "tokio-postgres cannot parse it".to_owned(),
-        })
+            source: routing_core::UrlError::Unparsable("tokio-postgres cannot parse it".to_owned()),
+        }))
     })
 }
 

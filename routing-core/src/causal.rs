@@ -2,10 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use crate::pool::RoutedPool;
 
 /// Where the primary's WAL stood after a write, and when: hand it to a later request (in a
 /// header or a cookie) and that request's reads go only to replicas that have replayed it.
@@ -42,6 +39,11 @@ impl CausalToken {
         Duration::from_millis(now_ms().saturating_sub(self.written_at_ms))
     }
 
+    /// When the write happened, in milliseconds since the Unix epoch.
+    pub(crate) fn written_at_ms(&self) -> u64 {
+        self.written_at_ms
+    }
+
     /// The later of two tokens.
     #[must_use]
     pub fn max(self, other: Self) -> Self {
@@ -57,7 +59,8 @@ impl CausalToken {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -112,32 +115,6 @@ impl Default for ReadYourWrites {
         ReadYourWrites::Lsn {
             wait: Duration::ZERO,
         }
-    }
-}
-
-/// Records, for one request, whether it wrote and through which pool, so that the middleware
-/// can hand out a token when the response goes out.
-#[derive(Debug, Default)]
-pub(crate) struct WriteSink {
-    pool: OnceLock<RoutedPool>,
-}
-
-impl WriteSink {
-    /// Notes a write through `pool` (the first pool written through is the one kept).
-    pub(crate) fn record(&self, pool: &RoutedPool) {
-        if self.pool.get().is_none() {
-            let _ = self.pool.set(pool.clone());
-        }
-    }
-
-    /// Whether the request wrote.
-    pub(crate) fn wrote(&self) -> bool {
-        self.pool.get().is_some()
-    }
-
-    /// The pool the request wrote through, if it did.
-    pub(crate) fn pool(&self) -> Option<RoutedPool> {
-        self.pool.get().cloned()
     }
 }
 

@@ -1,10 +1,15 @@
+//! The routing context: what the running code allows its reads, set by scopes and read by the
+//! connection when a statement runs.
+
+mod routed;
+
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::task::futures::TaskLocalFuture;
-
-use crate::causal::{CausalToken, WriteSink};
+use crate::causal::CausalToken;
+use crate::servers::RoutedPool;
+pub use routed::{Routed, RoutingExt};
 
 tokio::task_local! {
     static CONTEXT: RoutingContext;
@@ -121,13 +126,8 @@ impl RoutingContext {
 
     /// Runs `fut` inside this context. Scopes nest: the innermost wins while it runs, and the
     /// outer context is back as soon as `fut` finishes or is dropped.
-    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
-        self.scoped(fut).await
-    }
-
-    /// `fut` inside this context, as a nameable future type.
-    pub(crate) fn scoped<F: Future>(self, fut: F) -> TaskLocalFuture<RoutingContext, F> {
-        CONTEXT.scope(self, fut)
+    pub fn scope<F: Future>(self, fut: F) -> Routed<F> {
+        Routed::new(fut, routed::Change::Set(self))
     }
 
     /// Runs the blocking closure `f` inside this context, for synchronous code and
@@ -157,11 +157,8 @@ impl RoutingContext {
 /// assert!(!should_use_read_replica());
 /// # }
 /// ```
-pub async fn with_read_replica<F: Future>(use_replica: bool, fut: F) -> F::Output {
-    RoutingContext::current()
-        .with_use_read_replica(use_replica)
-        .scope(fut)
-        .await
+pub fn with_read_replica<F: Future>(use_replica: bool, fut: F) -> Routed<F> {
+    Routed::new(fut, routed::Change::UseReplica(use_replica))
 }
 
 /// The synchronous twin of [`with_read_replica`], for blocking code.
@@ -172,8 +169,8 @@ pub fn with_read_replica_sync<R>(use_replica: bool, f: impl FnOnce() -> R) -> R 
 }
 
 /// Runs `fut` with reads forced to the primary: shorthand for `with_read_replica(false, fut)`.
-pub async fn with_primary<F: Future>(fut: F) -> F::Output {
-    with_read_replica(false, fut).await
+pub fn with_primary<F: Future>(fut: F) -> Routed<F> {
+    with_read_replica(false, fut)
 }
 
 /// Whether the running code's reads may go to a replica. False outside every scope: the primary
@@ -186,24 +183,18 @@ pub fn should_use_read_replica() -> bool {
 
 /// Runs `fut` with a staleness budget: its reads go only to replicas known to lag less than
 /// `max_lag` (or to the primary). It tightens the pool's `max_lag`, never loosens it.
-pub async fn with_max_lag<F: Future>(max_lag: Duration, fut: F) -> F::Output {
-    RoutingContext::current()
-        .with_max_lag(max_lag)
-        .scope(fut)
-        .await
+pub fn with_max_lag<F: Future>(max_lag: Duration, fut: F) -> Routed<F> {
+    Routed::new(fut, routed::Change::MaxLag(max_lag))
 }
 
 /// Runs `fut` with reads that must see the write `token` stands for: they go only to replicas
 /// that have replayed it, else to the primary (see [`ReadYourWrites`](crate::ReadYourWrites)).
-pub async fn with_causal_token<F: Future>(token: CausalToken, fut: F) -> F::Output {
-    RoutingContext::current()
-        .with_causal_token(token)
-        .scope(fut)
-        .await
+pub fn with_causal_token<F: Future>(token: CausalToken, fut: F) -> Routed<F> {
+    Routed::new(fut, routed::Change::After(token))
 }
 
 /// What a read needs from the context, read once per read.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ReadNeeds {
     pub(crate) use_read_replica: bool,
     pub(crate) max_lag: Option<Duration>,
@@ -224,12 +215,38 @@ pub(crate) fn read_needs() -> ReadNeeds {
 }
 
 /// Notes a write through `pool` in the running request's record, if it has one.
-pub(crate) fn record_write(pool: &crate::RoutedPool) {
+pub(crate) fn record_write(pool: &RoutedPool) {
     let _ = CONTEXT.try_with(|context| {
         if let Some(sink) = &context.sink {
             sink.record(pool);
         }
     });
+}
+
+/// Records, for one request, whether it wrote and through which pool, so that the middleware
+/// can hand out a token when the response goes out.
+#[derive(Debug, Default)]
+pub(crate) struct WriteSink {
+    pool: OnceLock<RoutedPool>,
+}
+
+impl WriteSink {
+    /// Notes a write through `pool` (the first pool written through is the one kept).
+    fn record(&self, pool: &RoutedPool) {
+        if self.pool.get().is_none() {
+            let _ = self.pool.set(pool.clone());
+        }
+    }
+
+    /// Whether the request wrote.
+    fn wrote(&self) -> bool {
+        self.pool.get().is_some()
+    }
+
+    /// The pool the request wrote through, if it did.
+    pub(crate) fn pool(&self) -> Option<&RoutedPool> {
+        self.pool.get()
+    }
 }
 
 /// Spawns `fut` on the tokio runtime inside the caller's routing context.

@@ -1,11 +1,13 @@
+//! [`ReadReplicaControl`]: a handler's read-replica policy.
+
 use std::time::Duration;
 
-/// A handler's read-replica policy, the equivalent of the original design's
-/// `ReadReplicaControlMixin`.
+/// A handler's read-replica policy: may the reads of its requests go to a replica?
 ///
-/// Middleware ([`ReadReplicaLayer`](crate::ReadReplicaLayer)) asks it for every `GET`, `HEAD`
-/// and `OPTIONS` request of the handler; every other method goes to the primary whatever the
-/// handler says. Derive it, with `#[read_replica(false)]` to keep a handler on the primary:
+/// Middleware (the tower layer `ReadReplicaLayer`, with the `tower` feature) asks it for every
+/// `GET`, `HEAD` and `OPTIONS` request of the handler; every other method goes to the primary
+/// whatever the handler says. Derive it, with `#[read_replica(false)]` to keep a handler on the
+/// primary:
 ///
 /// ```
 /// use routing_core::ReadReplicaControl;
@@ -27,10 +29,11 @@ use std::time::Duration;
 /// assert_eq!(SalesReport::MAX_LAG, Some(std::time::Duration::from_secs(2)));
 /// ```
 ///
-/// For a decision per request (the original's `get_use_read_replica`), implement the trait by
-/// hand and override [`ReadReplicaControl::use_read_replica`]:
+/// For a decision per request, implement the trait by hand and override
+/// `ReadReplicaControl::use_read_replica` (with the `tower` feature):
 ///
 /// ```
+/// # #[cfg(feature = "tower")] {
 /// use routing_core::ReadReplicaControl;
 ///
 /// struct ProductStock;
@@ -41,10 +44,10 @@ use std::time::Duration;
 ///         !request.uri.query().is_some_and(|q| q.contains("fresh=1"))
 ///     }
 /// }
+/// # }
 /// ```
 pub trait ReadReplicaControl {
-    /// Whether the handler's reads may go to a replica. Default: `true`, as in the original
-    /// mixin (`use_read_replica = True`).
+    /// Whether the handler's reads may go to a replica. Default: `true`.
     const USE_READ_REPLICA: bool = true;
 
     /// The handler's staleness budget (`#[read_replica(max_lag = "2s")]`): its reads go only to
@@ -54,12 +57,14 @@ pub trait ReadReplicaControl {
 
     /// The decision for one `GET`, `HEAD` or `OPTIONS` request. Default:
     /// [`ReadReplicaControl::USE_READ_REPLICA`].
+    #[cfg(feature = "tower")]
     fn use_read_replica(request: &http::request::Parts) -> bool {
         let _ = request;
         Self::USE_READ_REPLICA
     }
 
     /// The staleness budget for one request. Default: [`ReadReplicaControl::MAX_LAG`].
+    #[cfg(feature = "tower")]
     fn max_lag(request: &http::request::Parts) -> Option<Duration> {
         let _ = request;
         Self::MAX_LAG

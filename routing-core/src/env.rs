@@ -2,7 +2,7 @@
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::Error;
+use crate::error::BuildError;
 
 /// Characters escaped in the user, password and database parts of a URL built from pieces.
 const COMPONENT: &AsciiSet = &CONTROLS
@@ -52,9 +52,9 @@ impl std::fmt::Debug for Vars {
 }
 
 /// Reads the variables through `lookup`; empty values count as unset.
-pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, Error> {
+pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, BuildError> {
     let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-    let primary = get("DATABASE_URL").ok_or(Error::MissingVariable {
+    let primary = get("DATABASE_URL").ok_or(BuildError::MissingVariable {
         name: "DATABASE_URL",
         why: "it names the primary",
     })?;
@@ -62,7 +62,7 @@ pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, Erro
         None | Some("0") => false,
         Some("1") => true,
         Some(other) => {
-            return Err(Error::InvalidVariable {
+            return Err(BuildError::InvalidVariable {
                 name: "ENABLE_READ_REPLICA",
                 value: other.to_owned(),
                 expected: "1 (replicas on) or 0 / unset (every query on the primary)",
@@ -107,10 +107,11 @@ fn split_url_list(list: &str) -> Vec<String> {
 }
 
 /// Builds a URL from `POSTGRES_READ_REPLICA_DB`, `_USER`, `_PASSWORD`, `_HOST`, `_PORT`.
-fn replica_url_from_parts(get: &dyn Fn(&str) -> Option<String>) -> Result<String, Error> {
+fn replica_url_from_parts(get: &dyn Fn(&str) -> Option<String>) -> Result<String, BuildError> {
     const WHY: &str =
         "ENABLE_READ_REPLICA=1 without DATABASE_READ_REPLICA_URL needs the replica's parts";
-    let required = |name: &'static str| get(name).ok_or(Error::MissingVariable { name, why: WHY });
+    let required =
+        |name: &'static str| get(name).ok_or(BuildError::MissingVariable { name, why: WHY });
     let host = required("POSTGRES_READ_REPLICA_HOST")?;
     let user = required("POSTGRES_READ_REPLICA_USER")?;
     let db = required("POSTGRES_READ_REPLICA_DB")?;
@@ -122,7 +123,7 @@ fn replica_url_from_parts(get: &dyn Fn(&str) -> Option<String>) -> Result<String
             .parse::<u16>()
             .ok()
             .filter(|port| *port != 0)
-            .ok_or(Error::InvalidVariable {
+            .ok_or(BuildError::InvalidVariable {
                 name: "POSTGRES_READ_REPLICA_PORT",
                 value: port,
                 expected: "a TCP port number from 1 to 65535",

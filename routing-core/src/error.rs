@@ -1,6 +1,11 @@
+//! The errors of routing-core: [`BuildError`] for a configuration that cannot make a pool, and
+//! [`Error`] for everything that can fail once it runs. URLs in messages have their password
+//! replaced by `***`.
+
+use std::fmt;
 use std::time::Duration;
 
-use crate::url::RedactedUrl;
+use crate::url::{RedactedUrl, UrlError};
 
 /// Which server of a [`RoutedPool`](crate::RoutedPool) an error or a decision concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,8 +17,8 @@ pub enum Role {
     Replica(usize),
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Role::Primary => f.write_str("primary"),
             Role::Replica(index) => write!(f, "replica {index}"),
@@ -21,21 +26,35 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// Everything that can go wrong in routing-core.
+impl BuildError {
+    /// The error for `url`, configured as `what`, that `source` says is invalid.
+    pub(crate) fn invalid_url(what: impl Into<String>, url: &str, source: UrlError) -> Self {
+        BuildError::InvalidUrl {
+            what: what.into(),
+            url: RedactedUrl::new(url),
+            source,
+        }
+    }
+}
+
+/// A configuration that cannot make a pool: from [`RoutedPoolBuilder::build`],
+/// [`RoutedPool::from_env`] and the builder's constructors.
 ///
-/// URLs in messages have their password replaced by `***`.
+/// [`RoutedPoolBuilder::build`]: crate::RoutedPoolBuilder::build
+/// [`RoutedPool::from_env`]: crate::RoutedPool::from_env
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum BuildError {
     /// A connection URL could not be parsed.
-    #[error("invalid {what} URL {url}: {reason}")]
+    #[error("invalid {what} URL {url}: {source}")]
     InvalidUrl {
         /// What the URL was for: "primary", "replica 0", a variable name.
         what: String,
         /// The URL, password redacted.
         url: RedactedUrl,
         /// Why it was rejected.
-        reason: String,
+        #[source]
+        source: UrlError,
     },
 
     /// A required environment variable is not set.
@@ -59,34 +78,96 @@ pub enum Error {
     },
 
     /// A builder setting is out of range.
-    #[error("invalid setting {setting}: {reason}")]
+    #[error("invalid setting {setting} = {value}: expected {expected}")]
     InvalidSetting {
         /// The setting's builder method.
         setting: &'static str,
-        /// Why it was rejected.
-        reason: String,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
     },
 
-    /// deadpool refused to build a pool.
-    #[error("failed to build the {role} connection pool for {url}: {reason}")]
-    PoolBuild {
+    /// deadpool refused to build a server's pool.
+    #[error("failed to build the {role} connection pool for {url}: {source}")]
+    Pool {
         /// The server the pool was for.
         role: Role,
         /// Its URL, password redacted.
         url: RedactedUrl,
-        /// deadpool's reason.
-        reason: String,
+        /// deadpool's error.
+        #[source]
+        source: deadpool::managed::BuildError,
     },
+}
+
+/// Why a new server connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    /// diesel-async could not set the session up.
+    #[error("cannot set up the session: {0}")]
+    Session(#[source] diesel::ConnectionError),
+    /// The router's own session setup failed.
+    #[error("cannot prepare the session: {0}")]
+    Setup(#[source] diesel::result::Error),
+    /// The server is not in the role it is configured for.
+    #[error("the server is {}", if *in_recovery { "in recovery (a standby)" } else { "not in recovery (a primary)" })]
+    WrongRole {
+        /// What `pg_is_in_recovery()` answered.
+        in_recovery: bool,
+    },
+}
+
+/// Why a pooled connection could not be checked out, besides a busy pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckoutError {
+    /// A new connection could not be opened.
+    #[error("{0}")]
+    Connect(#[source] ConnectError),
+    /// Opening a new connection took longer than the connect timeout.
+    #[error("connecting took longer than {0:?}")]
+    ConnectTimeout(Duration),
+    /// Checking a pooled connection before reuse took longer than the connect timeout.
+    #[error("checking a pooled connection took longer than {0:?}")]
+    RecycleTimeout(Duration),
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    Closed,
+    /// The pool's timeouts need a tokio runtime with timers.
+    #[error("no async runtime for timeouts")]
+    NoRuntime,
+}
+
+/// Everything that can go wrong once a pool runs.
+///
+/// Inside diesel's `QueryResult` (the statements of a [`RoutedConnection`]), a routing failure
+/// (no server could be checked out, no replica could serve a read) is a
+/// `diesel::result::Error::QueryBuilderError` holding this error: [`Error::from_diesel`] gets it
+/// back. A statement's own error stays the server's error.
+///
+/// [`RoutedConnection`]: crate::RoutedConnection
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration cannot make a pool.
+    #[error(transparent)]
+    Build(#[from] BuildError),
 
     /// No connection could be checked out of a server's pool.
-    #[error("failed to check out a {role} connection from {url}: {reason}")]
+    #[error("failed to check out a {role} connection from {url}: {source}")]
     Checkout {
         /// The server.
         role: Role,
         /// Its URL, password redacted.
         url: RedactedUrl,
-        /// Why: a timeout, a refused connection, a server in the wrong role.
-        reason: String,
+        /// Why.
+        #[source]
+        source: CheckoutError,
     },
 
     /// Every connection of a server's pool stayed in use for the whole checkout timeout.
@@ -123,10 +204,19 @@ pub enum Error {
     },
 
     /// A read could not be served by any replica, and falling back to the primary is off.
-    #[error("no replica could serve the read and fallback to the primary is off: {reasons}")]
+    #[error(
+        "no replica could serve the read and fallback to the primary is off: {banned} banned, {lagging} lagging, {behind_token} behind the causal token{}",
+        Failures(failures)
+    )]
     NoReplicaAvailable {
-        /// Why each replica was passed over.
-        reasons: String,
+        /// Replicas out of rotation after a failure, until a probe admits them again.
+        banned: usize,
+        /// Replicas past the lag bounds.
+        lagging: usize,
+        /// Replicas that have not replayed the read's causal token.
+        behind_token: usize,
+        /// The errors of the replicas that were tried, in order.
+        failures: Vec<Error>,
     },
 
     /// Waited too long.
@@ -155,31 +245,108 @@ pub enum Error {
         role: Role,
         /// Its URL, password redacted.
         url: RedactedUrl,
-        /// Diesel's error.
+        /// Why.
         #[source]
-        source: diesel::ConnectionError,
+        source: ConnectError,
     },
 
     /// Running migrations failed.
-    #[error("migration on the primary {url} failed: {reason}")]
+    #[cfg(feature = "migrations")]
+    #[error("migration on the primary {url} failed: {source}")]
     Migration {
         /// The primary, password redacted.
         url: RedactedUrl,
-        /// What went wrong.
-        reason: String,
+        /// diesel's migration error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
+/// The failures of a [`Error::NoReplicaAvailable`], as the end of its message.
+struct Failures<'a>(&'a [Error]);
+
+impl fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (position, failure) in self.0.iter().enumerate() {
+            f.write_str(if position == 0 { "; failures: " } else { "; " })?;
+            fmt::Display::fmt(failure, f)?;
+        }
+        Ok(())
+    }
+}
+
 impl Error {
-    /// Turns this error into a [`diesel::result::Error`], for the `QueryResult` that diesel's
-    /// query methods return. The message is kept; the kind says the statement was never sent.
+    /// Turns this error into diesel's, for the `QueryResult` of a statement: a query's own
+    /// error as it was, anything else as a `QueryBuilderError` that [`Error::from_diesel`]
+    /// reads back.
     pub(crate) fn into_diesel(self) -> diesel::result::Error {
         match self {
             Error::Query { source, .. } => source,
-            other => diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UnableToSendCommand,
-                Box::new(other.to_string()),
-            ),
+            other => diesel::result::Error::QueryBuilderError(Box::new(other)),
         }
+    }
+
+    /// The routing error inside a statement's diesel error, if the router failed rather than
+    /// the statement.
+    ///
+    /// ```
+    /// # fn handle(error: diesel::result::Error) {
+    /// match routing_core::Error::from_diesel(&error) {
+    ///     Some(routing_core::Error::NoReplicaAvailable { banned, .. }) => {
+    ///         eprintln!("{banned} replicas are down")
+    ///     }
+    ///     Some(other) => eprintln!("routing failed: {other}"),
+    ///     None => eprintln!("the statement failed: {error}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn from_diesel(error: &diesel::result::Error) -> Option<&Error> {
+        match error {
+            diesel::result::Error::QueryBuilderError(inner) => inner.downcast_ref::<Error>(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_errors_survive_the_trip_through_diesel() {
+        let error = Error::NoReplicaAvailable {
+            banned: 2,
+            lagging: 1,
+            behind_token: 0,
+            failures: vec![Error::Timeout {
+                what: "a probe",
+                timeout: Duration::from_secs(1),
+            }],
+        };
+        let text = error.to_string();
+        assert_eq!(
+            text,
+            "no replica could serve the read and fallback to the primary is off: 2 banned, \
+             1 lagging, 0 behind the causal token; failures: a probe did not finish within 1s"
+        );
+        let diesel = error.into_diesel();
+        assert_eq!(diesel.to_string(), text);
+        assert!(matches!(
+            Error::from_diesel(&diesel),
+            Some(Error::NoReplicaAvailable { banned: 2, .. })
+        ));
+        assert!(Error::from_diesel(&diesel::result::Error::NotFound).is_none());
+    }
+
+    #[test]
+    fn query_errors_stay_the_servers() {
+        let error = Error::Query {
+            role: Role::Replica(0),
+            source: diesel::result::Error::NotFound,
+        };
+        assert!(matches!(
+            error.into_diesel(),
+            diesel::result::Error::NotFound
+        ));
     }
 }

@@ -1,54 +1,70 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod balance;
+// Leaves: no module below imports anything above it.
 mod causal;
 mod classify;
-mod collected;
-mod connection;
-mod context;
+mod config;
 mod control;
 pub mod dsl;
 mod env;
 mod error;
-mod health;
-#[cfg(feature = "tower")]
-mod layer;
+mod failure;
+pub mod policy;
+mod reason;
+mod url;
+// What the router knows of its servers, and their pools.
+mod servers;
+// The routing context of the running code.
+mod context;
+// The routing rules.
+mod route;
+// Statements in an owned form that can run on any server.
+mod owned;
+// The connection, its transactions, and the pool that hands it out.
+mod connection;
+mod pool;
+// Integrations.
 #[cfg(feature = "migrations")]
 mod migrate;
-mod pool;
-mod status;
-mod transaction;
-mod url;
+#[cfg(feature = "tower")]
+pub mod web;
 
-pub use balance::{Candidate, LeastOutstanding, LowestLatency, Random, ReplicaPolicy, RoundRobin};
 pub use causal::{CausalToken, InvalidToken, ReadYourWrites};
 pub use classify::{Classification, Classifier, WriteReason};
-pub use connection::RoutedConnection;
+pub use config::{HealthCheck, RoutedPoolBuilder};
+pub use connection::{RoutedConnection, RoutedTransactionManager, TransactionBuilder};
 pub use context::{
-    RoutingContext, should_use_read_replica, spawn_in_context, with_causal_token, with_max_lag,
-    with_primary, with_read_replica, with_read_replica_sync,
+    Routed, RoutingContext, RoutingExt, should_use_read_replica, spawn_in_context,
+    with_causal_token, with_max_lag, with_primary, with_read_replica, with_read_replica_sync,
 };
 pub use control::ReadReplicaControl;
-pub use error::{Error, Role};
-pub use health::HealthCheck;
-#[cfg(feature = "tower")]
-pub use layer::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};
+pub use error::{BuildError, CheckoutError, ConnectError, Error, Role};
 #[cfg(feature = "migrations")]
 pub use migrate::Migrator;
-pub use pool::{RoutedPool, RoutedPoolBuilder};
+pub use policy::{Candidate, LeastOutstanding, LowestLatency, Random, ReplicaPolicy, RoundRobin};
+pub use reason::Reason;
 /// Derives [`ReadReplicaControl`]; `#[read_replica(false)]` keeps the handler on the primary.
+#[cfg(feature = "derive")]
 pub use routing_derive::ReadReplicaControl;
 /// Gives a function handler a [`ReadReplicaControl`] policy, like the derive does for types.
+#[cfg(feature = "derive")]
 pub use routing_derive::use_read_replica;
-pub use status::{PoolStatus, ServerStatus};
-pub use transaction::{RoutedTransactionManager, TransactionBuilder};
-pub use url::RedactedUrl;
+pub use servers::{PoolStatus, RoutedPool, ServerStatus};
+pub use url::{RedactedUrl, UrlError};
+#[cfg(feature = "tower")]
+pub use web::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};
 
 /// Paths used by code that `routing-derive` generates, and hooks for the benchmarks. Not public
 /// API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::control::ReadReplicaControl;
+
+    /// The replica URLs of `builder`, passwords included.
+    pub fn replica_urls(builder: &crate::RoutedPoolBuilder) -> Vec<String> {
+        builder.replica_secrets().map(str::to_owned).collect()
+    }
 
     /// The routing decision for `query` on `conn`, without running it: the replica a read would
     /// try first, or `None` for the primary. Classifies (or takes the cached classification),

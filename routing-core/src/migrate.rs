@@ -1,12 +1,11 @@
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
-use diesel_async::AsyncConnection;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
 
-use crate::error::{Error, Role};
-use crate::pool::RoutedPool;
+use crate::error::{BuildError, Error, Role};
+use crate::servers::{RoutedPool, catalog, connect};
 use crate::url::{DatabaseUrl, RedactedUrl};
 
 type BlockingConnection = AsyncConnectionWrapper<AsyncPgConnection>;
@@ -50,15 +49,16 @@ impl Migrator {
     ///
     /// An invalid URL, a failed connection, or [`Error::PrimaryIsStandby`].
     pub async fn connect(primary_url: &str) -> Result<Self, Error> {
-        let url = DatabaseUrl::parse("primary", primary_url)?;
-        let mut conn = AsyncPgConnection::establish(url.secret())
+        let url = DatabaseUrl::parse(primary_url)
+            .map_err(|source| BuildError::invalid_url("primary", primary_url, source))?;
+        let mut conn = connect::open(&url, None)
             .await
             .map_err(|source| Error::Connect {
                 role: Role::Primary,
                 url: url.redacted().clone(),
                 source,
             })?;
-        let in_recovery = crate::pool::in_recovery(&mut conn)
+        let in_recovery = catalog::in_recovery(&mut conn)
             .await
             .map_err(|source| Error::Query {
                 role: Role::Primary,
@@ -73,7 +73,7 @@ impl Migrator {
             .await
             .map_err(|e| Error::Migration {
                 url: url.redacted().clone(),
-                reason: format!("the blocking task failed: {e}"),
+                source: Box::new(e),
             })?;
         Ok(Migrator {
             url: url.redacted().clone(),
@@ -174,22 +174,22 @@ impl Migrator {
         R: Send + 'static,
     {
         let url = self.url.clone();
-        let failed = |reason: String| Error::Migration {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Migration {
             url: url.clone(),
-            reason,
+            source,
         };
         let mut conn = self
             .conn
             .take()
-            .ok_or_else(|| failed("an earlier migration task was lost".to_owned()))?;
+            .ok_or_else(|| failed("an earlier migration task was lost".into()))?;
         let (conn, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut conn);
             (conn, result)
         })
         .await
-        .map_err(|e| failed(format!("the blocking task failed: {e}")))?;
+        .map_err(|e| failed(Box::new(e)))?;
         self.conn = Some(conn);
-        result.map_err(|e| failed(e.to_string()))
+        result.map_err(failed)
     }
 }
 
@@ -204,7 +204,7 @@ impl RoutedPool {
     where
         S: MigrationSource<Pg> + Send + 'static,
     {
-        Migrator::connect(self.inner.primary.url.secret())
+        Migrator::connect(self.shared().primary().database_url().secret())
             .await?
             .run_pending(source)
             .await

@@ -1,6 +1,19 @@
 use std::fmt;
 
-use crate::Error;
+/// Why a connection URL was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// The URL is empty or blank.
+    #[error("the URL is empty")]
+    Empty,
+    /// The URL names no host.
+    #[error("it names no host")]
+    NoHost,
+    /// tokio-postgres could not parse it; the message has any password removed.
+    #[error("{0}")]
+    Unparsable(String),
+}
 
 /// A connection string with its password replaced by `***`, safe to print and log.
 ///
@@ -33,40 +46,67 @@ impl fmt::Debug for RedactedUrl {
     }
 }
 
+/// A connection string as configured, before it is validated: `Debug` redacts its password.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SecretUrl(String);
+
+impl SecretUrl {
+    pub(crate) fn new(url: String) -> Self {
+        SecretUrl(url)
+    }
+
+    /// The connection string, password included: never print it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn redacted(&self) -> RedactedUrl {
+        RedactedUrl::new(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
 /// A validated connection string: the secret original for connecting, the redacted form for
 /// everything else.
 #[derive(Clone)]
 pub(crate) struct DatabaseUrl {
     secret: String,
+    config: tokio_postgres::Config,
     redacted: RedactedUrl,
 }
 
 impl DatabaseUrl {
-    /// Validates `url` with tokio-postgres's parser; `what` names it in the error.
-    pub(crate) fn parse(what: &str, url: &str) -> Result<Self, Error> {
+    /// Validates `url` with tokio-postgres's parser.
+    pub(crate) fn parse(url: &str) -> Result<Self, UrlError> {
         let redacted = RedactedUrl::new(url);
-        let invalid = |reason: String| Error::InvalidUrl {
-            what: what.to_owned(),
-            url: redacted.clone(),
-            reason,
-        };
         if url.trim().is_empty() {
-            return Err(invalid("the URL is empty".to_owned()));
+            return Err(UrlError::Empty);
         }
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e: tokio_postgres::Error| invalid(scrub(&e.to_string(), url)))?;
+            .map_err(|e: tokio_postgres::Error| UrlError::Unparsable(scrub(&e.to_string(), url)))?;
         if config.get_hosts().is_empty() {
-            return Err(invalid("it names no host".to_owned()));
+            return Err(UrlError::NoHost);
         }
         Ok(DatabaseUrl {
             secret: url.to_owned(),
+            config,
             redacted,
         })
     }
 
     pub(crate) fn secret(&self) -> &str {
         &self.secret
+    }
+
+    /// The parsed connection settings.
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     pub(crate) fn redacted(&self) -> &RedactedUrl {
@@ -252,7 +292,7 @@ mod tests {
 
     #[test]
     fn debug_and_display_never_show_the_password() {
-        let url = DatabaseUrl::parse("primary", "postgres://u:topsecret@localhost/db").unwrap();
+        let url = DatabaseUrl::parse("postgres://u:topsecret@localhost/db").unwrap();
         assert!(!format!("{url:?}").contains("topsecret"));
         assert!(!url.redacted().to_string().contains("topsecret"));
         assert_eq!(url.secret(), "postgres://u:topsecret@localhost/db");
@@ -268,9 +308,8 @@ mod tests {
             "host=localhost port=99999999 password=topsecret",
             "postgres://u:topsecret@/db",
         ] {
-            let err = DatabaseUrl::parse("primary", bad).unwrap_err();
+            let err = DatabaseUrl::parse(bad).unwrap_err();
             let message = err.to_string();
-            assert!(message.starts_with("invalid primary URL"), "{message}");
             assert!(!message.contains("topsecret"), "{message}");
             assert!(!format!("{err:?}").contains("topsecret"), "{err:?}");
         }

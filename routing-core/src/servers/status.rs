@@ -1,8 +1,10 @@
+//! What the router knows of each server now, as a value and as a table.
+
 use std::fmt;
 use std::time::Duration;
 
+use super::{RoutedPool, Server};
 use crate::error::Role;
-use crate::pool::{RoutedPool, Server};
 use crate::url::RedactedUrl;
 
 /// A snapshot of a pool's servers, the equivalent of pgpool-II's `SHOW POOL NODES`; its
@@ -60,25 +62,21 @@ impl RoutedPool {
     /// # }
     /// ```
     pub fn status(&self) -> PoolStatus {
-        let inner = &self.inner;
         PoolStatus {
-            servers: std::iter::once(&inner.primary)
-                .chain(&inner.replicas)
-                .map(server_status)
-                .collect(),
+            servers: self.shared.servers().map(server_status).collect(),
         }
     }
 }
 
 fn server_status(server: &Server) -> ServerStatus {
-    let health = &server.health;
-    let pool = server.pool.status();
+    let health = server.health();
+    let pool = server.pool_status();
     ServerStatus {
-        role: server.role,
-        url: server.url.redacted().clone(),
+        role: server.role(),
+        url: server.url().clone(),
         healthy: !health.is_banned(),
         ban_reason: health.ban_reason(),
-        weight: server.weight,
+        weight: server.weight(),
         lag: health.lag(),
         lag_bytes: health.lag_bytes(),
         latency: health.latency(),

@@ -9,10 +9,10 @@ use diesel::QueryResult;
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
-use diesel::sql_types::{Oid, Text, Untyped};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::Untyped;
+use diesel_async::AsyncPgConnection;
 
-use crate::pool::TypeCache;
+use crate::servers::catalog::{TypeCache, lookup_type};
 
 type TypeKey = (Option<String>, String);
 
@@ -86,13 +86,13 @@ const UNKNOWN_OID: u32 = 0;
 const PLACEHOLDER_BASE: u32 = u32::MAX - 1;
 
 impl<I: Identity> OwnedQuery<I> {
-    /// Collects the binds of `query`, whose rendered SQL is `sql`.
+    /// Collects the binds of `query`, rendered as `rendered`.
     pub(crate) fn new(
         query: &dyn QueryFragment<Pg>,
-        sql: Arc<str>,
-        safe_to_cache: bool,
+        rendered: Rendered,
         types: &Arc<TypeCache>,
     ) -> QueryResult<Self> {
+        let Rendered { sql, safe_to_cache } = rendered;
         let mut first = CacheLookup {
             types: Arc::clone(types),
             placeholders: None,
@@ -199,11 +199,23 @@ impl<I: Identity> OwnedQuery<I> {
     }
 }
 
-/// Renders a query's SQL.
-pub(crate) fn render(query: &dyn QueryFragment<Pg>) -> QueryResult<String> {
-    let mut builder = PgQueryBuilder::default();
-    query.to_sql(&mut builder, &Pg)?;
-    Ok(builder.finish())
+/// A statement's SQL, rendered once (and, for a static query, kept).
+#[derive(Clone, Debug)]
+pub(crate) struct Rendered {
+    pub(crate) sql: Arc<str>,
+    pub(crate) safe_to_cache: bool,
+}
+
+impl Rendered {
+    /// Renders `query`.
+    pub(crate) fn of(query: &dyn QueryFragment<Pg>) -> QueryResult<Self> {
+        let mut builder = PgQueryBuilder::default();
+        query.to_sql(&mut builder, &Pg)?;
+        Ok(Rendered {
+            sql: Arc::from(builder.finish()),
+            safe_to_cache: query.is_safe_to_cache_prepared(&Pg)?,
+        })
+    }
 }
 
 fn oids(metadata: &PgTypeMetadata) -> (u32, u32) {
@@ -242,37 +254,5 @@ impl PgMetadataLookup for CacheLookup {
             }
         };
         PgTypeMetadata::new(oid, array_oid)
-    }
-}
-
-async fn lookup_type(
-    conn: &mut AsyncPgConnection,
-    schema: Option<&str>,
-    name: &str,
-) -> QueryResult<(u32, u32)> {
-    match schema {
-        Some(schema) => {
-            diesel::dsl::sql::<(Oid, Oid)>(
-                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
-                 INNER JOIN pg_namespace ON pg_type.typnamespace = pg_namespace.oid \
-                 WHERE pg_type.typname = ",
-            )
-            .bind::<Text, _>(name)
-            .sql(" AND pg_namespace.nspname = ")
-            .bind::<Text, _>(schema)
-            .sql(" LIMIT 1")
-            .get_result(conn)
-            .await
-        }
-        None => {
-            diesel::dsl::sql::<(Oid, Oid)>(
-                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
-                 WHERE pg_type.oid = quote_ident(",
-            )
-            .bind::<Text, _>(name)
-            .sql(")::regtype::oid LIMIT 1")
-            .get_result(conn)
-            .await
-        }
     }
 }

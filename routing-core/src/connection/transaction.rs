@@ -1,11 +1,16 @@
+//! Transactions on a [`RoutedConnection`]: each is pinned to one server connection, the primary
+//! or (read-only, in a replica scope) a replica.
+
 use diesel::QueryResult;
 use diesel::connection::TransactionManagerStatus;
 use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
-use crate::connection::{RoutedConnection, Target};
+use super::{RoutedConnection, log_route};
+use crate::causal::now_ms;
 use crate::context::read_needs;
 use crate::error::Error;
+use crate::route::{self, Statement, Target};
 
 type Ansi = AnsiTransactionManager;
 
@@ -48,7 +53,7 @@ impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
     }
 
     fn is_broken_transaction_manager(conn: &mut RoutedConnection) -> bool {
-        match conn.pinned() {
+        match conn.pinned {
             Some(target) => conn.held(target).is_none_or(|inner| {
                 <Ansi as TransactionManager<AsyncPgConnection>>::is_broken_transaction_manager(
                     inner,
@@ -63,6 +68,22 @@ impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
 }
 
 impl RoutedConnection {
+    /// The status of the transaction's server connection, or an idle status outside one.
+    pub(super) fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+        let inner = match self.pinned {
+            Some(target) => super::held_in(&mut self.primary, &mut self.replica, target),
+            None => None,
+        };
+        match inner {
+            Some(inner) => {
+                <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
+                    inner,
+                )
+            }
+            None => &mut self.idle_status,
+        }
+    }
+
     /// Starts configuring a transaction, as diesel-async's `build_transaction` does for
     /// `AsyncPgConnection`.
     ///
@@ -99,48 +120,40 @@ async fn begin(
     conn: &mut RoutedConnection,
     options: Option<&TransactionOptions>,
 ) -> QueryResult<()> {
-    if let Some(target) = conn.pinned() {
+    if let Some(target) = conn.pinned {
         if options.is_some() {
             return Err(DieselError::AlreadyInTransaction);
         }
         let inner = conn.held(target).ok_or_else(lost)?;
         return <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await;
     }
-    let read_only = options.is_some_and(|o| o.read_only == Some(true));
-    let serializable = options.is_some_and(|o| o.isolation == Some("SERIALIZABLE"));
-    // The rules of a plain read: the scope allows a replica, nothing wrote before on this
-    // connection or in this request, no test transaction.
+    let statement = Statement::Begin {
+        read_only: options.is_some_and(|o| o.read_only == Some(true)),
+        serializable: options.is_some_and(|o| o.isolation == Some("SERIALIZABLE")),
+    };
     let needs = read_needs();
-    let mut target = Target::Primary;
-    if read_only
-        && !serializable
-        && conn.sticky_reason().is_none()
-        && needs.use_read_replica
-        && !needs.request_wrote
-        && conn.pool().replica_count() > 0
-    {
+    let mut route = route::decide(
+        &conn.state(),
+        statement,
+        &needs,
+        conn.shared().config(),
+        now_ms,
+    );
+    log_route(route, Some(&"begin"));
+    if route.target == Target::Replica {
         match conn.hold_eligible_replica(&needs).await {
-            Ok(true) => target = Target::Replica,
-            // Every replica lags or is behind the causal token: the primary, by design.
-            Ok(false) => {}
-            Err(e) if !conn.pool().inner.fallback_to_primary => return Err(e.into_diesel()),
-            Err(e) => {
-                tracing::warn!(target: "routing_core", error = %e, "read-only transaction falls back to the primary");
-            }
+            Ok(true) => {}
+            // Every replica lags or is behind the causal token, or none can be reached: the
+            // primary, by design.
+            Ok(false) => route.target = Target::Primary,
+            Err(e) => return Err(e.into_diesel()),
         }
     }
-    tracing::debug!(
-        target: "routing_core",
-        server = %target,
-        reason = if read_only { "read-only transaction" } else { "transaction" },
-        "route"
-    );
-    let in_test_transaction = conn
-        .pool()
-        .inner
-        .test_transaction
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let inner = conn.checkout(target).await.map_err(Error::into_diesel)?;
+    let in_test_transaction = conn.shared().in_test_transaction();
+    let inner = match route.target {
+        Target::Primary => conn.checkout_primary().await.map_err(Error::into_diesel)?,
+        Target::Replica => conn.held(Target::Replica).ok_or_else(lost)?,
+    };
     // Inside a test transaction the pooled primary session is already in a transaction: a
     // configured one becomes a savepoint there, as a plain one does.
     let savepoint = in_test_transaction
@@ -153,15 +166,22 @@ async fn begin(
         }
         _ => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await?,
     }
-    conn.set_pinned(Some(target));
-    if target == Target::Primary && !read_only {
+    conn.pinned = Some(route.target);
+    let read_only = matches!(
+        statement,
+        Statement::Begin {
+            read_only: true,
+            ..
+        }
+    );
+    if route.target == Target::Primary && !read_only {
         conn.mark_written();
     }
     Ok(())
 }
 
 fn pinned(conn: &mut RoutedConnection) -> QueryResult<(Target, &mut AsyncPgConnection)> {
-    let target = conn.pinned().ok_or(DieselError::NotInTransaction)?;
+    let target = conn.pinned.ok_or(DieselError::NotInTransaction)?;
     let inner = conn.held(target).ok_or_else(lost)?;
     Ok((target, inner))
 }
@@ -177,7 +197,7 @@ fn unpin_when_done(conn: &mut RoutedConnection, target: Target) {
         )
     });
     if done {
-        conn.set_pinned(None);
+        conn.pinned = None;
     }
 }
 

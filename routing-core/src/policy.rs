@@ -1,4 +1,5 @@
-//! Choosing a replica among the eligible ones.
+//! Choosing a replica among the eligible ones: the [`ReplicaPolicy`] trait, its built-in
+//! implementations, and [`Candidate`], what a policy sees of a replica.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,65 @@ pub struct Candidate {
     pub lag_bytes: Option<u64>,
 }
 
+impl Candidate {
+    /// A replica at `index` of weight 1, with nothing in flight and nothing known of its latency
+    /// and lag: a starting point for testing a policy.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use routing_core::policy::{Candidate, LowestLatency, ReplicaPolicy};
+    ///
+    /// let near = Candidate::new(0).with_latency(Duration::from_millis(1));
+    /// let far = Candidate::new(1).with_latency(Duration::from_millis(40));
+    /// assert_eq!(LowestLatency::new().choose(&[far, near]), 1);
+    /// ```
+    pub fn new(index: usize) -> Self {
+        Candidate {
+            index,
+            weight: 1,
+            in_flight: 0,
+            latency: None,
+            lag: None,
+            lag_bytes: None,
+        }
+    }
+
+    /// This candidate with weight `weight`.
+    #[must_use]
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// This candidate with `in_flight` connections in use.
+    #[must_use]
+    pub fn with_in_flight(mut self, in_flight: usize) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// This candidate with a probe round trip of `latency`.
+    #[must_use]
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// This candidate lagging `lag` behind the primary.
+    #[must_use]
+    pub fn with_lag(mut self, lag: Duration) -> Self {
+        self.lag = Some(lag);
+        self
+    }
+
+    /// This candidate `lag_bytes` of WAL behind the primary.
+    #[must_use]
+    pub fn with_lag_bytes(mut self, lag_bytes: u64) -> Self {
+        self.lag_bytes = Some(lag_bytes);
+        self
+    }
+}
+
 /// Picks the replica that serves a read.
 ///
 /// `choose` gets the eligible replicas (healthy, within the lag bounds), never an empty slice,
@@ -29,7 +89,8 @@ pub struct Candidate {
 /// chosen replica asks again without it. Any `Fn(&[Candidate]) -> usize` is a policy:
 ///
 /// ```
-/// use routing_core::{Candidate, RoutedPool};
+/// use routing_core::RoutedPool;
+/// use routing_core::policy::Candidate;
 ///
 /// // Always the first configured replica that is eligible: a primary/secondary setup.
 /// let pool = RoutedPool::builder("postgres://app@primary/app")
@@ -198,14 +259,7 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(index, &weight)| Candidate {
-                index,
-                weight,
-                in_flight: 0,
-                latency: None,
-                lag: None,
-                lag_bytes: None,
-            })
+            .map(|(index, &weight)| Candidate::new(index).with_weight(weight))
             .collect()
     }
 

@@ -1,0 +1,417 @@
+//! A pool's configuration: one [`Config`], with its defaults and its validation, filled in by
+//! [`RoutedPoolBuilder`] and stored once in the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::causal::ReadYourWrites;
+use crate::classify::Classifier;
+use crate::env;
+use crate::error::BuildError;
+#[allow(unused_imports)] // named in the docs
+use crate::policy::{LeastOutstanding, LowestLatency, Random};
+use crate::policy::{Policy, ReplicaPolicy, RoundRobin};
+use crate::url::{RedactedUrl, SecretUrl};
+
+/// The background health probe's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    /// Time between two probes of every replica. Default: 1 s.
+    pub interval: Duration,
+    /// How long one probe may take before the replica counts as down. Default: 1 s.
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HealthCheck {
+    /// A probe every `interval`, each allowed `timeout`.
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        HealthCheck { interval, timeout }
+    }
+}
+
+/// A replica as configured.
+#[derive(Clone, Debug)]
+pub(crate) struct ReplicaConfig {
+    pub(crate) url: SecretUrl,
+    pub(crate) weight: u32,
+}
+
+/// Everything a pool is configured with. Each field's default is in [`Config::new`]; the
+/// builder's methods document them for users.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    primary: SecretUrl,
+    replicas: Vec<ReplicaConfig>,
+    policy: Policy,
+    health_check: HealthCheck,
+    max_lag: Option<Duration>,
+    max_lag_bytes: Option<u64>,
+    read_your_writes: ReadYourWrites,
+    max_size: usize,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    fallback_to_primary: bool,
+    retry_refused_writes: bool,
+    verify_roles: bool,
+    verify_primary_checkouts: bool,
+    classifier: Classifier,
+}
+
+impl Config {
+    fn new(primary: String) -> Self {
+        Config {
+            primary: SecretUrl::new(primary),
+            replicas: Vec::new(),
+            policy: Policy(Arc::new(RoundRobin::new())),
+            health_check: HealthCheck::default(),
+            max_lag: Some(Duration::from_secs(30)),
+            max_lag_bytes: None,
+            read_your_writes: ReadYourWrites::default(),
+            max_size: 16,
+            checkout_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            fallback_to_primary: true,
+            retry_refused_writes: true,
+            verify_roles: true,
+            verify_primary_checkouts: true,
+            classifier: Classifier::new(),
+        }
+    }
+
+    /// Checks every setting; URLs are checked when the servers are made from them.
+    fn validate(&self) -> Result<(), BuildError> {
+        let invalid = |setting, value: String, expected| {
+            Err(BuildError::InvalidSetting {
+                setting,
+                value,
+                expected,
+            })
+        };
+        if self.max_size == 0 {
+            return invalid("max_size", "0".to_owned(), "at least one connection");
+        }
+        for (setting, value) in [
+            ("checkout_timeout", self.checkout_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("health_check.interval", self.health_check.interval),
+            ("health_check.timeout", self.health_check.timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(setting, "0s".to_owned(), "a duration above zero");
+            }
+        }
+        if let Some(index) = self.replicas.iter().position(|r| r.weight == 0) {
+            return invalid(
+                "replica_with_weight",
+                format!("0 for replica {index}"),
+                "a weight of at least 1",
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn primary(&self) -> &SecretUrl {
+        &self.primary
+    }
+
+    pub(crate) fn replicas(&self) -> &[ReplicaConfig] {
+        &self.replicas
+    }
+
+    pub(crate) fn policy(&self) -> &dyn ReplicaPolicy {
+        &*self.policy.0
+    }
+
+    pub(crate) fn health_check(&self) -> HealthCheck {
+        self.health_check
+    }
+
+    pub(crate) fn max_lag(&self) -> Option<Duration> {
+        self.max_lag
+    }
+
+    pub(crate) fn max_lag_bytes(&self) -> Option<u64> {
+        self.max_lag_bytes
+    }
+
+    pub(crate) fn read_your_writes(&self) -> ReadYourWrites {
+        self.read_your_writes
+    }
+
+    pub(crate) fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    pub(crate) fn checkout_timeout(&self) -> Duration {
+        self.checkout_timeout
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn fallback_to_primary(&self) -> bool {
+        self.fallback_to_primary
+    }
+
+    pub(crate) fn retry_refused_writes(&self) -> bool {
+        self.retry_refused_writes
+    }
+
+    pub(crate) fn verify_roles(&self) -> bool {
+        self.verify_roles
+    }
+
+    pub(crate) fn verify_primary_checkouts(&self) -> bool {
+        self.verify_primary_checkouts
+    }
+
+    pub(crate) fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+}
+
+/// Configures a [`RoutedPool`](crate::RoutedPool); made by
+/// [`RoutedPool::builder`](crate::RoutedPool::builder) or [`RoutedPoolBuilder::from_env`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Clone, Debug)]
+pub struct RoutedPoolBuilder {
+    config: Config,
+}
+
+impl RoutedPoolBuilder {
+    pub(crate) fn new(primary: String) -> Self {
+        RoutedPoolBuilder {
+            config: Config::new(primary),
+        }
+    }
+
+    /// The validated configuration.
+    pub(crate) fn into_config(self) -> Result<Config, BuildError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+
+    /// A builder from the environment; see [`RoutedPool::from_env`](crate::RoutedPool::from_env).
+    ///
+    /// # Errors
+    ///
+    /// As [`RoutedPool::from_env`](crate::RoutedPool::from_env).
+    pub fn from_env() -> Result<Self, BuildError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// A builder from variables looked up by `lookup` instead of the process environment, with
+    /// the rules of [`RoutedPool::from_env`](crate::RoutedPool::from_env).
+    ///
+    /// # Errors
+    ///
+    /// As [`RoutedPool::from_env`](crate::RoutedPool::from_env).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, BuildError> {
+        let vars = env::read(lookup)?;
+        Ok(RoutedPoolBuilder::new(vars.primary).replicas(vars.replicas))
+    }
+
+    /// The replica URLs configured so far, passwords redacted, in configuration order.
+    pub fn replica_url_list(&self) -> Vec<RedactedUrl> {
+        self.config
+            .replicas
+            .iter()
+            .map(|replica| replica.url.redacted())
+            .collect()
+    }
+
+    /// The replica URLs configured so far, passwords included: never print them.
+    pub(crate) fn replica_secrets(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .replicas
+            .iter()
+            .map(|replica| replica.url.expose())
+    }
+
+    /// Adds a replica, of weight 1.
+    pub fn replica(self, url: impl Into<String>) -> Self {
+        self.replica_with_weight(url, 1)
+    }
+
+    /// Adds a replica that the weighted policies ([`RoundRobin`], [`Random`],
+    /// [`LeastOutstanding`]) pick `weight` times as often as a replica of weight 1. A weight of
+    /// zero is an error at [`build`](Self::build).
+    pub fn replica_with_weight(mut self, url: impl Into<String>, weight: u32) -> Self {
+        self.config.replicas.push(ReplicaConfig {
+            url: SecretUrl::new(url.into()),
+            weight,
+        });
+        self
+    }
+
+    /// Adds several replicas, of weight 1.
+    pub fn replicas<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for url in urls {
+            self = self.replica(url);
+        }
+        self
+    }
+
+    /// How a read picks among the eligible replicas: [`RoundRobin`] (the default), [`Random`],
+    /// [`LeastOutstanding`], [`LowestLatency`], or any `Fn(&[Candidate]) -> usize`.
+    ///
+    /// [`Candidate`]: crate::policy::Candidate
+    pub fn policy(mut self, policy: impl ReplicaPolicy) -> Self {
+        self.config.policy = Policy(Arc::new(policy));
+        self
+    }
+
+    /// The replicas' background health probe. Default: every second, one second to answer.
+    pub fn health_check(mut self, health_check: HealthCheck) -> Self {
+        self.config.health_check = health_check;
+        self
+    }
+
+    /// Replicas whose probe shows them further behind the primary than this, in time, serve no
+    /// reads until they catch up; `None` turns the bound off. The lag reads zero while the primary
+    /// is idle. A handler's `#[read_replica(max_lag = "..")]` or [`with_max_lag`] tightens it
+    /// for one request. Default: 30 s.
+    ///
+    /// [`with_max_lag`]: crate::with_max_lag
+    pub fn max_lag(mut self, max_lag: Option<Duration>) -> Self {
+        self.config.max_lag = max_lag;
+        self
+    }
+
+    /// Replicas whose probe shows them more than this many bytes of WAL behind the primary serve
+    /// no reads until they catch up; `None` turns the bound off. Default: `None`.
+    pub fn max_lag_bytes(mut self, max_lag_bytes: Option<u64>) -> Self {
+        self.config.max_lag_bytes = max_lag_bytes;
+        self
+    }
+
+    /// How reads that carry a [`CausalToken`](crate::CausalToken) see its write. Default:
+    /// [`ReadYourWrites::Lsn`] without waiting.
+    pub fn read_your_writes(mut self, mode: ReadYourWrites) -> Self {
+        self.config.read_your_writes = mode;
+        self
+    }
+
+    /// The most connections each server's pool opens. Default: 16.
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// How long a checkout waits for a free pooled connection. Default: 5 s.
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.checkout_timeout = timeout;
+        self
+    }
+
+    /// How long opening a new server connection may take. Default: 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether a read that no replica can serve runs on the primary (`true`) or fails with
+    /// [`Error::NoReplicaAvailable`](crate::Error::NoReplicaAvailable) (`false`). Default: `true`.
+    pub fn fallback_to_primary(mut self, fallback: bool) -> Self {
+        self.config.fallback_to_primary = fallback;
+        self
+    }
+
+    /// Whether a statement classified as a read that a replica refuses as a write (SQLSTATE
+    /// 25006, e.g. a volatile function the classifier did not know) runs again on the primary,
+    /// with a warning (`true`), or fails (`false`). Refused statements changed nothing, so running
+    /// them again is safe; inside a transaction nothing is retried. Default: `true`.
+    pub fn retry_writes_refused_by_replica(mut self, retry: bool) -> Self {
+        self.config.retry_refused_writes = retry;
+        self
+    }
+
+    /// Whether each new connection checks that its server is in its configured role: a replica
+    /// must be in recovery, the primary must not be. Default: `true`. Turn it off only for a
+    /// development setup that uses one server as both primary and "replica"; replica sessions
+    /// stay read-only (`default_transaction_read_only`) either way.
+    pub fn verify_roles(mut self, verify: bool) -> Self {
+        self.config.verify_roles = verify;
+        self
+    }
+
+    /// Whether a pooled primary connection answers a `SELECT 1` before each checkout hands it out,
+    /// so that a write never meets a connection that died while idle (`true`), or only a local
+    /// check is made (`false`, one round trip less per request that writes). Replica checkouts
+    /// never ask: a read that meets a dead connection runs again elsewhere. Default: `true`.
+    pub fn verify_primary_checkouts(mut self, verify: bool) -> Self {
+        self.config.verify_primary_checkouts = verify;
+        self
+    }
+
+    /// Replaces the statement classifier, e.g. one that knows the application's functions.
+    /// Default: [`Classifier::new`].
+    pub fn classifier(mut self, classifier: Classifier) -> Self {
+        self.config.classifier = classifier;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_error(builder: RoutedPoolBuilder) -> String {
+        builder.into_config().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn settings_are_validated_in_one_place() {
+        let builder = || RoutedPoolBuilder::new("postgres://h/db".to_owned());
+        assert!(builder().into_config().is_ok());
+        assert_eq!(
+            build_error(builder().max_size(0)),
+            "invalid setting max_size = 0: expected at least one connection"
+        );
+        assert!(
+            build_error(builder().checkout_timeout(Duration::ZERO)).contains("checkout_timeout")
+        );
+        assert!(
+            build_error(
+                builder().health_check(HealthCheck::new(Duration::ZERO, Duration::from_secs(1)))
+            )
+            .contains("health_check.interval")
+        );
+        assert!(
+            build_error(
+                builder()
+                    .replica("postgres://r/db")
+                    .replica_with_weight("postgres://s/db", 0)
+            )
+            .contains("0 for replica 1")
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_every_url() {
+        let builder = RoutedPoolBuilder::new("postgres://u:hunter2@h/db".to_owned())
+            .replica("postgres://u:hunter3@r/db");
+        let text = format!("{builder:?}");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("u:***@r/db"), "{text}");
+        assert_eq!(
+            builder.replica_url_list()[0].as_str(),
+            "postgres://u:***@r/db"
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Classifications of statements, cached for queries whose SQL never changes.
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::QueryFragment;
+
+use crate::classify::Classification;
+use crate::owned::Rendered;
+use crate::servers::Shared;
+
+/// What the cache keeps of a static query.
+#[derive(Clone)]
+struct Classified {
+    /// `None` for a read, the classification of a write.
+    write: Option<Arc<Classification>>,
+    rendered: Rendered,
+}
+
+/// Builds a hash from a `TypeId`'s own bits: `TypeId`s are already well-distributed hashes.
+#[derive(Default)]
+struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_ne_bytes(word);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(5) ^ n;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type ClassCache = HashMap<(usize, TypeId), Classified, BuildHasherDefault<TypeIdHasher>>;
+
+thread_local! {
+    /// Classifications of statically known queries, by pool and query type.
+    static CLASSIFIED: RefCell<ClassCache> = RefCell::new(ClassCache::default());
+}
+
+/// Classifies `query` with `shared`'s classifier: the classification of a write (`None` for a
+/// read), and its SQL when it had to be rendered. Queries with a static id (whose SQL never
+/// changes) are rendered and classified once per pool and thread: a cached read costs one
+/// lookup, and its SQL is fetched by [`rendered`] only when needed.
+pub(super) fn classify(
+    shared: &Shared,
+    query: &dyn QueryFragment<Pg>,
+    query_id: Option<TypeId>,
+) -> QueryResult<(Option<Arc<Classification>>, Option<Rendered>)> {
+    let key = query_id.map(|id| (shared.id(), id));
+    if let Some(key) = key {
+        let cached =
+            CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|cached| cached.write.clone()));
+        if let Some(write) = cached {
+            return Ok((write, None));
+        }
+    }
+    let rendered = Rendered::of(query)?;
+    let class = shared.config().classifier().classify(&rendered.sql);
+    let write = (!class.is_read()).then(|| Arc::new(class));
+    // Diesel's own statement cache trusts a static id only for SQL that is safe to cache.
+    if let Some(key) = key.filter(|_| rendered.safe_to_cache) {
+        let cached = Classified {
+            write: write.clone(),
+            rendered: rendered.clone(),
+        };
+        CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, cached));
+    }
+    Ok((write, Some(rendered)))
+}
+
+/// The SQL of `query`: from the cache of static queries, or rendered now.
+pub(super) fn rendered(
+    shared: &Shared,
+    query: &dyn QueryFragment<Pg>,
+    query_id: Option<TypeId>,
+) -> QueryResult<Rendered> {
+    let key = query_id.map(|id| (shared.id(), id));
+    let cached = key.and_then(|key| {
+        CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|c| c.rendered.clone()))
+    });
+    match cached {
+        Some(rendered) => Ok(rendered),
+        None => Rendered::of(query),
+    }
+}

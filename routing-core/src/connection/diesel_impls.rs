@@ -1,0 +1,306 @@
+//! diesel-async's connection traits for [`RoutedConnection`].
+
+use diesel::QueryResult;
+use diesel::connection::{CacheSize, Instrumentation, TransactionManagerStatus};
+use diesel::pg::Pg;
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::result::Error as DieselError;
+use diesel_async::{
+    AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
+    TransactionManager,
+};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, Runners, log_route};
+use crate::causal::now_ms;
+use crate::context::ReadNeeds;
+use crate::error::Error;
+use crate::owned::{Identity, NoId, OwnedQuery, StaticId};
+use crate::route::{self, Statement, Target};
+use crate::servers::RoutedPool;
+
+/// The stream again, with its first row (or its end) already received; its first error instead.
+fn first_row(stream: PgStream) -> BoxFuture<'static, QueryResult<PgStream>> {
+    use futures_util::StreamExt;
+    async move {
+        let mut stream = stream;
+        match stream.next().await {
+            None => Ok(futures_util::stream::empty().boxed()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(row)) => Ok(futures_util::stream::once(std::future::ready(Ok(row)))
+                .chain(stream)
+                .boxed()),
+        }
+    }
+    .boxed()
+}
+
+impl<Id: 'static> Runners<Id, PgStream> {
+    fn load() -> Self {
+        Runners {
+            with_static_id: load_owned::<StaticId<Id>>,
+            without_id: load_owned::<NoId>,
+        }
+    }
+}
+
+impl<Id: 'static> Runners<Id, usize> {
+    fn execute() -> Self {
+        Runners {
+            with_static_id: execute_owned::<StaticId<Id>>,
+            without_id: execute_owned::<NoId>,
+        }
+    }
+}
+
+fn load_owned<'c, I: Identity>(
+    conn: &'c mut AsyncPgConnection,
+    query: &'c OwnedQuery<I>,
+) -> BoxFuture<'c, QueryResult<PgStream>> {
+    AsyncConnectionCore::load(conn, query)
+}
+
+fn execute_owned<'c, I: Identity>(
+    conn: &'c mut AsyncPgConnection,
+    query: &'c OwnedQuery<I>,
+) -> BoxFuture<'c, QueryResult<usize>> {
+    AsyncConnectionCore::execute_returning_count(conn, query)
+}
+
+impl SimpleAsyncConnection for RoutedConnection {
+    /// Runs raw SQL on the primary (on the transaction's server inside a transaction). Since it
+    /// may write, later reads on this connection go to the primary.
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let route = route::decide(
+            &self.state(),
+            Statement::Write,
+            &ReadNeeds::default(),
+            self.shared().config(),
+            now_ms,
+        );
+        if self.pinned.is_none() {
+            self.mark_written();
+        }
+        log_route(route, Some(&"batch_execute"));
+        let conn = match route.target {
+            Target::Primary => self.checkout_primary().await.map_err(Error::into_diesel)?,
+            Target::Replica => self
+                .held(Target::Replica)
+                .ok_or_else(super::lost_connection)?,
+        };
+        conn.batch_execute(query).await
+    }
+}
+
+impl AsyncConnectionCore for RoutedConnection {
+    type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
+    type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
+    type Stream<'conn, 'query> = PgStream;
+    type Row<'conn, 'query> = PgRow;
+    type Backend = Pg;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.dispatch(
+            source.as_query(),
+            |conn, query| conn.load(query),
+            Runners::load(),
+            Some(first_row),
+        )
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.dispatch(
+            source,
+            |conn, query| conn.execute_returning_count(query),
+            Runners::execute(),
+            None,
+        )
+    }
+}
+
+impl AsyncConnection for RoutedConnection {
+    type TransactionManager = RoutedTransactionManager;
+
+    /// Opens a routed connection with `database_url` as its primary and no replica.
+    async fn establish(database_url: &str) -> diesel::ConnectionResult<Self> {
+        let pool = RoutedPool::builder(database_url)
+            .max_size(1)
+            .build()
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        let mut conn = RoutedConnection::new(pool);
+        conn.checkout_primary()
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        Ok(conn)
+    }
+
+    /// Begins a transaction that is never committed, on the primary, and from then on sends every
+    /// statement of every connection of this pool to the primary, so that tests read their own
+    /// uncommitted rows. As with diesel-async's pools, give the pool `max_size(1)` so that every
+    /// connection shares the one primary session that holds the test transaction.
+    async fn begin_test_transaction(&mut self) -> QueryResult<()> {
+        match self.status_mut().transaction_state() {
+            Ok(status) if status.transaction_depth().is_none() => {}
+            Ok(_) => return Err(DieselError::AlreadyInTransaction),
+            Err(e) => return Err(e),
+        }
+        self.shared().enter_test_transaction();
+        <RoutedTransactionManager as TransactionManager<Self>>::begin_transaction(self).await?;
+        self.status_mut().set_test_transaction_flag();
+        Ok(())
+    }
+
+    fn transaction_state(&mut self) -> &mut TransactionManagerStatus {
+        &mut self.idle_status
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        &mut *self.instrumentation
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.instrumentation = instrumentation.into();
+        self.instrumented = true;
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.cache_size = Some(size);
+        if let Some(conn) = self.primary.as_mut() {
+            conn.set_prepared_statement_cache_size(size);
+        }
+        if let Some(held) = self.replica.as_mut() {
+            held.conn.set_prepared_statement_cache_size(size);
+        }
+    }
+}
+
+impl<'b, Changes, Output, Tab, V> diesel_async::UpdateAndFetchResults<Changes, Output>
+    for RoutedConnection
+where
+    Output: Send + 'static,
+    Changes: Copy
+        + diesel::AsChangeset<Target = Tab>
+        + Send
+        + diesel::associations::Identifiable<Table = Tab>,
+    Tab: diesel::Table + diesel::query_dsl::methods::FindDsl<Changes::Id> + 'b,
+    diesel::dsl::Find<Tab, Changes::Id>:
+        diesel::query_builder::IntoUpdateTarget<Table = Tab, WhereClause = V>,
+    diesel::query_builder::UpdateStatement<Tab, V, Changes::Changeset>:
+        diesel::query_builder::AsQuery,
+    diesel::dsl::Update<Changes, Changes>: diesel_async::methods::LoadQuery<'b, Self, Output>,
+    V: Send + 'b,
+    Changes::Changeset: Send + 'b,
+    Tab::FromClause: Send,
+{
+    fn update_and_fetch<'conn, 'changes>(
+        &'conn mut self,
+        changeset: Changes,
+    ) -> BoxFuture<'changes, QueryResult<Output>>
+    where
+        Changes: 'changes,
+        Changes::Changeset: 'changes,
+        'conn: 'changes,
+        Self: 'changes,
+    {
+        use diesel_async::RunQueryDsl;
+        async move {
+            diesel::update(changeset)
+                .set(changeset)
+                .get_result(self)
+                .await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use diesel::sql_types::{Bool, Integer};
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    use crate::{RoutedPool, with_read_replica};
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// Each routing decision is a debug event naming the server and the reason, even when the
+    /// server then cannot be reached.
+    #[test]
+    fn decisions_are_logged_with_their_reason() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let pool =
+                    RoutedPool::builder(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                        .replica(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                        .build()
+                        .unwrap();
+                let mut conn = pool.get().await.unwrap();
+                let read = || diesel::select(diesel::dsl::sql::<Integer>("1"));
+                let _ = with_read_replica(true, read().get_result::<i32>(&mut conn)).await;
+                let _ = read().get_result::<i32>(&mut conn).await;
+                let _ = diesel::sql_query("DELETE FROM t").execute(&mut conn).await;
+                let _ = conn.batch_execute("SELECT 1").await;
+                let _ = diesel::select(diesel::dsl::sql::<Bool>("true"))
+                    .get_result::<bool>(&mut conn)
+                    .await;
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let routes: Vec<&str> = text.lines().filter(|l| l.contains(" route ")).collect();
+        let expect = [
+            "server=replica reason=scope: replica allowed",
+            "server=primary reason=fallback: no replica could serve the read",
+            "server=primary reason=scope: replica not allowed",
+            "server=primary reason=write: write statement DELETE",
+            "server=primary reason=sticky: this connection wrote before: batch_execute",
+            "server=primary reason=sticky: this connection wrote before",
+        ];
+        assert_eq!(routes.len(), expect.len(), "{text}");
+        for (line, expected) in routes.iter().zip(expect) {
+            assert!(line.contains("DEBUG"), "{line}");
+            assert!(line.contains(expected), "expected {expected:?} in {line}");
+        }
+        assert!(!text.contains("pw@"), "no password in logs: {text}");
+    }
+}

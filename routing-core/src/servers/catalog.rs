@@ -1,0 +1,130 @@
+//! The SQL the router itself sends: role checks, WAL positions, causal-token checks and type
+//! lookups. Every statement of the router's own is here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use diesel::QueryResult;
+use diesel::sql_types::{BigInt, Bool, Nullable, Oid, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::causal::CausalToken;
+
+/// OIDs of custom PostgreSQL types by (schema, name): (type OID, array type OID). Physical
+/// replicas share their primary's.
+pub(crate) type TypeCache = Mutex<HashMap<(Option<String>, String), (u32, u32)>>;
+
+/// Whether the server is a standby.
+pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+        .get_result(conn)
+        .await
+}
+
+/// Prepares a new session: a replica's is made read-only on the server. Returns whether the
+/// server is in recovery, in the same round trip.
+pub(crate) async fn set_up_session(
+    conn: &mut AsyncPgConnection,
+    read_only: bool,
+) -> QueryResult<bool> {
+    if !read_only {
+        return in_recovery(conn).await;
+    }
+    diesel::select(diesel::dsl::sql::<Bool>(
+        "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)",
+    ))
+    .get_result(conn)
+    .await
+}
+
+/// The primary's WAL insert position: every write committed before is behind it.
+pub(crate) async fn wal_insert_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
+    lsn(
+        conn,
+        "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+    )
+    .await
+}
+
+/// The primary's flushed WAL position: all that replicas can replay. (The insert position can
+/// sit a page header past it on an idle primary, which no replica ever reaches.)
+pub(crate) async fn wal_flush_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
+    lsn(conn, "(pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").await
+}
+
+async fn lsn(conn: &mut AsyncPgConnection, sql: &'static str) -> QueryResult<u64> {
+    let lsn: i64 = diesel::select(diesel::dsl::sql::<BigInt>(sql))
+        .get_result(conn)
+        .await?;
+    Ok(u64::try_from(lsn).unwrap_or_default())
+}
+
+/// A standby's state for the health probe: whether it is in recovery, and its replay position.
+pub(crate) async fn replica_state(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<(bool, Option<u64>)> {
+    let (in_recovery, replay) = diesel::select((
+        diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
+        diesel::dsl::sql::<Nullable<BigInt>>("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"),
+    ))
+    .get_result::<(bool, Option<i64>)>(conn)
+    .await?;
+    Ok((in_recovery, replay.and_then(|lsn| u64::try_from(lsn).ok())))
+}
+
+/// Whether the standby on `conn` has replayed `token`, asking again for up to `wait`.
+pub(crate) async fn replayed(
+    conn: &mut AsyncPgConnection,
+    token: CausalToken,
+    wait: Duration,
+) -> QueryResult<bool> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let done: bool = diesel::select(
+            diesel::dsl::sql::<Bool>("coalesce(pg_last_wal_replay_lsn() >= ")
+                .bind::<Text, _>(token.lsn_text())
+                .sql("::pg_lsn, false)"),
+        )
+        .get_result(conn)
+        .await?;
+        let now = Instant::now();
+        if done || now >= deadline {
+            return Ok(done);
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(5))).await;
+    }
+}
+
+/// The OIDs of the type `name` (in `schema`, or found by the search path).
+pub(crate) async fn lookup_type(
+    conn: &mut AsyncPgConnection,
+    schema: Option<&str>,
+    name: &str,
+) -> QueryResult<(u32, u32)> {
+    match schema {
+        Some(schema) => {
+            diesel::dsl::sql::<(Oid, Oid)>(
+                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
+                 INNER JOIN pg_namespace ON pg_type.typnamespace = pg_namespace.oid \
+                 WHERE pg_type.typname = ",
+            )
+            .bind::<Text, _>(name)
+            .sql(" AND pg_namespace.nspname = ")
+            .bind::<Text, _>(schema)
+            .sql(" LIMIT 1")
+            .get_result(conn)
+            .await
+        }
+        None => {
+            diesel::dsl::sql::<(Oid, Oid)>(
+                "SELECT pg_type.oid, pg_type.typarray FROM pg_type \
+                 WHERE pg_type.oid = quote_ident(",
+            )
+            .bind::<Text, _>(name)
+            .sql(")::regtype::oid LIMIT 1")
+            .get_result(conn)
+            .await
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! What the router knows of each server: bans, lag, latency, load and statements routed. Every
+//! field is an atomic, read without locks on the decision path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::error::Role;
+use crate::reason::Reason;
+
+const UNKNOWN: u64 = u64::MAX;
+
+/// The router's knowledge of one server. Every field is updated without locks on the read path
+/// except the ban reason.
+#[derive(Debug)]
+pub(crate) struct Health {
+    label: Arc<str>,
+    banned: AtomicBool,
+    ban_reason: Mutex<Option<String>>,
+    replay_lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_micros: AtomicU64,
+    latency_micros: AtomicU64,
+    in_flight: AtomicUsize,
+    routed: AtomicU64,
+    failures: AtomicU64,
+    bans: AtomicU64,
+    /// `routing_queries_total` per reason, registered on first use.
+    queries: [OnceLock<metrics::Counter>; Reason::COUNT],
+}
+
+impl Health {
+    pub(crate) fn new(role: Role) -> Self {
+        let label: Arc<str> = match role {
+            Role::Primary => Arc::from("primary"),
+            Role::Replica(index) => Arc::from(format!("replica{index}")),
+        };
+        Health {
+            label,
+            banned: AtomicBool::new(false),
+            ban_reason: Mutex::new(None),
+            replay_lsn: AtomicU64::new(UNKNOWN),
+            lag_bytes: AtomicU64::new(UNKNOWN),
+            lag_micros: AtomicU64::new(UNKNOWN),
+            latency_micros: AtomicU64::new(UNKNOWN),
+            in_flight: AtomicUsize::new(0),
+            routed: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            bans: AtomicU64::new(0),
+            queries: Default::default(),
+        }
+    }
+
+    pub(crate) fn is_banned(&self) -> bool {
+        self.banned.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn ban_reason(&self) -> Option<String> {
+        self.ban_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes the server out of rotation until a probe succeeds.
+    pub(crate) fn ban(&self, reason: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.ban_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        if !self.banned.swap(true, Ordering::Relaxed) {
+            self.bans.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("routing_bans_total", "server" => Arc::clone(&self.label))
+                .increment(1);
+            metrics::gauge!("routing_server_healthy", "server" => Arc::clone(&self.label)).set(0.0);
+            tracing::warn!(target: "routing_core", server = &*self.label, reason, "server banned");
+        }
+    }
+
+    /// Puts the server back in rotation.
+    pub(crate) fn admit(&self) {
+        if self.banned.swap(false, Ordering::Relaxed) {
+            tracing::info!(target: "routing_core", server = &*self.label, "server admitted again");
+        }
+        *self.ban_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        metrics::gauge!("routing_server_healthy", "server" => Arc::clone(&self.label)).set(1.0);
+    }
+
+    pub(crate) fn replay_lsn(&self) -> Option<u64> {
+        known(self.replay_lsn.load(Ordering::Relaxed))
+    }
+
+    /// Notes that the server has replayed at least `lsn`.
+    pub(crate) fn note_replay(&self, lsn: u64) {
+        let current = self.replay_lsn.load(Ordering::Relaxed);
+        if current == UNKNOWN || current < lsn {
+            self.replay_lsn.store(lsn, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn lag_bytes(&self) -> Option<u64> {
+        known(self.lag_bytes.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn lag(&self) -> Option<Duration> {
+        known(self.lag_micros.load(Ordering::Relaxed)).map(Duration::from_micros)
+    }
+
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        known(self.latency_micros.load(Ordering::Relaxed)).map(Duration::from_micros)
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn bans(&self) -> u64 {
+        self.bans.load(Ordering::Relaxed)
+    }
+
+    /// Counts a statement sent to this server for `reason`. The metric's handle is registered
+    /// once (install a recorder before the first query).
+    pub(crate) fn count_routed(&self, reason: Reason) {
+        self.routed.fetch_add(1, Ordering::Relaxed);
+        self.queries[reason.index()]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "routing_queries_total",
+                    "server" => Arc::clone(&self.label),
+                    "reason" => reason.label()
+                )
+            })
+            .increment(1);
+    }
+
+    pub(crate) fn record_probe(
+        &self,
+        replay_lsn: Option<u64>,
+        lag_bytes: Option<u64>,
+        lag: Duration,
+        latency: Duration,
+    ) {
+        if let Some(lsn) = replay_lsn {
+            self.replay_lsn.store(lsn, Ordering::Relaxed);
+        }
+        self.lag_bytes
+            .store(lag_bytes.unwrap_or(UNKNOWN), Ordering::Relaxed);
+        self.lag_micros.store(micros(lag), Ordering::Relaxed);
+        let latency = micros(latency);
+        let previous = self.latency_micros.load(Ordering::Relaxed);
+        // A moving average that follows a real change within a few probes.
+        let smoothed = if previous == UNKNOWN {
+            latency
+        } else {
+            (previous * 3 + latency) / 4
+        };
+        self.latency_micros.store(smoothed, Ordering::Relaxed);
+        let server = Arc::clone(&self.label);
+        if let Some(bytes) = lag_bytes {
+            metrics::gauge!("routing_replica_lag_bytes", "server" => Arc::clone(&server))
+                .set(bytes as f64);
+        }
+        metrics::gauge!("routing_replica_lag_seconds", "server" => server).set(lag.as_secs_f64());
+    }
+}
+
+fn known(value: u64) -> Option<u64> {
+    (value != UNKNOWN).then_some(value)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(UNKNOWN - 1)
+}
+
+/// A hold on one connection to a server, counted in its `in_flight` until dropped.
+#[derive(Debug)]
+pub(crate) struct Lease(Arc<Health>);
+
+impl Lease {
+    pub(crate) fn new(health: &Arc<Health>) -> Self {
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease(Arc::clone(health))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ban_keeps_its_reason_until_a_probe_admits_the_server() {
+        let health = Health::new(Role::Replica(1));
+        assert_eq!(&*health.label, "replica1");
+        health.ban("connection refused".to_owned());
+        health.ban("connection refused again".to_owned());
+        assert!(health.is_banned());
+        assert_eq!(health.bans(), 1);
+        assert_eq!(health.failures(), 2);
+        assert_eq!(
+            health.ban_reason().as_deref(),
+            Some("connection refused again")
+        );
+        health.admit();
+        assert!(!health.is_banned());
+        assert_eq!(health.ban_reason(), None);
+    }
+
+    #[test]
+    fn leases_count_connections_in_use() {
+        let health = Arc::new(Health::new(Role::Replica(0)));
+        let a = Lease::new(&health);
+        let b = Lease::new(&health);
+        assert_eq!(health.in_flight(), 2);
+        drop(a);
+        assert_eq!(health.in_flight(), 1);
+        drop(b);
+        assert_eq!(health.in_flight(), 0);
+    }
+}

@@ -1,0 +1,90 @@
+//! The response future of [`ReadReplicaService`](super::ReadReplicaService).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_util::future::BoxFuture;
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::carrier::Carrier;
+use crate::causal::CausalToken;
+use crate::context::{Routed, WriteSink};
+use crate::error::Error;
+
+pin_project! {
+    /// The response future of [`ReadReplicaService`](super::ReadReplicaService): the inner
+    /// service's future, run inside the request's routing scope, then, when the request wrote and
+    /// the layer carries causal tokens, the token put on the response.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        inner: Routed<F>,
+        carrier: Option<Arc<Carrier>>,
+        sink: Arc<WriteSink>,
+        token: Option<(BoxFuture<'static, Result<CausalToken, Error>>, Option<Response<B>>)>,
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(super) fn new(
+        inner: Routed<F>,
+        carrier: Option<Arc<Carrier>>,
+        sink: Arc<WriteSink>,
+    ) -> Self {
+        ResponseFuture {
+            inner,
+            carrier,
+            sink,
+            token: None,
+        }
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("carrier", &self.carrier)
+            .field("making_token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if this.token.is_none() {
+            let response = ready!(this.inner.as_mut().poll(cx))?;
+            let pool = match (this.carrier.as_ref(), this.sink.pool()) {
+                (Some(_), Some(pool)) => pool.clone(),
+                _ => return Poll::Ready(Ok(response)),
+            };
+            let token = Box::pin(async move { pool.causal_token().await });
+            *this.token = Some((token, Some(response)));
+        }
+        let Some((token, response)) = this.token.as_mut() else {
+            return Poll::Pending;
+        };
+        let token = ready!(token.as_mut().poll(cx));
+        let Some(mut response) = response.take() else {
+            return Poll::Pending;
+        };
+        match (token, this.carrier.as_ref()) {
+            (Ok(token), Some(carrier)) => carrier.write(&mut response, token),
+            (Ok(_), None) => {}
+            (Err(error), _) => tracing::warn!(
+                target: "routing_core",
+                %error,
+                "the request wrote but no causal token could be made"
+            ),
+        }
+        Poll::Ready(Ok(response))
+    }
+}
