@@ -1,4 +1,5 @@
-//! The environment variables of the original design.
+//! The environment variables that configure a pool: `DATABASE_URL`, `ENABLE_READ_REPLICA`,
+//! `DATABASE_READ_REPLICA_URL` and `POSTGRES_READ_REPLICA_*`.
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 

@@ -7,8 +7,10 @@
 //! - `#[use_read_replica(false)]` / `#[use_read_replica(true)]` for a fn handler, which gets a
 //!   companion type of the same name for `ReadReplicaLayer::for_handler::<name>()`.
 //!
-//! Both take the same arguments: one `true` or `false`, then (reserved for future keys)
-//! `key = value` pairs, comma-separated. Generated code names the trait as
+//! Both take the same arguments, comma-separated: at most one `true` or `false` (may reads go
+//! to a replica? default `true`) and at most one `max_lag = "<duration>"` (the handler's
+//! staleness budget: `"500ms"`, `"2s"`, `"1.5m"`, `"1h"`, also `"us"`). Generated code names the
+//! trait as
 //! `::routing_core::__private::ReadReplicaControl`, so the user crate needs `routing-core` as
 //! a direct dependency.
 
@@ -37,8 +39,27 @@ use proc_macro::TokenStream;
 /// assert!(!<ListOrders<'static, u32>>::USE_READ_REPLICA);
 /// ```
 ///
-/// The argument is one `true` or `false` (`#[read_replica(true)]` is the same as no
-/// attribute). Anything else, a second value or a second attribute is a compile error.
+/// `#[read_replica(..)]` takes one `true` or `false` (`#[read_replica(true)]` is the same as no
+/// attribute) and/or `max_lag = "2s"`, the handler's staleness budget: its reads go only to
+/// replicas known to lag less.
+///
+/// ```
+/// use routing_core::ReadReplicaControl;
+///
+/// #[derive(ReadReplicaControl)]
+/// #[read_replica(max_lag = "2s")]
+/// struct SalesReport;
+///
+/// #[derive(ReadReplicaControl)]
+/// #[read_replica(true, max_lag = "500ms")]
+/// struct Dashboard;
+///
+/// assert_eq!(SalesReport::MAX_LAG, Some(std::time::Duration::from_secs(2)));
+/// assert_eq!(Dashboard::MAX_LAG, Some(std::time::Duration::from_millis(500)));
+/// ```
+///
+/// Anything else (an unknown key, a value of the wrong type, a second bool or key, a second
+/// attribute) is a compile error.
 #[proc_macro_derive(ReadReplicaControl, attributes(read_replica))]
 pub fn derive_read_replica_control(input: TokenStream) -> TokenStream {
     derive::expand(input.into())
@@ -65,7 +86,8 @@ pub fn derive_read_replica_control(input: TokenStream) -> TokenStream {
 /// # let _ = create_order();
 /// ```
 ///
-/// The argument is required and is one `true` or `false`.
+/// The arguments are those of `#[read_replica(..)]`: one `true` or `false` and/or
+/// `max_lag = "<duration>"`; at least one is required.
 #[proc_macro_attribute]
 pub fn use_read_replica(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = proc_macro2::TokenStream::from(item);

@@ -108,6 +108,13 @@ async fn an_unreachable_replica_falls_back_and_never_shows_its_password() {
         message.contains("no replica could serve the read"),
         "{message}"
     );
+    // The routing error keeps its type inside diesel's error.
+    match Error::from_diesel(&error) {
+        Some(Error::NoReplicaAvailable {
+            banned, failures, ..
+        }) => assert_eq!(banned + failures.len(), 1, "{error}"),
+        other => panic!("expected NoReplicaAvailable, got {other:?}"),
+    }
     assert!(message.contains("postgres:***@127.0.0.1"), "{message}");
     assert!(!message.contains("s3cr3t-pw"), "{message}");
     let error = pool.check().await.unwrap_err();

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SaveChangesDsl, SimpleAsyncConnection};
 use futures_util::TryStreamExt;
-use routing_core::{with_primary, with_read_replica};
+use routing_core::{RoutingExt, with_primary, with_read_replica};
 use routing_migrate::{OrderStatus, orders, products};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique, where_ran};
 
@@ -40,6 +40,27 @@ async fn primary_scope_inside_replica_scope_reads_from_the_primary() {
         assert!(servers.is_replica(&outer), "{outer:?}");
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_methods_on_a_query_future_route_it() {
+    let servers = servers().await;
+    let pool = servers.pool(&unique("routing_ext"));
+    let mut conn = pool.get().await.unwrap();
+    let id = where_ran(&mut conn).on_replica().await;
+    assert!(servers.is_replica(&id), "on_replica: {id:?}");
+    let id = where_ran(&mut conn).on_primary().on_replica().await;
+    assert!(servers.is_primary(&id), "the innermost scope wins: {id:?}");
+    let id = where_ran(&mut conn)
+        .max_lag(std::time::Duration::from_secs(60))
+        .on_replica()
+        .await;
+    assert!(
+        servers.is_replica(&id),
+        "a loose budget keeps the replica: {id:?}"
+    );
+    let id = where_ran(&mut conn).await;
+    assert!(servers.is_primary(&id), "no scope after the future: {id:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -430,6 +430,38 @@ async fn time_window_mode_reads_the_primary_for_a_while_after_a_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_follow_the_time_window_too() {
+    let servers = servers().await;
+    let pool = servers
+        .pool_builder(&unique("window_tx"))
+        .read_your_writes(ReadYourWrites::TimeWindow(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let mut writer = pool.get().await.unwrap();
+    insert_product(&mut writer, &unique("window_tx")).await;
+    let token = writer.causal_token().await.unwrap().unwrap();
+    let read_only_transaction = |pool: RoutedPool| async move {
+        let mut conn = pool.get().await.unwrap();
+        conn.build_transaction()
+            .read_only()
+            .run(async |conn| Ok::<_, DieselError>(where_ran(conn).await))
+            .await
+            .unwrap()
+    };
+    let id = with_read_replica(true, read_only_transaction(pool.clone())).await;
+    assert!(servers.is_replica(&id), "no token: a replica, {id:?}");
+    let id = with_causal_token(
+        token,
+        with_read_replica(true, read_only_transaction(pool.clone())),
+    )
+    .await;
+    assert!(
+        servers.is_primary(&id),
+        "within the window: the primary, {id:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_reads_within_ten_percent_of_even() {
     let servers = servers().await;
     let pool = servers.pool(&unique("round_robin"));

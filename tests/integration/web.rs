@@ -185,6 +185,37 @@ async fn without_a_layer_reads_go_to_the_primary_and_scopes_end_with_their_reque
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_policy_decides_per_request() {
+    let servers = servers().await;
+    let pool = servers.pool(&unique("closure_policy"));
+    let policy = ReadReplicaLayer::decide(|request| {
+        !request
+            .headers
+            .get("x-consistency")
+            .is_some_and(|value| value == "strong")
+    });
+    let app = Router::new()
+        .route("/probe", get(probe).post(probe))
+        .layer(policy)
+        .with_state(pool);
+    let (_, reply) = call(&app, Method::GET, "/probe", None).await;
+    assert!(servers.is_replica(&probe_id(&reply)), "{reply}");
+    let request = Request::builder()
+        .uri("/probe")
+        .header("x-consistency", "strong")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(servers.is_primary(&probe_id(&reply)), "{reply}");
+    let (_, reply) = call(&app, Method::POST, "/probe", None).await;
+    assert!(servers.is_primary(&probe_id(&reply)), "POST: {reply}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_different_policies_over_loopback() {
     let (servers, app, id, _) = demo().await;

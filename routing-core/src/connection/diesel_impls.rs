@@ -12,7 +12,8 @@ use diesel_async::{
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, Runners, log_route};
+use super::dispatch::Runners;
+use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, log_route};
 use crate::causal::now_ms;
 use crate::context::ReadNeeds;
 use crate::error::Error;
