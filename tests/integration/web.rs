@@ -190,10 +190,10 @@ async fn a_closure_policy_decides_per_request() {
     let servers = servers().await;
     let pool = servers.pool(&unique("closure_policy"));
     let policy = ReadReplicaLayer::decide(|request| {
-        !request
+        request
             .headers
             .get("x-consistency")
-            .is_some_and(|value| value == "strong")
+            .is_none_or(|value| value != "strong")
     });
     let app = Router::new()
         .route("/probe", get(probe).post(probe))
