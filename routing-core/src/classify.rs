@@ -15,6 +15,7 @@
 mod builtins;
 mod keywords;
 mod lexer;
+mod session;
 #[cfg(test)]
 mod tests;
 

@@ -65,6 +65,8 @@ pub(crate) struct Config {
     verify_roles: bool,
     verify_primary_checkouts: bool,
     classifier: Classifier,
+    first_row_timeout: Option<Duration>,
+    max_causal_waits: Option<usize>,
 }
 
 impl Config {
@@ -85,6 +87,8 @@ impl Config {
             verify_roles: true,
             verify_primary_checkouts: true,
             classifier: Classifier::new(),
+            first_row_timeout: None,
+            max_causal_waits: None,
         }
     }
 
@@ -109,6 +113,16 @@ impl Config {
             if value.is_zero() {
                 return invalid(setting, "0s".to_owned(), "a duration above zero");
             }
+        }
+        if self.first_row_timeout.is_some_and(|t| t.is_zero()) {
+            return invalid(
+                "first_row_timeout",
+                "0s".to_owned(),
+                "a duration above zero, or None",
+            );
+        }
+        if self.max_causal_waits == Some(0) {
+            return invalid("max_causal_waits", "0".to_owned(), "at least one read");
         }
         if let Some(index) = self.replicas.iter().position(|r| r.weight == 0) {
             return invalid(
@@ -178,6 +192,16 @@ impl Config {
 
     pub(crate) fn classifier(&self) -> &Classifier {
         &self.classifier
+    }
+
+    pub(crate) fn first_row_timeout(&self) -> Option<Duration> {
+        self.first_row_timeout
+    }
+
+    /// The configured bound, else a quarter of a server's pool (at least one).
+    pub(crate) fn max_causal_waits(&self) -> usize {
+        self.max_causal_waits
+            .unwrap_or_else(|| (self.max_size / 4).max(1))
     }
 }
 
@@ -356,6 +380,26 @@ impl RoutedPoolBuilder {
     /// never ask: a read that meets a dead connection runs again elsewhere. Default: `true`.
     pub fn verify_primary_checkouts(mut self, verify: bool) -> Self {
         self.config.verify_primary_checkouts = verify;
+        self
+    }
+
+    /// An optional bound on how long a replica may take to start answering a read (its first
+    /// row, or its end): past it, the read is cancelled there and runs on the next replica
+    /// (the replica is not banned: the health probe decides that). Default: `None`, no bound: a
+    /// slow read is not a fault, and a replica that stops answering is found by the health probe,
+    /// which moves the reads waiting on it elsewhere (see [`HealthCheck`]). For slow queries,
+    /// give the database role a `statement_timeout` instead.
+    pub fn first_row_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.first_row_timeout = timeout;
+        self
+    }
+
+    /// How many reads of the pool may wait at once for a replica to replay their causal token
+    /// (with [`ReadYourWrites::Lsn`] and a non-zero `wait`); the others go to the primary at
+    /// once, so that waiting reads (or forged tokens) never starve the replica pools. Default:
+    /// a quarter of `max_size`, at least one.
+    pub fn max_causal_waits(mut self, max: usize) -> Self {
+        self.config.max_causal_waits = Some(max);
         self
     }
 

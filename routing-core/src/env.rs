@@ -76,9 +76,20 @@ pub(crate) fn read(lookup: impl Fn(&str) -> Option<String>) -> Result<Vars, Buil
             replicas: Vec::new(),
         });
     }
-    let replicas = match get("DATABASE_READ_REPLICA_URL") {
-        Some(list) => split_url_list(&list),
-        None => vec![replica_url_from_parts(&get)?],
+    let replicas = match lookup("DATABASE_READ_REPLICA_URL") {
+        // Set but naming no URL (only commas or spaces) is a mistake, not "no replica".
+        Some(list) if !list.is_empty() => {
+            let replicas = split_url_list(&list);
+            if replicas.is_empty() {
+                return Err(BuildError::InvalidVariable {
+                    name: "DATABASE_READ_REPLICA_URL",
+                    value: list,
+                    expected: "one replica URL or a comma-separated list of them",
+                });
+            }
+            replicas
+        }
+        _ => vec![replica_url_from_parts(&get)?],
     };
     Ok(Vars { primary, replicas })
 }
@@ -265,6 +276,14 @@ mod tests {
                     ("ENABLE_READ_REPLICA", "1"),
                 ],
                 "environment variable POSTGRES_READ_REPLICA_HOST is not set",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://h/db"),
+                    ("ENABLE_READ_REPLICA", "1"),
+                    ("DATABASE_READ_REPLICA_URL", " , ,, "),
+                ],
+                "environment variable DATABASE_READ_REPLICA_URL has the value \" , ,, \": expected one replica URL",
             ),
             (
                 &[

@@ -219,6 +219,47 @@ pub enum Error {
         failures: Vec<Error>,
     },
 
+    /// A replica refused a statement routed to it as a read because it writes (SQLSTATE 25006).
+    /// The pool now sends that statement to the primary; this error reaches the caller when the
+    /// statement could not be run again there (it had already returned rows, or
+    /// `retry_writes_refused_by_replica` is off).
+    #[error(
+        "{role} refused the statement as a write (SQLSTATE 25006){}; it was routed as a read: \
+         the pool sends it to the primary from now on, and a /* routing:primary */ comment or \
+         Classifier::primary_functions routes it there from the start: {source}",
+        if *after_rows { " after it had returned rows, so it was not run again" } else { "" }
+    )]
+    RefusedAsWrite {
+        /// The replica.
+        role: Role,
+        /// Whether rows had reached the caller before the refusal.
+        after_rows: bool,
+        /// The server's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A replica was taken out of rotation (by the health probe, or after a failure) while a read
+    /// waited on it; the read moved on.
+    #[error(
+        "{role} was taken out of rotation while a read waited on it{}",
+        Reason(ban_reason)
+    )]
+    Banned {
+        /// The replica.
+        role: Role,
+        /// Why it was banned, as the ban recorded it.
+        ban_reason: Option<String>,
+    },
+
+    /// A transaction lost its server connection before it ended: a statement or savepoint of it
+    /// was dropped (cancelled) before it finished, so the server rolled the transaction back.
+    /// Its later statements fail until it ends; the connection's later transactions work.
+    #[error(
+        "the transaction was rolled back: a statement or savepoint of it was dropped before it finished"
+    )]
+    TransactionLost,
+
     /// Waited too long.
     #[error("{what} did not finish within {timeout:?}")]
     Timeout {
@@ -260,6 +301,18 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// An optional reason, as the end of a message.
+struct Reason<'a>(&'a Option<String>);
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(reason) => write!(f, ": {reason}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The failures of a [`Error::NoReplicaAvailable`], as the end of its message.

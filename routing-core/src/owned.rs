@@ -149,9 +149,14 @@ impl<I: Identity> OwnedQuery<I> {
         &self.sql
     }
 
-    /// Whether custom type OIDs remain to be looked up on a server.
-    pub(crate) fn needs_lookup(&self) -> bool {
-        self.unresolved.is_some()
+    /// The rendered SQL, shared.
+    pub(crate) fn shared_sql(&self) -> &Arc<str> {
+        &self.sql
+    }
+
+    /// The query's static id, if it has one.
+    pub(crate) fn static_id(&self) -> Option<std::any::TypeId> {
+        <Self as QueryId>::query_id()
     }
 
     /// Looks up the OIDs of custom types that were not cached, on `conn`, and patches them in.

@@ -53,8 +53,9 @@ impl RoutedPool {
             return Ok(CausalToken::new(0));
         }
         let mut conn = self.shared().primary().checkout().await?;
-        catalog::wal_insert_position(&mut conn)
+        catalog::wal_insert_position(conn.pg())
             .await
+            .inspect(|lsn| self.shared().tokens().note_primary(*lsn))
             .map(CausalToken::new)
             .map_err(|source| Error::Query {
                 role: Role::Primary,

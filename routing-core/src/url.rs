@@ -1,4 +1,10 @@
+//! Connection strings: the redacted form for messages, and the secret one for connecting.
+
+mod redact;
+
 use std::fmt;
+
+use redact::password_spans;
 
 /// Why a connection URL was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,99 +153,6 @@ fn redact(url: &str) -> String {
 
 fn password_span(url: &str) -> Option<(usize, usize)> {
     password_spans(url).into_iter().next()
-}
-
-/// Byte ranges of every password in `url`.
-fn password_spans(url: &str) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
-    // Any `scheme://` is read as a URL, so that a wrong scheme still has its password hidden.
-    if let Some(scheme_end) = url
-        .find("://")
-        .filter(|&end| {
-            url[..end]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        })
-        .map(|end| end + 3)
-    {
-        let rest = &url[scheme_end..];
-        let query_start = rest.find('?').unwrap_or(rest.len());
-        // The user info ends at the last '@' before the query; a '@' in the path makes us
-        // redact too much, never too little.
-        if let Some(at) = rest[..query_start].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                spans.push((scheme_end + colon + 1, scheme_end + at));
-            }
-        }
-        let query = &rest[query_start..];
-        let mut offset = scheme_end + query_start;
-        for pair in query.split(['?', '&']) {
-            if let Some(value) = pair.strip_prefix("password=") {
-                let start = offset + "password=".len();
-                spans.push((start, start + value.len()));
-            }
-            offset += pair.len() + 1;
-        }
-    } else {
-        spans.extend(key_value_password_spans(url));
-    }
-    spans
-}
-
-/// Password values in a key-value connection string (`password=x` or `password = 'x y'`).
-fn key_value_password_spans(s: &str) -> Vec<(usize, usize)> {
-    let bytes = s.as_bytes();
-    let mut spans = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key_start = i;
-        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key = &s[key_start..i];
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i < bytes.len() && bytes[i] == b'=' {
-            i += 1;
-        }
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let value_start = i;
-        if i < bytes.len() && bytes[i] == b'\'' {
-            i += 1;
-            while i < bytes.len() && bytes[i] != b'\'' {
-                if bytes[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            let end = i.min(bytes.len());
-            if key == "password" {
-                spans.push((value_start + 1, end));
-            }
-            i = end + 1;
-        } else {
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                if bytes[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            let end = i.min(bytes.len());
-            if key == "password" {
-                spans.push((value_start, end));
-            }
-        }
-        if i == key_start {
-            i += 1;
-        }
-    }
-    spans
 }
 
 #[cfg(test)]

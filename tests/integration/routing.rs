@@ -600,7 +600,8 @@ async fn a_write_hidden_in_a_function_wrongly_registered_as_read_only_is_rerun_o
     let wrongly_registered =
         || routing_core::Classifier::new().replica_safe_functions([function.as_str()]);
 
-    // Strict: the replica's refusal (SQLSTATE 25006) reaches the caller.
+    // Strict: the replica's refusal (SQLSTATE 25006) reaches the caller, as a routing error
+    // that says how to route the statement.
     let strict = servers
         .pool_builder(&unique("hidden_strict"))
         .classifier(wrongly_registered())
@@ -610,16 +611,19 @@ async fn a_write_hidden_in_a_function_wrongly_registered_as_read_only_is_rerun_o
     let error = with_read_replica(true, diesel::sql_query(&sql).get_result::<RanOn>(&mut conn))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
-                _
-            )
-        ),
-        "{error}"
-    );
+    match routing_core::Error::from_diesel(&error) {
+        Some(routing_core::Error::RefusedAsWrite {
+            after_rows: false,
+            source:
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+                    _,
+                ),
+            ..
+        }) => {}
+        other => panic!("expected RefusedAsWrite, got {other:?}: {error}"),
+    }
+    assert!(error.to_string().contains("routing:primary"), "{error}");
 
     // The default: the refused statement changed nothing, so it runs again on the primary.
     let forgiving = servers

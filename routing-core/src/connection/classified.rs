@@ -14,11 +14,34 @@ use crate::classify::Classification;
 use crate::owned::Rendered;
 use crate::servers::Shared;
 
+/// What the router makes of a statement's text.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Class {
+    /// `None` for a read, the classification of a write.
+    pub(super) write: Option<Arc<Classification>>,
+    /// Whether the statement may change its session's state (only writes can).
+    pub(super) changes_session: bool,
+}
+
+impl Class {
+    /// The class of `sql`.
+    fn of(shared: &Shared, sql: &str) -> Self {
+        let classifier = shared.config().classifier();
+        let class = classifier.classify(sql);
+        if class.is_read() {
+            return Class::default();
+        }
+        Class {
+            write: Some(Arc::new(class)),
+            changes_session: classifier.changes_session(sql),
+        }
+    }
+}
+
 /// What the cache keeps of a static query.
 #[derive(Clone)]
 struct Classified {
-    /// `None` for a read, the classification of a write.
-    write: Option<Arc<Classification>>,
+    class: Class,
     rendered: Rendered,
 }
 
@@ -55,35 +78,34 @@ thread_local! {
     static CLASSIFIED: RefCell<ClassCache> = RefCell::new(ClassCache::default());
 }
 
-/// Classifies `query` with `shared`'s classifier: the classification of a write (`None` for a
-/// read), and its SQL when it had to be rendered. Queries with a static id (whose SQL never
-/// changes) are rendered and classified once per pool and thread: a cached read costs one
-/// lookup, and its SQL is fetched by [`rendered`] only when needed.
+/// Classifies `query` with `shared`'s classifier, and returns its SQL when it had to be
+/// rendered. Queries with a static id (whose SQL never changes) are rendered and classified once
+/// per pool and thread: a cached read costs one lookup, and its SQL is fetched by [`rendered`]
+/// only when needed.
 pub(super) fn classify(
     shared: &Shared,
     query: &dyn QueryFragment<Pg>,
     query_id: Option<TypeId>,
-) -> QueryResult<(Option<Arc<Classification>>, Option<Rendered>)> {
+) -> QueryResult<(Class, Option<Rendered>)> {
     let key = query_id.map(|id| (shared.id(), id));
     if let Some(key) = key {
         let cached =
-            CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|cached| cached.write.clone()));
-        if let Some(write) = cached {
-            return Ok((write, None));
+            CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|cached| cached.class.clone()));
+        if let Some(class) = cached {
+            return Ok((class, None));
         }
     }
     let rendered = Rendered::of(query)?;
-    let class = shared.config().classifier().classify(&rendered.sql);
-    let write = (!class.is_read()).then(|| Arc::new(class));
+    let class = Class::of(shared, &rendered.sql);
     // Diesel's own statement cache trusts a static id only for SQL that is safe to cache.
     if let Some(key) = key.filter(|_| rendered.safe_to_cache) {
         let cached = Classified {
-            write: write.clone(),
+            class: class.clone(),
             rendered: rendered.clone(),
         };
         CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, cached));
     }
-    Ok((write, Some(rendered)))
+    Ok((class, Some(rendered)))
 }
 
 /// The SQL of `query`: from the cache of static queries, or rendered now.

@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::dispatch::Runners;
+use super::read::AfterRows;
 use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, log_route};
 use crate::causal::now_ms;
 use crate::context::ReadNeeds;
@@ -21,8 +22,9 @@ use crate::owned::{Identity, NoId, OwnedQuery, StaticId};
 use crate::route::{self, Statement, Target};
 use crate::servers::RoutedPool;
 
-/// The stream again, with its first row (or its end) already received; its first error instead.
-fn first_row(stream: PgStream) -> BoxFuture<'static, QueryResult<PgStream>> {
+/// The stream again, with its first row (or its end) already received, and its later errors
+/// checked by `after`; its first error instead.
+fn first_row(stream: PgStream, after: AfterRows) -> BoxFuture<'static, QueryResult<PgStream>> {
     use futures_util::StreamExt;
     async move {
         let mut stream = stream;
@@ -30,7 +32,7 @@ fn first_row(stream: PgStream) -> BoxFuture<'static, QueryResult<PgStream>> {
             None => Ok(futures_util::stream::empty().boxed()),
             Some(Err(e)) => Err(e),
             Some(Ok(row)) => Ok(futures_util::stream::once(std::future::ready(Ok(row)))
-                .chain(stream)
+                .chain(stream.map(move |item| item.map_err(|error| after.check(error))))
                 .boxed()),
         }
     }
@@ -177,11 +179,10 @@ impl AsyncConnection for RoutedConnection {
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
         self.cache_size = Some(size);
-        if let Some(conn) = self.primary.as_mut() {
-            conn.set_prepared_statement_cache_size(size);
-        }
-        if let Some(held) = self.replica.as_mut() {
-            held.conn.set_prepared_statement_cache_size(size);
+        for target in [Target::Primary, Target::Replica] {
+            if let Some(conn) = self.held.conn(target) {
+                conn.set_prepared_statement_cache_size(size);
+            }
         }
     }
 }

@@ -13,47 +13,79 @@ use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{FirstRow, RoutedConnection, RunFn, classified, held_in, log_route, lost_connection};
+use super::{FirstRow, RoutedConnection, RunFn, classified, log_route, lost_connection};
 use crate::causal::now_ms;
 use crate::classify::Classification;
 use crate::context::{ReadNeeds, read_needs};
-use crate::error::Error;
+use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
+use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
+use crate::servers::tokens::Verdict;
+use crate::servers::{Shared, catalog};
+
+/// A statement, classified, and its route when the routing context does not matter.
+pub(super) struct Prepared {
+    /// The route, when the connection's state or the statement fix it (see [`route::fixed`]).
+    pub(super) fixed: Option<Route>,
+    /// The SQL, when classifying rendered it.
+    pub(super) rendered: Option<Rendered>,
+    /// Whether the statement may change its session's state.
+    pub(super) changes_session: bool,
+}
 
 impl RoutedConnection {
-    /// The route of a statement that does not depend on the routing context (see
-    /// [`route::fixed`]), classifying it only when the connection's state does not decide
-    /// already; a write marks the connection. Returns the SQL too when classifying rendered it.
-    pub(super) fn fixed_route(
+    /// Classifies `query` and fixes its route where the routing context does not matter: an
+    /// open transaction, a test transaction, an earlier write, a write, a statement the pool
+    /// learned must run on the primary. A write marks the connection.
+    pub(super) fn prepare(
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-    ) -> QueryResult<(Option<Route>, Option<Rendered>)> {
+    ) -> QueryResult<Prepared> {
         let state = self.state();
-        if let Some(route) = route::fixed(&state, Statement::Read) {
-            log_route(route, None);
-            return Ok((Some(route), None));
-        }
-        let (write, rendered) = classified::classify(self.shared(), query, query_id)?;
-        let Some(write) = write else {
-            return Ok((None, rendered));
+        let (class, rendered) = classified::classify(self.shared(), query, query_id)?;
+        let learned = class.write.is_none()
+            && self
+                .shared()
+                .learned()
+                .contains(query_id, rendered.as_ref().map(|rendered| &*rendered.sql));
+        let fixed = match (&class.write, learned) {
+            (Some(_), _) => route::fixed(&state, Statement::Write),
+            (None, true) => route::fixed(&state, Statement::Write).map(|route| Route {
+                reason: if route.reason == Reason::Write {
+                    Reason::RefusedAsWrite
+                } else {
+                    route.reason
+                },
+                ..route
+            }),
+            (None, false) => route::fixed(&state, Statement::Read),
         };
-        let route = route::fixed(&state, Statement::Write);
-        if let Some(route) = route {
-            self.mark_written();
-            let detail: &dyn fmt::Display = match &*write {
-                Classification::Write(why) => why,
-                Classification::Read => &"read",
+        if let Some(route) = fixed {
+            let detail: Option<&dyn fmt::Display> = match class.write.as_deref() {
+                Some(Classification::Write(why)) => Some(why),
+                _ => None,
             };
-            log_route(route, Some(detail));
+            if matches!(route.reason, Reason::Write | Reason::RefusedAsWrite) {
+                self.mark_written();
+            }
+            log_route(route, detail);
         }
-        Ok((route, rendered))
+        Ok(Prepared {
+            fixed,
+            rendered,
+            changes_session: class.changes_session,
+        })
     }
 
-    /// The route of a read, from the routing context of the task running it.
-    pub(super) fn read_route(&self) -> (Route, ReadNeeds) {
-        let needs = read_needs();
+    /// The route of a read, from the routing context of the task running it; a causal token
+    /// that claims what the primary has not reached is dropped first.
+    pub(super) async fn route_read(&mut self) -> (Route, ReadNeeds) {
+        let mut needs = read_needs();
+        if needs.causal_token.is_some() {
+            self.vet_token(&mut needs).await;
+        }
         let route = route::decide(
             &self.state(),
             Statement::Read,
@@ -63,6 +95,39 @@ impl RoutedConnection {
         );
         log_route(route, None);
         (route, needs)
+    }
+
+    /// Drops the causal token of `needs` when it is forged: a time in the future, or a WAL
+    /// position beyond the primary's (asked once when beyond the last position known).
+    pub(super) async fn vet_token(&mut self, needs: &mut ReadNeeds) {
+        let Some(token) = needs.causal_token else {
+            return;
+        };
+        let shared = Arc::clone(self.shared());
+        let tokens = shared.tokens();
+        let mut verdict = tokens.check(&token, shared.config().read_your_writes(), now_ms());
+        if verdict == Verdict::Unknown {
+            verdict = match primary_position(&shared).await {
+                Ok(lsn) => {
+                    tokens.note_primary(lsn);
+                    if token.lsn() <= lsn {
+                        Verdict::Plausible
+                    } else {
+                        Verdict::Forged
+                    }
+                }
+                // The primary cannot say: keep the token, the careful choice.
+                Err(error) => {
+                    tracing::debug!(target: "routing_core", %error, "cannot check a causal token");
+                    Verdict::Plausible
+                }
+            };
+        }
+        if verdict == Verdict::Forged {
+            tracing::debug!(target: "routing_core", %token, "ignoring a forged causal token");
+            tokens.count_forged();
+            needs.causal_token = None;
+        }
     }
 
     /// Sends `query` to its server: straight to a held connection when its route does not
@@ -79,25 +144,32 @@ impl RoutedConnection {
         Q: QueryFragment<Pg> + QueryId,
         R: Send + 'conn,
     {
+        self.settle();
+        if self.pinned.is_some() && self.transaction_lost {
+            return futures_util::future::ready(Err(Error::TransactionLost.into_diesel())).boxed();
+        }
         let debug_sql = self
             .instrumented
             .then(|| diesel::debug_query::<Pg, _>(&query).to_string());
-        let (fixed, rendered) = match self.fixed_route(&query, Q::query_id()) {
-            Ok(decision) => decision,
+        let prepared = match self.prepare(&query, Q::query_id()) {
+            Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
-        if let Some(route) = fixed.filter(|route| self.holds(route.target)) {
+        if let Some(route) = prepared.fixed.filter(|route| self.held.holds(route.target)) {
             self.count(route);
-            let Some(conn) = held_in(&mut self.primary, &mut self.replica, route.target) else {
+            if prepared.changes_session {
+                self.mark_session_changed(route.target);
+            }
+            let Some(watched) = self.held.watched(route.target, |conn| direct(conn, query)) else {
                 return futures_util::future::ready(Err(lost_connection())).boxed();
             };
-            let fut = direct(conn, query);
+            let fut = Box::pin(watched);
             return match debug_sql {
                 None => fut,
                 Some(sql) => instrument(&mut self.instrumentation, sql, fut),
             };
         }
-        let rendered = match rendered.map_or_else(
+        let rendered = match prepared.rendered.clone().map_or_else(
             || classified::rendered(self.shared(), &query, Q::query_id()),
             Ok,
         ) {
@@ -110,7 +182,7 @@ impl RoutedConnection {
             self.run_later(
                 &query,
                 rendered,
-                fixed,
+                prepared,
                 run.with_static_id,
                 first_row,
                 debug_sql,
@@ -119,7 +191,7 @@ impl RoutedConnection {
             self.run_later(
                 &query,
                 rendered,
-                fixed,
+                prepared,
                 run.without_id,
                 first_row,
                 debug_sql,
@@ -132,7 +204,7 @@ impl RoutedConnection {
         &'conn mut self,
         query: &dyn QueryFragment<Pg>,
         rendered: Rendered,
-        fixed: Option<Route>,
+        prepared: Prepared,
         run: RunFn<I, R>,
         first_row: Option<FirstRow<R>>,
         debug_sql: Option<String>,
@@ -143,12 +215,12 @@ impl RoutedConnection {
         };
         async move {
             let Some(sql) = debug_sql else {
-                return self.route_owned(fixed, owned, run, first_row).await;
+                return self.route_owned(prepared, owned, run, first_row).await;
             };
             let query = StrQueryHelper::new(&sql);
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::start_query(&query));
-            let result = self.route_owned(fixed, owned, run, first_row).await;
+            let result = self.route_owned(prepared, owned, run, first_row).await;
             self.instrumentation
                 .on_connection_event(InstrumentationEvent::finish_query(
                     &query,
@@ -162,40 +234,63 @@ impl RoutedConnection {
     /// Routes an owned statement (a read by the context of the task running it) and runs it.
     async fn route_owned<I: Identity, R>(
         &mut self,
-        fixed: Option<Route>,
+        prepared: Prepared,
         owned: OwnedQuery<I>,
         run: RunFn<I, R>,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
-        let (route, needs) = match fixed {
+        let (route, needs) = match prepared.fixed {
             Some(route) => (route, ReadNeeds::default()),
-            None => self.read_route(),
+            None => self.route_read().await,
         };
         match route.target {
             Target::Replica if self.pinned.is_none() => {
                 self.read_on_replica(owned, run, needs, first_row).await
             }
-            _ => self.run_on(route, owned, run).await,
+            _ => {
+                self.run_on(route, owned, run, prepared.changes_session)
+                    .await
+            }
         }
     }
 
-    /// Runs an owned statement on `route`'s server.
+    /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
     pub(super) async fn run_on<I: Identity, R>(
         &mut self,
         route: Route,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
+        changes_session: bool,
     ) -> QueryResult<R> {
         let shared = Arc::clone(self.shared());
-        let conn = match route.target {
-            Target::Primary => self.checkout_primary().await.map_err(Error::into_diesel)?,
-            Target::Replica => self.held(Target::Replica).ok_or_else(lost_connection)?,
-        };
-        owned.resolve(conn, shared.types()).await?;
+        if route.target == Target::Primary {
+            self.checkout_primary().await.map_err(Error::into_diesel)?;
+        }
+        if changes_session {
+            self.mark_session_changed(route.target);
+        }
         self.count(route);
-        let conn = self.held(route.target).ok_or_else(lost_connection)?;
-        run(conn, &owned).await
+        let guard = self.held.start(route.target);
+        let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
+        let result = match owned.resolve(conn, shared.types()).await {
+            Ok(()) => run(conn, &owned).await,
+            Err(e) => Err(e),
+        };
+        self.held.finish(guard);
+        result
     }
+}
+
+/// The primary's WAL insert position, asked on a connection of its own (returned to the pool
+/// at once, so that a reader never holds the primary for it).
+async fn primary_position(shared: &Shared) -> Result<u64, Error> {
+    let mut session = shared.primary().checkout().await?;
+    catalog::wal_insert_position(session.pg())
+        .await
+        .map_err(|source| Error::Query {
+            role: Role::Primary,
+            source,
+        })
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.

@@ -4,13 +4,15 @@
 mod classified;
 mod diesel_impls;
 mod dispatch;
+mod held;
 mod read;
 mod transaction;
+mod transaction_builder;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use deadpool::managed::Object;
 use diesel::QueryResult;
 use diesel::connection::{CacheSize, DynInstrumentation, TransactionManagerStatus};
 use diesel::result::Error as DieselError;
@@ -24,26 +26,22 @@ use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target};
 use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
-pub use transaction::{RoutedTransactionManager, TransactionBuilder};
+use held::Held;
+pub use transaction::RoutedTransactionManager;
+pub use transaction_builder::TransactionBuilder;
 
 /// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
 type PgStream = BoxStream<'static, QueryResult<PgRow>>;
 
 /// Waits for the first item of a result, so that a read that fails before its first row (a
-/// replica that refuses it, a connection that breaks) can still be retried elsewhere.
-type FirstRow<R> = fn(R) -> BoxFuture<'static, QueryResult<R>>;
+/// replica that refuses it, a connection that breaks) can still be retried elsewhere; the rows
+/// after it are checked for a late refusal.
+type FirstRow<R> = fn(R, read::AfterRows) -> BoxFuture<'static, QueryResult<R>>;
 
 /// Runs an owned statement on a server connection.
 type RunFn<I, R> =
     for<'c> fn(&'c mut AsyncPgConnection, &'c OwnedQuery<I>) -> BoxFuture<'c, QueryResult<R>>;
-
-/// A connection to one replica, counted in its `in_flight` while held.
-struct HeldReplica {
-    index: usize,
-    conn: PooledConn,
-    _lease: Lease,
-}
 
 /// A connection that sends each statement to the primary or a replica.
 ///
@@ -65,16 +63,23 @@ struct HeldReplica {
 /// Server connections are checked out lazily: one that only reads in a replica scope never holds
 /// a primary connection, and one in a primary scope never holds a replica connection.
 ///
-/// As with diesel-async's own connections, a transaction whose future is dropped midway stays
-/// open on its server connection, and this connection's later statements run inside it; drop the
-/// `RoutedConnection` then: its pool discards a server connection returned inside a transaction,
-/// which rolls the transaction back.
+/// A statement whose future is dropped before it finishes (a request timeout, a client gone) is
+/// cancelled on its server, and its server connection is closed rather than reused. A
+/// transaction whose future is dropped midway is rolled back (its server connection closed) the
+/// next time this connection is used or when it is dropped; this connection's later statements
+/// run outside it. A server connection whose session state a statement changed (`SET`, a session
+/// advisory lock, `LISTEN`, a temporary table, `PREPARE`, ...) is closed when this connection
+/// releases it, so that nothing carries over to the next checkout.
 pub struct RoutedConnection {
     pool: RoutedPool,
-    primary: Option<PooledConn>,
-    replica: Option<HeldReplica>,
+    held: Held,
     /// The server of the open transaction.
     pinned: Option<Target>,
+    /// The open transaction lost its server connection: its statements fail until it ends.
+    transaction_lost: bool,
+    /// The depth of a transaction whose future was dropped before it finished, set by its
+    /// guard; [`NOT_ABANDONED`] otherwise. Made on the first transaction.
+    abandoned: Option<Arc<AtomicU32>>,
     wrote: bool,
     idle_status: TransactionManagerStatus,
     instrumentation: DynInstrumentation,
@@ -85,11 +90,8 @@ pub struct RoutedConnection {
 impl fmt::Debug for RoutedConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RoutedConnection")
-            .field("holds_primary", &self.primary.is_some())
-            .field(
-                "holds_replica",
-                &self.replica.as_ref().map(|held| held.index),
-            )
+            .field("holds_primary", &self.held.holds(Target::Primary))
+            .field("holds_replica", &self.held.replica_index())
             .field("transaction_on", &self.pinned)
             .field("wrote", &self.wrote)
             .finish_non_exhaustive()
@@ -100,9 +102,10 @@ impl RoutedConnection {
     pub(crate) fn new(pool: RoutedPool) -> Self {
         RoutedConnection {
             pool,
-            primary: None,
-            replica: None,
+            held: Held::default(),
             pinned: None,
+            transaction_lost: false,
+            abandoned: None,
             wrote: false,
             idle_status: TransactionManagerStatus::default(),
             instrumentation: DynInstrumentation::none(),
@@ -126,6 +129,7 @@ impl RoutedConnection {
     ///
     /// The primary cannot be checked out.
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
+        self.settle();
         let route = route::decide(
             &self.state(),
             Statement::Forced,
@@ -147,16 +151,22 @@ impl RoutedConnection {
     ///
     /// The primary cannot be checked out or asked.
     pub async fn causal_token(&mut self) -> Result<Option<CausalToken>, Error> {
+        self.settle();
         if !self.wrote {
             return Ok(None);
         }
         if let ReadYourWrites::TimeWindow(_) = self.shared().config().read_your_writes() {
             return Ok(Some(CausalToken::new(0)));
         }
-        let conn = self.checkout_primary().await?;
-        catalog::wal_insert_position(conn)
-            .await
-            .map(|lsn| Some(CausalToken::new(lsn)))
+        self.checkout_primary().await?;
+        let asked = self
+            .held
+            .watched(Target::Primary, catalog::wal_insert_position);
+        let lsn = match asked {
+            Some(asked) => asked.await,
+            None => Err(lost_connection()),
+        };
+        lsn.map(|lsn| Some(CausalToken::new(lsn)))
             .map_err(|source| Error::Query {
                 role: Role::Primary,
                 source,
@@ -190,33 +200,61 @@ impl RoutedConnection {
         record_write(&self.pool);
     }
 
-    fn holds(&self, target: Target) -> bool {
-        match target {
-            Target::Primary => self.primary.is_some(),
-            Target::Replica => self.replica.is_some(),
-        }
-    }
-
     /// The connection held for `target`.
     fn held(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
-        held_in(&mut self.primary, &mut self.replica, target)
+        self.held.conn(target)
     }
 
     /// The primary's connection, checked out if not held.
     async fn checkout_primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
-        let conn = match self.primary.take() {
-            Some(conn) => conn,
-            None => {
-                let conn = self.shared().primary().checkout().await?;
-                self.prepare(conn)
-            }
-        };
-        Ok(&mut **self.primary.insert(conn))
+        if !self.held.holds(Target::Primary) {
+            let conn = self.shared().primary().checkout().await?;
+            let conn = self.prepare_session(conn);
+            return Ok(self.held.hold_primary(conn));
+        }
+        self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
+            role: Role::Primary,
+            source: lost_connection(),
+        })
     }
 
-    fn prepare(&self, mut conn: PooledConn) -> PooledConn {
+    /// Clears what a dropped statement or transaction future left behind, before anything else
+    /// runs on this connection: a server connection that may still run a statement (its cancel
+    /// request already sent) is closed; an abandoned transaction is rolled back by closing its
+    /// server connection, and later statements run outside it; a transaction that lost its
+    /// server connection while it goes on fails its statements until it ends.
+    fn settle(&mut self) {
+        if let Some(target) = self.held.take_busy() {
+            self.held.discard(target);
+            if self.pinned == Some(target) {
+                self.transaction_lost = true;
+            }
+        }
+        let abandoned = self.abandoned.as_ref().map_or(NOT_ABANDONED, |cell| {
+            cell.swap(NOT_ABANDONED, Ordering::AcqRel)
+        });
+        if abandoned == NOT_ABANDONED {
+            return;
+        }
+        let Some(target) = self.pinned else {
+            return;
+        };
+        self.held.discard(target);
+        if abandoned <= 1 {
+            // The whole transaction was dropped: nothing of it remains.
+            tracing::debug!(target: "routing_core", server = %target, "transaction dropped midway: rolled back");
+            self.pinned = None;
+            self.transaction_lost = false;
+        } else {
+            // A savepoint was dropped while its transaction goes on: the rest must not commit.
+            tracing::debug!(target: "routing_core", server = %target, "savepoint dropped midway: its transaction is rolled back");
+            self.transaction_lost = true;
+        }
+    }
+
+    fn prepare_session(&self, mut conn: PooledConn) -> PooledConn {
         if let Some(size) = self.cache_size {
-            conn.set_prepared_statement_cache_size(size);
+            conn.pg().set_prepared_statement_cache_size(size);
         }
         conn
     }
@@ -224,23 +262,17 @@ impl RoutedConnection {
     /// Holds a connection to replica `index`, releasing any other replica held. A checkout
     /// failure bans the replica, unless only its pool was busy.
     async fn hold_replica(&mut self, index: usize) -> Result<(), Error> {
-        if self
-            .replica
-            .as_ref()
-            .is_some_and(|held| held.index == index)
-        {
+        if self.held.replica_index() == Some(index) {
             return Ok(());
         }
-        self.replica = None;
+        self.held.release(Target::Replica);
         let shared = Arc::clone(self.shared());
         let server = &shared.replicas()[index];
         match server.checkout().await {
             Ok(conn) => {
-                self.replica = Some(HeldReplica {
-                    index,
-                    conn: self.prepare(conn),
-                    _lease: Lease::new(server.health()),
-                });
+                let conn = self.prepare_session(conn);
+                self.held
+                    .hold_replica(index, conn, Lease::new(server.health()));
                 Ok(())
             }
             // A busy pool is no sign of a sick server: try another replica, but do not ban.
@@ -252,11 +284,17 @@ impl RoutedConnection {
         }
     }
 
+    /// Notes that a statement sent to `target` may change its session's state: the server
+    /// connection will be closed instead of going back to its pool.
+    fn mark_session_changed(&mut self, target: Target) {
+        if let Some(session) = self.held.session(target) {
+            session.mark_session_changed();
+        }
+    }
+
     /// Closes the held replica connection instead of returning it to its pool.
     fn discard_replica(&mut self) {
-        if let Some(held) = self.replica.take() {
-            drop(Object::take(held.conn));
-        }
+        self.held.discard(Target::Replica);
     }
 
     /// Counts a statement sent to the server held for `route.target`, for its reason.
@@ -265,9 +303,9 @@ impl RoutedConnection {
         let server = match route.target {
             Target::Primary => Some(shared.primary()),
             Target::Replica => self
-                .replica
-                .as_ref()
-                .map(|held| &shared.replicas()[held.index]),
+                .held
+                .replica_index()
+                .map(|index| &shared.replicas()[index]),
         };
         if let Some(server) = server {
             server.health().count_routed(route.reason);
@@ -275,18 +313,8 @@ impl RoutedConnection {
     }
 }
 
-/// The connection held for `target`, from the connection's fields (so that the others stay
-/// free to borrow).
-fn held_in<'c>(
-    primary: &'c mut Option<PooledConn>,
-    replica: &'c mut Option<HeldReplica>,
-    target: Target,
-) -> Option<&'c mut AsyncPgConnection> {
-    match target {
-        Target::Primary => primary.as_deref_mut(),
-        Target::Replica => replica.as_mut().map(|held| &mut *held.conn),
-    }
-}
+/// [`RoutedConnection::abandoned`] when no transaction was abandoned.
+const NOT_ABANDONED: u32 = u32::MAX;
 
 /// The error of a statement whose server connection went missing, which the router's own
 /// bookkeeping should never allow.

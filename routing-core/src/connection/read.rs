@@ -1,5 +1,9 @@
 //! Reads on replicas: one attempt on one replica ([`RoutedConnection::try_replica`]) and the
 //! failover loop around it ([`RoutedConnection::read_on_replica`]).
+//!
+//! A slow read is not a fault: nothing here times a statement out or bans a replica for taking
+//! long. A replica is banned when it cannot be checked out, its connection breaks, or the health
+//! probe finds it down; the probe's ban also moves the reads waiting on it elsewhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +21,14 @@ use crate::failure::{self, Failure};
 use crate::owned::{Identity, OwnedQuery};
 use crate::reason::Reason;
 use crate::route::{self, Exclusions, Pick, ReplicaView, Route};
-use crate::servers::catalog;
+use crate::servers::{Shared, StatementKey, catalog};
 
 /// How one attempt to serve a read on one replica ended.
 enum Attempt<R> {
     /// The replica answered (for a `load`, with its first row or the end of the result).
     Served(R),
-    /// The replica or its connection failed: the next replica may serve the read.
+    /// The replica or its connection failed, or it was banned while the read waited: the next
+    /// replica may serve the read.
     Next(Error),
     /// The replica has not replayed the read's causal token, even after the wait: waiting on the
     /// next one too would add up the waits.
@@ -32,6 +37,45 @@ enum Attempt<R> {
     Refused(DieselError),
     /// The statement itself failed: the caller gets the error.
     Fatal(DieselError),
+}
+
+/// What a `load` served by a replica needs to turn a refusal that comes after its first rows
+/// into a clear error, and to learn the statement.
+pub(super) struct AfterRows {
+    shared: Arc<Shared>,
+    key: StatementKey,
+    index: usize,
+}
+
+impl AfterRows {
+    /// `error`, from the rows of a read replica `index` served: a refusal as a write becomes
+    /// [`Error::RefusedAsWrite`], and the pool learns the statement.
+    pub(super) fn check(&self, error: DieselError) -> DieselError {
+        if Failure::of(&error, false) != Failure::RefusedAsWrite {
+            return error;
+        }
+        learn(&self.shared, self.key.clone(), self.index, None);
+        Error::RefusedAsWrite {
+            role: Role::Replica(self.index),
+            after_rows: true,
+            source: error,
+        }
+        .into_diesel()
+    }
+}
+
+/// The pool learns that the statement `key` must run on the primary, and says so once.
+fn learn(shared: &Shared, key: StatementKey, index: usize, sql: Option<&str>) {
+    if shared.learned().learn(key) {
+        tracing::warn!(
+            target: "routing_core",
+            server = %Role::Replica(index),
+            sql,
+            "a statement classified as a read was refused by a replica as a write; the pool \
+             sends it to the primary from now on (route it there from the start with a \
+             /* routing:primary */ comment or Classifier::primary_functions)"
+        );
+    }
 }
 
 impl RoutedConnection {
@@ -59,11 +103,10 @@ impl RoutedConnection {
 
     /// The replica for a read that `needs` what it needs, among those not `tried`.
     pub(super) fn pick(&self, tried: &[usize], needs: &ReadNeeds, allow_unverified: bool) -> Pick {
-        let held = self.replica.as_ref().map(|held| held.index);
         route::pick(
             self.replica_views(),
             tried,
-            held,
+            self.held.replica_index(),
             needs,
             self.shared().config(),
             allow_unverified,
@@ -78,9 +121,19 @@ impl RoutedConnection {
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
-        let (route, needs) = match self.fixed_route(query, query_id)?.0 {
+        let (route, needs) = match self.prepare(query, query_id)?.fixed {
             Some(route) => (route, ReadNeeds::default()),
-            None => self.read_route(),
+            None => {
+                let needs = crate::context::read_needs();
+                let route = route::decide(
+                    &self.state(),
+                    route::Statement::Read,
+                    &needs,
+                    self.shared().config(),
+                    crate::causal::now_ms,
+                );
+                (route, needs)
+            }
         };
         if route.target == Target::Primary {
             return Ok(None);
@@ -180,14 +233,58 @@ impl RoutedConnection {
         let route = self
             .fallback(exclusions, failures)
             .map_err(Error::into_diesel)?;
-        Box::pin(self.run_on(route, owned, run)).await
+        Box::pin(self.run_on(route, owned, run, false)).await
     }
 
-    /// One attempt to serve a read on replica `index`: holds a connection to it, checks the
-    /// causal token when the probe does not know (`verify_token`), looks up custom type OIDs,
-    /// runs the statement and, for a `load`, waits for its first row. A frozen server answers
-    /// nothing: every step on it is bounded by the checkout timeout.
+    /// One attempt to serve a read on replica `index`, given up as soon as the replica is banned
+    /// (by the health probe, or by another read that found it down): the statement is cancelled
+    /// there and its connection closed. With a `first_row_timeout`, also given up (without a
+    /// ban) when the replica has not started answering in time.
     async fn try_replica<I: Identity, R>(
+        &mut self,
+        index: usize,
+        verify_token: bool,
+        owned: &mut OwnedQuery<I>,
+        run: RunFn<I, R>,
+        needs: &ReadNeeds,
+        first_row: Option<FirstRow<R>>,
+    ) -> Attempt<R> {
+        let shared = Arc::clone(self.shared());
+        let health = shared.replicas()[index].health();
+        let banned = health.ban_signal().notified();
+        tokio::pin!(banned);
+        banned.as_mut().enable();
+        if health.is_banned() {
+            return Attempt::Next(banned_error(&shared, index));
+        }
+        let limit = shared.config().first_row_timeout();
+        let attempt = self.attempt(index, verify_token, owned, run, needs, first_row);
+        let outcome = tokio::select! {
+            biased;
+            attempt = optional_timeout(limit, attempt) => attempt,
+            () = &mut banned => None,
+        };
+        match outcome {
+            Some(attempt) => attempt,
+            None => {
+                // The attempt's statement guard sent the cancel request; close the connection.
+                self.settle();
+                if health.is_banned() {
+                    Attempt::Next(banned_error(&shared, index))
+                } else {
+                    Attempt::Next(Error::Timeout {
+                        what: "a replica starting to answer a read",
+                        timeout: limit.unwrap_or_default(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The steps of [`RoutedConnection::try_replica`]: holds a connection to the replica,
+    /// checks the causal token when the probe does not know (`verify_token`), looks up custom
+    /// type OIDs, runs the statement and, for a `load`, waits for its first row.
+    async fn attempt<I: Identity, R>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -200,47 +297,51 @@ impl RoutedConnection {
             return Attempt::Next(error);
         }
         let shared = Arc::clone(self.shared());
-        let config = shared.config();
         let health = shared.replicas()[index].health();
-        let limit = config.checkout_timeout();
-        let Some(conn) = self.held(Target::Replica) else {
+        let guard = self.held.start(Target::Replica);
+        let Some(conn) = self.held.conn(Target::Replica) else {
             return Attempt::Next(lost(index));
         };
         if let Some(token) = needs.causal_token.filter(|_| verify_token) {
-            let wait = match config.read_your_writes() {
-                ReadYourWrites::Lsn { wait } => wait,
-                ReadYourWrites::TimeWindow(_) => Duration::ZERO,
+            // Only a bounded number of reads wait at once; the others ask once.
+            let permit = shared.tokens().waits().try_acquire();
+            let wait = match (shared.config().read_your_writes(), &permit) {
+                (ReadYourWrites::Lsn { wait }, Ok(_)) => wait,
+                _ => Duration::ZERO,
             };
-            let asked = Box::pin(catalog::replayed(conn, token, wait));
-            match tokio::time::timeout(limit + wait, asked).await {
-                Ok(Ok(true)) => health.note_replay(token.lsn()),
-                Ok(Ok(false)) => return Attempt::Behind,
-                Ok(Err(error)) => return self.failed(index, error),
-                Err(_) => {
-                    return self.no_answer(index, "asking for the replay position", limit + wait);
+            let replayed = catalog::replayed(conn, token, wait).await;
+            drop(permit);
+            match replayed {
+                Ok(true) => health.note_replay(token.lsn()),
+                Ok(false) => {
+                    self.held.finish(guard);
+                    return Attempt::Behind;
+                }
+                Err(error) => {
+                    self.held.finish(guard);
+                    return self.failed(index, error);
                 }
             }
         }
         health.count_routed(Reason::ScopeAllowsReplica);
-        let Some(conn) = self.held(Target::Replica) else {
+        let Some(conn) = self.held.conn(Target::Replica) else {
             return Attempt::Next(lost(index));
         };
-        if owned.needs_lookup() {
-            match tokio::time::timeout(limit, owned.resolve(conn, shared.types())).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return self.failed(index, error),
-                Err(_) => return self.no_answer(index, "looking up custom types", limit),
-            }
-        }
-        let result = match first_row {
-            None => run(conn, owned).await,
-            // A frozen server never starts answering; a slow query does, at once.
-            Some(first_row) => match tokio::time::timeout(limit, run(conn, owned)).await {
-                Ok(Ok(stream)) => first_row(stream).await,
-                Ok(Err(error)) => Err(error),
-                Err(_) => return self.no_answer(index, "starting to answer a read", limit),
+        let result = match owned.resolve(conn, shared.types()).await {
+            Ok(()) => match (run(conn, owned).await, first_row) {
+                (Ok(value), Some(first_row)) => {
+                    let after = AfterRows {
+                        key: StatementKey::of(owned.static_id(), owned.shared_sql()),
+                        shared,
+                        index,
+                    };
+                    first_row(value, after).await
+                }
+                (result, _) => result,
             },
+            Err(error) => Err(error),
         };
+        self.held.finish(guard);
         match result {
             Ok(value) => {
                 tracing::debug!(target: "routing_core", server = %Role::Replica(index), "read served");
@@ -276,33 +377,18 @@ impl RoutedConnection {
             }
             Failure::Unreachable => {
                 let error = replica_error(index, error);
-                self.ban(index, &error);
+                self.shared().replicas()[index]
+                    .health()
+                    .ban(format!("{}: {error}", Role::Replica(index)));
+                self.discard_replica();
                 Attempt::Next(error)
             }
         }
     }
 
-    /// Replica `index` did not answer within `timeout` while `doing` something.
-    fn no_answer<R>(&mut self, index: usize, doing: &'static str, timeout: Duration) -> Attempt<R> {
-        let error = Error::Timeout {
-            what: doing,
-            timeout,
-        };
-        self.ban(index, &error);
-        Attempt::Next(error)
-    }
-
-    /// Takes replica `index` out of rotation and closes the connection held to it.
-    fn ban(&mut self, index: usize, error: &Error) {
-        let role = Role::Replica(index);
-        self.shared().replicas()[index]
-            .health()
-            .ban(format!("{role}: {error}"));
-        self.discard_replica();
-    }
-
-    /// A statement that replica `index` refused as a write (SQLSTATE 25006) runs on the
-    /// primary, with a warning, unless the pool says not to.
+    /// A statement that replica `index` refused as a write (SQLSTATE 25006) before any row
+    /// reached the caller: the pool learns it, and it runs on the primary unless the pool says
+    /// not to.
     async fn refused<I: Identity, R>(
         &mut self,
         index: usize,
@@ -310,24 +396,35 @@ impl RoutedConnection {
         run: RunFn<I, R>,
         error: DieselError,
     ) -> QueryResult<R> {
-        if !self.shared().config().retry_refused_writes() {
-            return Err(error);
+        let shared = Arc::clone(self.shared());
+        let key = StatementKey::of(owned.static_id(), owned.shared_sql());
+        learn(&shared, key, index, Some(owned.sql()));
+        if !shared.config().retry_refused_writes() {
+            return Err(Error::RefusedAsWrite {
+                role: Role::Replica(index),
+                after_rows: false,
+                source: error,
+            }
+            .into_diesel());
         }
-        tracing::warn!(
-            target: "routing_core",
-            server = %Role::Replica(index),
-            sql = owned.sql(),
-            "a statement classified as a read was refused by the replica as a write; \
-             running it on the primary (register its functions with \
-             Classifier::primary_functions)"
-        );
         self.mark_written();
         let route = Route {
             target: Target::Primary,
             reason: Reason::RefusedAsWrite,
         };
         log_route(route, None);
-        self.run_on(route, owned, run).await
+        self.run_on(route, owned, run, false).await
+    }
+}
+
+/// `future`, given up after `limit` when there is one.
+async fn optional_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    future: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+        None => Some(future.await),
     }
 }
 
@@ -335,6 +432,13 @@ fn replica_error(index: usize, source: DieselError) -> Error {
     Error::Query {
         role: Role::Replica(index),
         source,
+    }
+}
+
+fn banned_error(shared: &Shared, index: usize) -> Error {
+    Error::Banned {
+        role: Role::Replica(index),
+        ban_reason: shared.replicas()[index].health().ban_reason(),
     }
 }
 

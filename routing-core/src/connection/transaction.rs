@@ -1,12 +1,17 @@
 //! Transactions on a [`RoutedConnection`]: each is pinned to one server connection, the primary
-//! or (read-only, in a replica scope) a replica.
+//! or (read-only, in a replica scope) a replica, and watched, so that one whose future is dropped
+//! midway is rolled back instead of swallowing the connection's later statements.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use diesel::QueryResult;
 use diesel::connection::TransactionManagerStatus;
 use diesel::result::Error as DieselError;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 
-use super::{RoutedConnection, log_route};
+use super::transaction_builder::{TransactionBuilder, TransactionOptions, sealed};
+use super::{NOT_ABANDONED, RoutedConnection, log_route};
 use crate::causal::now_ms;
 use crate::context::read_needs;
 use crate::error::Error;
@@ -31,25 +36,36 @@ impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
     }
 
     async fn rollback_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
-        let (target, inner) = pinned(conn)?;
-        let result =
-            <Ansi as TransactionManager<AsyncPgConnection>>::rollback_transaction(inner).await;
-        unpin_when_done(conn, target);
-        result
+        end(conn, End::Rollback).await
     }
 
     async fn commit_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
-        let (target, inner) = pinned(conn)?;
-        let result =
-            <Ansi as TransactionManager<AsyncPgConnection>>::commit_transaction(inner).await;
-        unpin_when_done(conn, target);
-        result
+        end(conn, End::Commit).await
     }
 
     fn transaction_manager_status_mut(
         conn: &mut RoutedConnection,
     ) -> &mut TransactionManagerStatus {
         conn.status_mut()
+    }
+
+    // An `async fn` would capture `R` and `E` in its future, which the trait does not require
+    // to outlive `'conn`.
+    #[allow(clippy::manual_async_fn)]
+    fn transaction<'a, 'conn, F, R, E>(
+        conn: &'conn mut RoutedConnection,
+        callback: F,
+    ) -> impl std::future::Future<Output = Result<R, E>> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut RoutedConnection) -> Result<R, E>
+            + sealed::AsyncFunc<&'r mut RoutedConnection, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<DieselError> + Send,
+        R: Send,
+        'a: 'conn,
+    {
+        async move { in_transaction(conn, None, callback).await }
     }
 
     fn is_broken_transaction_manager(conn: &mut RoutedConnection) -> bool {
@@ -71,7 +87,7 @@ impl RoutedConnection {
     /// The status of the transaction's server connection, or an idle status outside one.
     pub(super) fn status_mut(&mut self) -> &mut TransactionManagerStatus {
         let inner = match self.pinned {
-            Some(target) => super::held_in(&mut self.primary, &mut self.replica, target),
+            Some(target) => self.held.conn(target),
             None => None,
         };
         match inner {
@@ -107,11 +123,81 @@ impl RoutedConnection {
     /// # Ok(()) }
     /// ```
     pub fn build_transaction(&mut self) -> TransactionBuilder<'_> {
-        TransactionBuilder {
-            conn: self,
-            options: TransactionOptions::default(),
+        TransactionBuilder::new(self)
+    }
+
+    /// A guard for a transaction about to begin: dropped before it completes, it marks the
+    /// transaction abandoned, for [`RoutedConnection::settle`] to roll back.
+    fn transaction_guard(&mut self) -> TransactionGuard {
+        let depth = match self.status_mut().transaction_depth() {
+            Ok(Some(depth)) => depth.get() + 1,
+            _ => 1,
+        };
+        let cell = self
+            .abandoned
+            .get_or_insert_with(|| Arc::new(AtomicU32::new(NOT_ABANDONED)));
+        TransactionGuard {
+            cell: Some(Arc::clone(cell)),
+            depth,
         }
     }
+}
+
+/// Marks a transaction abandoned when dropped before [`TransactionGuard::complete`].
+struct TransactionGuard {
+    cell: Option<Arc<AtomicU32>>,
+    /// The transaction's depth: 1 for a transaction, more for a savepoint inside one.
+    depth: u32,
+}
+
+impl TransactionGuard {
+    fn complete(mut self) {
+        self.cell = None;
+    }
+}
+
+impl Drop for TransactionGuard {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cell.take() {
+            cell.fetch_min(self.depth, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Runs `callback` in a transaction begun with `options` (a savepoint inside a transaction):
+/// commits when it returns `Ok`, rolls back when it returns `Err`, and, when this future is
+/// dropped before either, leaves the transaction to be rolled back by the connection.
+pub(super) async fn in_transaction<'a, F, R, E>(
+    conn: &mut RoutedConnection,
+    options: Option<&TransactionOptions>,
+    callback: F,
+) -> Result<R, E>
+where
+    for<'r> F: AsyncFnOnce(&'r mut RoutedConnection) -> Result<R, E>
+        + sealed::AsyncFunc<&'r mut RoutedConnection, Result<R, E>, Fut: Send>
+        + Send
+        + 'a,
+    E: From<DieselError> + Send,
+    R: Send,
+{
+    conn.settle();
+    let guard = conn.transaction_guard();
+    let result = match begin(conn, options).await {
+        Err(error) => Err(error.into()),
+        Ok(()) => match callback(&mut *conn).await {
+            Ok(value) => match end(conn, End::Commit).await {
+                Ok(()) => Ok(value),
+                Err(error) => Err(error.into()),
+            },
+            // As diesel-async's `transaction`: the caller's error wins over a broken rollback.
+            Err(user_error) => match end(conn, End::Rollback).await {
+                Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(user_error),
+                Err(rollback_error) => Err(rollback_error.into()),
+            },
+        },
+    };
+    guard.complete();
+    result
 }
 
 /// Checks out the transaction's server and begins; `options` come from a
@@ -120,18 +206,35 @@ async fn begin(
     conn: &mut RoutedConnection,
     options: Option<&TransactionOptions>,
 ) -> QueryResult<()> {
+    conn.settle();
     if let Some(target) = conn.pinned {
         if options.is_some() {
             return Err(DieselError::AlreadyInTransaction);
         }
+        if conn.transaction_lost {
+            return Err(Error::TransactionLost.into_diesel());
+        }
+        let guard = conn.held.start(target);
         let inner = conn.held(target).ok_or_else(lost)?;
-        return <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await;
+        let result =
+            <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await;
+        conn.held.finish(guard);
+        return result;
     }
     let statement = Statement::Begin {
         read_only: options.is_some_and(|o| o.read_only == Some(true)),
         serializable: options.is_some_and(|o| o.isolation == Some("SERIALIZABLE")),
     };
-    let needs = read_needs();
+    let mut needs = read_needs();
+    if matches!(
+        statement,
+        Statement::Begin {
+            read_only: true,
+            ..
+        }
+    ) {
+        conn.vet_token(&mut needs).await;
+    }
     let mut route = route::decide(
         &conn.state(),
         statement,
@@ -150,23 +253,27 @@ async fn begin(
         }
     }
     let in_test_transaction = conn.shared().in_test_transaction();
-    let inner = match route.target {
-        Target::Primary => conn.checkout_primary().await.map_err(Error::into_diesel)?,
-        Target::Replica => conn.held(Target::Replica).ok_or_else(lost)?,
-    };
+    if route.target == Target::Primary {
+        conn.checkout_primary().await.map_err(Error::into_diesel)?;
+    }
+    let guard = conn.held.start(route.target);
+    let inner = conn.held(route.target).ok_or_else(lost)?;
     // Inside a test transaction the pooled primary session is already in a transaction: a
     // configured one becomes a savepoint there, as a plain one does.
     let savepoint = in_test_transaction
         && <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
             .transaction_depth()
             .is_ok_and(|depth| depth.is_some());
-    match options {
+    let begun = match options {
         Some(options) if !savepoint => {
-            AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await?;
+            AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await
         }
-        _ => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await?,
-    }
+        _ => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await,
+    };
+    conn.held.finish(guard);
+    begun?;
     conn.pinned = Some(route.target);
+    conn.transaction_lost = false;
     let read_only = matches!(
         statement,
         Statement::Begin {
@@ -180,10 +287,39 @@ async fn begin(
     Ok(())
 }
 
-fn pinned(conn: &mut RoutedConnection) -> QueryResult<(Target, &mut AsyncPgConnection)> {
+/// How a transaction ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Commit,
+    Rollback,
+}
+
+/// Commits or rolls back the innermost transaction level. A transaction that lost its server
+/// connection is over: rolling it back succeeds, committing it fails.
+async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
+    conn.settle();
     let target = conn.pinned.ok_or(DieselError::NotInTransaction)?;
+    if conn.transaction_lost || !conn.held.holds(target) {
+        conn.pinned = None;
+        conn.transaction_lost = false;
+        return match how {
+            End::Rollback => Ok(()),
+            End::Commit => Err(Error::TransactionLost.into_diesel()),
+        };
+    }
+    let guard = conn.held.start(target);
     let inner = conn.held(target).ok_or_else(lost)?;
-    Ok((target, inner))
+    let result = match how {
+        End::Commit => {
+            <Ansi as TransactionManager<AsyncPgConnection>>::commit_transaction(inner).await
+        }
+        End::Rollback => {
+            <Ansi as TransactionManager<AsyncPgConnection>>::rollback_transaction(inner).await
+        }
+    };
+    conn.held.finish(guard);
+    unpin_when_done(conn, target);
+    result
 }
 
 /// Releases the pin once the server connection's transaction is over. A connection whose
@@ -206,143 +342,4 @@ fn lost() -> DieselError {
         diesel::result::DatabaseErrorKind::UnableToSendCommand,
         Box::new("the transaction's server connection is gone".to_owned()),
     )
-}
-
-/// Configures a transaction; made by [`RoutedConnection::build_transaction`].
-#[must_use = "a transaction builder does nothing until `run` is called"]
-pub struct TransactionBuilder<'a> {
-    conn: &'a mut RoutedConnection,
-    options: TransactionOptions,
-}
-
-/// What a [`TransactionBuilder`] asks for.
-#[derive(Clone, Copy, Debug, Default)]
-struct TransactionOptions {
-    isolation: Option<&'static str>,
-    read_only: Option<bool>,
-    deferrable: Option<bool>,
-}
-
-impl TransactionOptions {
-    /// The `BEGIN` statement.
-    fn sql(&self) -> String {
-        let mut sql = String::from("BEGIN TRANSACTION");
-        if let Some(level) = self.isolation {
-            sql.push_str(" ISOLATION LEVEL ");
-            sql.push_str(level);
-        }
-        match self.read_only {
-            Some(true) => sql.push_str(" READ ONLY"),
-            Some(false) => sql.push_str(" READ WRITE"),
-            None => {}
-        }
-        match self.deferrable {
-            Some(true) => sql.push_str(" DEFERRABLE"),
-            Some(false) => sql.push_str(" NOT DEFERRABLE"),
-            None => {}
-        }
-        sql
-    }
-}
-
-impl std::fmt::Debug for TransactionBuilder<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransactionBuilder")
-            .field("sql", &self.options.sql())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> TransactionBuilder<'a> {
-    /// `READ ONLY`: may run on a replica in a replica scope.
-    pub fn read_only(mut self) -> Self {
-        self.options.read_only = Some(true);
-        self
-    }
-
-    /// `READ WRITE`.
-    pub fn read_write(mut self) -> Self {
-        self.options.read_only = Some(false);
-        self
-    }
-
-    /// `DEFERRABLE`.
-    pub fn deferrable(mut self) -> Self {
-        self.options.deferrable = Some(true);
-        self
-    }
-
-    /// `NOT DEFERRABLE`.
-    pub fn not_deferrable(mut self) -> Self {
-        self.options.deferrable = Some(false);
-        self
-    }
-
-    /// `ISOLATION LEVEL READ COMMITTED`.
-    pub fn read_committed(mut self) -> Self {
-        self.options.isolation = Some("READ COMMITTED");
-        self
-    }
-
-    /// `ISOLATION LEVEL REPEATABLE READ`.
-    pub fn repeatable_read(mut self) -> Self {
-        self.options.isolation = Some("REPEATABLE READ");
-        self
-    }
-
-    /// `ISOLATION LEVEL SERIALIZABLE`; always on the primary.
-    pub fn serializable(mut self) -> Self {
-        self.options.isolation = Some("SERIALIZABLE");
-        self
-    }
-
-    /// Runs `f` in the transaction: commits when it returns `Ok`, rolls back when it returns
-    /// `Err`.
-    ///
-    /// # Errors
-    ///
-    /// `f`'s error, or the error of `BEGIN`, `COMMIT` or `ROLLBACK`.
-    pub async fn run<T, E, F>(self, f: F) -> Result<T, E>
-    where
-        for<'r> F: AsyncFnOnce(&'r mut RoutedConnection) -> Result<T, E>
-            + sealed::AsyncFunc<&'r mut RoutedConnection, Result<T, E>, Fut: Send>
-            + Send
-            + 'a,
-        E: From<DieselError>,
-    {
-        let TransactionBuilder { conn, options } = self;
-        begin(conn, Some(&options)).await?;
-        match f(&mut *conn).await {
-            Ok(value) => {
-                RoutedTransactionManager::commit_transaction(conn).await?;
-                Ok(value)
-            }
-            // As diesel-async's `transaction`: the caller's error wins over a broken rollback.
-            Err(user_error) => match RoutedTransactionManager::rollback_transaction(conn).await {
-                Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(user_error),
-                Err(rollback_error) => Err(rollback_error.into()),
-            },
-        }
-    }
-}
-
-mod sealed {
-    use std::future::Future;
-
-    /// An async closure whose future type can be named, so that it can be required `Send`.
-    #[allow(unreachable_pub)]
-    pub trait AsyncFunc<T, R>:
-        AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut
-    {
-        /// The closure's future.
-        type Fut: Future<Output = R>;
-    }
-
-    impl<F, T, Fut, R> AsyncFunc<T, R> for F
-    where
-        F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
-        Fut: Future<Output = R>,
-    {
-        type Fut = Fut;
-    }
 }

@@ -1,13 +1,25 @@
 //! How the router opens server connections: one `open` for every connection it makes (pools,
-//! health probe, startup checks), and the deadpool [`Manager`] of each server's pool.
+//! health probe, startup checks), the [`ServerConn`] its pools hold, and the deadpool
+//! [`Manager`] of each server's pool.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
+use tokio_postgres::CancelToken;
 
 use super::catalog;
 use crate::error::{ConnectError, Role};
 use crate::url::DatabaseUrl;
+
+/// TCP keepalives on every connection, unless the URL sets its own: a server that vanishes from
+/// the network (a dead path, a crashed host) is noticed within about a minute even on an idle
+/// connection, instead of the kernel's two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
 
 /// Opens a session to `url`, with `application_name` when given (else the URL's own).
 pub(crate) async fn open(
@@ -18,6 +30,14 @@ pub(crate) async fn open(
     if let Some(name) = application_name {
         config.application_name(name);
     }
+    // tokio-postgres's default idle time is two hours: take ours unless the URL chose one.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVES_IDLE)
+            .keepalives_interval(KEEPALIVES_INTERVAL)
+            .keepalives_retries(KEEPALIVES_RETRIES);
+    }
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -25,6 +45,67 @@ pub(crate) async fn open(
     AsyncPgConnection::try_from_client_and_connection(client, connection)
         .await
         .map_err(ConnectError::Session)
+}
+
+/// Asks the server behind `token` to cancel whatever its session is running, in the background:
+/// a server that does not answer (frozen) is given up on after `patience`.
+pub(crate) fn cancel(token: &Arc<CancelToken>, patience: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let token = Arc::clone(token);
+    runtime.spawn(async move {
+        let cancelled = tokio::time::timeout(patience, token.cancel_query(tokio_postgres::NoTls));
+        match cancelled.await {
+            Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
+            outcome => {
+                tracing::debug!(target: "routing_core", ?outcome, "cancel request not delivered")
+            }
+        }
+    });
+}
+
+/// A pooled server session and what the router knows of it.
+pub(crate) struct ServerConn {
+    conn: AsyncPgConnection,
+    /// For cancel requests: made once per session, so that a statement's guard only clones an
+    /// `Arc`.
+    cancel: Arc<CancelToken>,
+    /// Whether a statement changed the session's state (a `SET`, a session advisory lock, a
+    /// `LISTEN`, a temporary table, ...): such a session is closed instead of being reused.
+    session_changed: bool,
+}
+
+impl ServerConn {
+    fn new(conn: AsyncPgConnection) -> Self {
+        let cancel = Arc::new(conn.cancel_token());
+        ServerConn {
+            conn,
+            cancel,
+            session_changed: false,
+        }
+    }
+
+    /// The diesel-async connection.
+    pub(crate) fn pg(&mut self) -> &mut AsyncPgConnection {
+        &mut self.conn
+    }
+
+    /// What cancels the statement this session runs.
+    pub(crate) fn cancel_token(&self) -> &Arc<CancelToken> {
+        &self.cancel
+    }
+
+    /// Notes that a statement changed the session's state.
+    pub(crate) fn mark_session_changed(&mut self) {
+        self.session_changed = true;
+    }
+
+    /// Whether the session may serve another checkout as it is: open, outside every
+    /// transaction, its state as the router set it up.
+    pub(crate) fn reusable(&mut self) -> bool {
+        !self.session_changed && !self.conn.is_broken()
+    }
 }
 
 /// Makes and checks the connections of one server's pool.
@@ -55,12 +136,12 @@ impl Manager {
 }
 
 impl deadpool::managed::Manager for Manager {
-    type Type = AsyncPgConnection;
+    type Type = ServerConn;
     type Error = ConnectError;
 
     /// A new session: a replica's is read-only on the server, and with `verify_role` the server
     /// must be in the configured role.
-    async fn create(&self) -> Result<AsyncPgConnection, ConnectError> {
+    async fn create(&self) -> Result<ServerConn, ConnectError> {
         let mut conn = open(&self.url, None).await?;
         let replica = matches!(self.role, Role::Replica(_));
         let in_recovery = catalog::set_up_session(&mut conn, replica)
@@ -69,23 +150,20 @@ impl deadpool::managed::Manager for Manager {
         if self.verify_role && in_recovery != replica {
             return Err(ConnectError::WrongRole { in_recovery });
         }
-        Ok(conn)
+        Ok(ServerConn::new(conn))
     }
 
-    /// A connection goes back into use only when it is open and outside every transaction
-    /// (and, with `verify_checkouts`, answers).
-    async fn recycle(
-        &self,
-        conn: &mut AsyncPgConnection,
-        _: &Metrics,
-    ) -> RecycleResult<ConnectError> {
-        if std::thread::panicking() || conn.is_broken() {
+    /// A connection goes back into use only when it is open, outside every transaction, with
+    /// its session state untouched (and, with `verify_checkouts`, answers).
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ConnectError> {
+        if std::thread::panicking() || !conn.reusable() {
             return Err(RecycleError::message(
-                "the connection is closed or inside a transaction",
+                "the connection is closed, inside a transaction or its session state changed",
             ));
         }
         if self.verify_checkouts {
-            conn.ping(&RecyclingMethod::Verified)
+            conn.pg()
+                .ping(&RecyclingMethod::Verified)
                 .await
                 .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;
         }

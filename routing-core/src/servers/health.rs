@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::error::Role;
 use crate::reason::Reason;
 
@@ -27,6 +29,8 @@ pub(crate) struct Health {
     bans: AtomicU64,
     /// `routing_queries_total` per reason, registered on first use.
     queries: [OnceLock<metrics::Counter>; Reason::COUNT],
+    /// Wakes the reads waiting on this server when it is banned.
+    banned_now: Notify,
 }
 
 impl Health {
@@ -48,6 +52,7 @@ impl Health {
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             queries: Default::default(),
+            banned_now: Notify::new(),
         }
     }
 
@@ -72,7 +77,14 @@ impl Health {
                 .increment(1);
             metrics::gauge!("routing_server_healthy", "server" => Arc::clone(&self.label)).set(0.0);
             tracing::warn!(target: "routing_core", server = &*self.label, reason, "server banned");
+            self.banned_now.notify_waiters();
         }
+    }
+
+    /// Notified when the server is banned: wait on `notified()` (enabled before checking
+    /// [`is_banned`](Self::is_banned), so that no ban is missed).
+    pub(crate) fn ban_signal(&self) -> &Notify {
+        &self.banned_now
     }
 
     /// Puts the server back in rotation.

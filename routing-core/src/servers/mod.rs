@@ -6,8 +6,10 @@
 pub(crate) mod catalog;
 pub(crate) mod connect;
 mod health;
+mod learned;
 pub(crate) mod probe;
 mod status;
+pub(crate) mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +24,9 @@ use crate::url::{DatabaseUrl, RedactedUrl};
 use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::{Health, Lease};
+pub(crate) use learned::{Learned, StatementKey};
 pub use status::{PoolStatus, ServerStatus};
+use tokens::Tokens;
 
 /// A pooled connection to one server.
 pub(crate) type PooledConn = Object<Manager>;
@@ -60,6 +64,8 @@ pub(crate) struct Shared {
     test_transaction: AtomicBool,
     types: Arc<TypeCache>,
     probe_started: AtomicBool,
+    learned: Learned,
+    tokens: Tokens,
 }
 
 impl RoutedPool {
@@ -84,9 +90,12 @@ impl RoutedPool {
                 Server::new(&config, Role::Replica(index), url, replica.weight)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tokens = Tokens::new(config.max_causal_waits());
         Ok(RoutedPool {
             shared: Arc::new(Shared {
                 id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+                tokens,
+                learned: Learned::default(),
                 config,
                 primary,
                 replicas,
@@ -145,6 +154,16 @@ impl Shared {
 
     pub(crate) fn in_test_transaction(&self) -> bool {
         self.test_transaction.load(Ordering::Relaxed)
+    }
+
+    /// The statements this pool learned to send to the primary.
+    pub(crate) fn learned(&self) -> &Learned {
+        &self.learned
+    }
+
+    /// What the pool knows to check causal tokens.
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.tokens
     }
 
     /// From now on every statement of this pool goes to the primary.

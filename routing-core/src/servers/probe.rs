@@ -109,6 +109,7 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
         .await;
         if let Some(lsn) = primary_lsn {
             history.push(Instant::now(), lsn);
+            shared.tokens.note_primary(lsn);
         }
         let verify_roles = shared.config.verify_roles();
         let probes = shared

@@ -14,6 +14,12 @@ use crate::url::RedactedUrl;
 pub struct PoolStatus {
     /// The primary first, then the replicas in configuration order.
     pub servers: Vec<ServerStatus>,
+    /// Causal tokens ignored because they claimed a WAL position the primary had not reached
+    /// or a time in the future.
+    pub forged_tokens: u64,
+    /// Statements the pool learned to send to the primary after a replica refused them as
+    /// writes.
+    pub learned_statements: usize,
 }
 
 /// One server of a [`PoolStatus`].
@@ -64,6 +70,8 @@ impl RoutedPool {
     pub fn status(&self) -> PoolStatus {
         PoolStatus {
             servers: self.shared.servers().map(server_status).collect(),
+            forged_tokens: self.shared.tokens().forged(),
+            learned_statements: self.shared.learned().len(),
         }
     }
 }
@@ -135,6 +143,13 @@ impl fmt::Display for PoolStatus {
                     .ban_reason
                     .as_deref()
                     .map_or_else(String::new, |reason| format!(" ({reason})")),
+            )?;
+        }
+        if self.forged_tokens > 0 || self.learned_statements > 0 {
+            writeln!(
+                f,
+                "forged causal tokens ignored: {}; statements learned for the primary: {}",
+                self.forged_tokens, self.learned_statements
             )?;
         }
         Ok(())

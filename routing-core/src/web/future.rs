@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::carrier::Carrier;
+use super::carrier::{Carrier, SigningKey};
 use crate::causal::CausalToken;
 use crate::context::{Routed, WriteSink};
 use crate::error::Error;
@@ -23,6 +23,7 @@ pin_project! {
         #[pin]
         inner: Routed<F>,
         carrier: Option<Arc<Carrier>>,
+        key: Option<Arc<SigningKey>>,
         sink: Arc<WriteSink>,
         token: Option<(BoxFuture<'static, Result<CausalToken, Error>>, Option<Response<B>>)>,
     }
@@ -32,11 +33,13 @@ impl<F, B> ResponseFuture<F, B> {
     pub(super) fn new(
         inner: Routed<F>,
         carrier: Option<Arc<Carrier>>,
+        key: Option<Arc<SigningKey>>,
         sink: Arc<WriteSink>,
     ) -> Self {
         ResponseFuture {
             inner,
             carrier,
+            key,
             sink,
             token: None,
         }
@@ -77,7 +80,7 @@ where
             return Poll::Pending;
         };
         match (token, this.carrier.as_ref()) {
-            (Ok(token), Some(carrier)) => carrier.write(&mut response, token),
+            (Ok(token), Some(carrier)) => carrier.write(&mut response, token, this.key.as_deref()),
             (Ok(_), None) => {}
             (Err(error), _) => tracing::warn!(
                 target: "routing_core",

@@ -8,7 +8,7 @@ use http::HeaderName;
 use http::request::Parts;
 use tower_layer::Layer;
 
-use super::carrier::Carrier;
+use super::carrier::{Carrier, SigningKey};
 use super::service::ReadReplicaService;
 use crate::control::ReadReplicaControl;
 
@@ -59,6 +59,7 @@ pub struct ReadReplicaLayer {
     pub(super) allow: Arc<dyn Fn(&Parts) -> bool + Send + Sync>,
     pub(super) max_lag: Arc<MaxLagFn>,
     pub(super) causal: Option<Arc<Carrier>>,
+    pub(super) signing_key: Option<Arc<SigningKey>>,
 }
 
 /// A request's staleness budget.
@@ -68,6 +69,7 @@ impl fmt::Debug for ReadReplicaLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadReplicaLayer")
             .field("causal", &self.causal)
+            .field("signed", &self.signing_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +85,7 @@ impl ReadReplicaLayer {
             allow: Arc::new(allow),
             max_lag: Arc::new(|_: &Parts| None),
             causal: None,
+            signing_key: None,
         }
     }
 
@@ -94,6 +97,7 @@ impl ReadReplicaLayer {
             allow: Arc::new(H::use_read_replica as fn(&Parts) -> bool),
             max_lag: Arc::new(H::max_lag as fn(&Parts) -> Option<Duration>),
             causal: None,
+            signing_key: None,
         }
     }
 
@@ -135,6 +139,17 @@ impl ReadReplicaLayer {
             name: name.into(),
             max_age: Duration::from_secs(60),
         }));
+        self
+    }
+
+    /// Signs the causal tokens this layer hands out with `key` (HMAC-SHA-256) and accepts only
+    /// tokens signed with it, so that a client can neither forge a token nor replay one from
+    /// another deployment. Keep the key secret and the same on every instance. Without a key,
+    /// tokens are still checked when used: one claiming a WAL position the primary has not
+    /// reached, or a time in the future, is ignored.
+    #[must_use]
+    pub fn signing_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.signing_key = SigningKey::new(key.as_ref()).map(Arc::new);
         self
     }
 

@@ -48,7 +48,11 @@ where
             context = context.with_max_lag(max_lag);
         }
         let carrier = self.layer.causal.clone();
-        if let Some(token) = carrier.as_ref().and_then(|carrier| carrier.read(&parts)) {
+        let key = self.layer.signing_key.clone();
+        if let Some(token) = carrier
+            .as_ref()
+            .and_then(|carrier| carrier.read(&parts, key.as_deref()))
+        {
             context = context.with_causal_token(token);
         }
         // An outer layer's record of writes serves this request too.
@@ -66,7 +70,7 @@ where
         let request = Request::from_parts(parts, body);
         // The inner `call` may do work before its future is polled: scope both.
         let response = context.clone().sync_scope(|| self.inner.call(request));
-        ResponseFuture::new(context.scope(response), carrier, sink)
+        ResponseFuture::new(context.scope(response), carrier, key, sink)
     }
 }
 

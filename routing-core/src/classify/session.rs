@@ -1,0 +1,166 @@
+//! Statements that change a session's state beyond their transaction: whatever the next user of
+//! the same server connection would otherwise inherit.
+
+use super::Classifier;
+use super::lexer::{Kind, Lexer, Token};
+
+/// Functions whose call leaves state in the session: settings (`set_config`, unless the
+/// caller asks for a local one, which cannot be told from the text), session advisory locks,
+/// the random seed, named dblink connections. Sorted.
+const SESSION_FUNCTIONS: &[&str] = &[
+    "dblink_connect",
+    "dblink_connect_u",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "set_config",
+    "setseed",
+];
+
+/// Leading keywords of statements that change the session. Sorted, uppercase.
+const SESSION_STATEMENTS: &[&str] = &[
+    "DEALLOCATE",
+    "DECLARE",
+    "DISCARD",
+    "LISTEN",
+    "LOAD",
+    "PREPARE",
+    "RESET",
+    "UNLISTEN",
+];
+
+impl Classifier {
+    /// Whether `sql` (one statement or several) may change the state of the session that runs
+    /// it beyond its transaction: `SET` (not `SET LOCAL`, `SET TRANSACTION` or
+    /// `SET CONSTRAINTS`), `RESET`, `LISTEN`/`UNLISTEN`, `PREPARE`/`DEALLOCATE`, `DECLARE`,
+    /// `DISCARD`, `LOAD`, temporary tables, views and sequences, session advisory locks,
+    /// `set_config`, `setseed`, named dblink connections. Text that cannot be read counts as
+    /// changing the session.
+    #[must_use]
+    pub fn changes_session(&self, sql: &str) -> bool {
+        let mut lexer = Lexer::new(sql);
+        let mut at_start = true;
+        let mut previous: Option<Token<'_>> = None;
+        loop {
+            let token = match lexer.next_plain() {
+                Ok(Some(token)) => token,
+                Ok(None) => return false,
+                Err(_) => return true,
+            };
+            match token.kind {
+                Kind::Semi => {
+                    at_start = true;
+                    previous = None;
+                    continue;
+                }
+                Kind::LParen if at_start => continue,
+                Kind::Ident if at_start && statement_changes_session(token, &mut lexer) => {
+                    return true;
+                }
+                // `SELECT ... INTO TEMP t`, `CREATE TEMP TABLE`, `CREATE GLOBAL TEMPORARY ...`.
+                Kind::Ident
+                    if (token.is_kw("TEMP") || token.is_kw("TEMPORARY"))
+                        && previous.is_some_and(|p| {
+                            p.is_kw("INTO")
+                                || p.is_kw("CREATE")
+                                || p.is_kw("GLOBAL")
+                                || p.is_kw("LOCAL")
+                        }) =>
+                {
+                    return true;
+                }
+                Kind::LParen
+                    if previous
+                        .is_some_and(|p| p.kind == Kind::Ident && is_session_function(p.text)) =>
+                {
+                    return true;
+                }
+                _ => {}
+            }
+            at_start = false;
+            previous = Some(token);
+        }
+    }
+}
+
+/// Whether the statement led by `lead` changes the session; reads ahead on a copy of `lexer`.
+fn statement_changes_session(lead: Token<'_>, lexer: &mut Lexer<'_>) -> bool {
+    let upper = |w: &str| w.to_ascii_uppercase();
+    if SESSION_STATEMENTS
+        .binary_search(&upper(lead.text).as_str())
+        .is_ok()
+    {
+        return true;
+    }
+    if lead.is_kw("SET") {
+        let next = lexer.clone().next_plain().ok().flatten();
+        return !next
+            .is_some_and(|t| t.is_kw("LOCAL") || t.is_kw("TRANSACTION") || t.is_kw("CONSTRAINTS"));
+    }
+    false
+}
+
+fn is_session_function(name: &str) -> bool {
+    name.len() <= 32
+        && SESSION_FUNCTIONS
+            .binary_search(&name.to_ascii_lowercase().as_str())
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_changes_are_found() {
+        let classifier = Classifier::new();
+        for sql in [
+            "SET statement_timeout = '4321ms'",
+            "set search_path to app",
+            "SET SESSION statement_timeout = 1",
+            "SET ROLE app",
+            "RESET ALL",
+            "LISTEN jobs",
+            "UNLISTEN *",
+            "PREPARE q AS SELECT 1",
+            "DEALLOCATE q",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "DISCARD ALL",
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary table t (a int)",
+            "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+            "SELECT 1 INTO TEMP t",
+            "SELECT set_config('x.y', 'z', false)",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT pg_try_advisory_lock_shared(1, 2)",
+            "select setseed(0.5)",
+            "INSERT INTO t VALUES (1); SET work_mem = '1MB'",
+            "(SELECT pg_advisory_lock(1))",
+            "SELECT 'unterminated",
+        ] {
+            assert!(classifier.changes_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn ordinary_statements_leave_the_session_alone() {
+        let classifier = Classifier::new();
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "SET LOCAL statement_timeout = 1",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT 'SET x = 1', \"temp\" FROM temp_things",
+            "CREATE TABLE t (a int)",
+            "SELECT nextval('s')",
+            "-- SET x = 1\nSELECT 1",
+            "",
+        ] {
+            assert!(!classifier.changes_session(sql), "{sql}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The server connections a [`RoutedConnection`](super::RoutedConnection) holds, and when they
+//! go back to their pool: a connection still running a statement whose future was dropped, one
+//! inside a transaction, and one whose session state changed are closed instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use deadpool::managed::Object;
+use diesel_async::AsyncPgConnection;
+use pin_project_lite::pin_project;
+use tokio_postgres::CancelToken;
+
+use crate::route::Target;
+use crate::servers::connect::{self, ServerConn};
+use crate::servers::{Lease, PooledConn};
+
+/// How long a cancel request may take before it is given up (a frozen server never answers).
+const CANCEL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A connection to one replica, counted in its `in_flight` while held.
+pub(super) struct HeldReplica {
+    pub(super) index: usize,
+    conn: PooledConn,
+    _lease: Lease,
+}
+
+/// The server connections of a routed connection.
+#[derive(Default)]
+pub(super) struct Held {
+    primary: Option<PooledConn>,
+    replica: Option<HeldReplica>,
+    /// The server connection a statement was sent on whose future was dropped before it
+    /// finished: it may still be running on the server.
+    busy: Option<Target>,
+}
+
+impl Held {
+    pub(super) fn holds(&self, target: Target) -> bool {
+        match target {
+            Target::Primary => self.primary.is_some(),
+            Target::Replica => self.replica.is_some(),
+        }
+    }
+
+    /// The session held for `target`.
+    pub(super) fn session(&mut self, target: Target) -> Option<&mut ServerConn> {
+        match target {
+            Target::Primary => self.primary.as_deref_mut(),
+            Target::Replica => self.replica.as_mut().map(|held| &mut *held.conn),
+        }
+    }
+
+    /// The diesel-async connection held for `target`.
+    pub(super) fn conn(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+        self.session(target).map(ServerConn::pg)
+    }
+
+    /// The index of the replica held.
+    pub(super) fn replica_index(&self) -> Option<usize> {
+        self.replica.as_ref().map(|held| held.index)
+    }
+
+    /// Holds `conn` as the primary's connection.
+    pub(super) fn hold_primary(&mut self, conn: PooledConn) -> &mut AsyncPgConnection {
+        self.primary.insert(conn).pg()
+    }
+
+    /// Holds `conn` to replica `index`, releasing the replica held before.
+    pub(super) fn hold_replica(&mut self, index: usize, conn: PooledConn, lease: Lease) {
+        self.release(Target::Replica);
+        self.replica = Some(HeldReplica {
+            index,
+            conn,
+            _lease: lease,
+        });
+    }
+
+    /// Gives `target`'s connection back to its pool, or closes it when it must not be reused.
+    pub(super) fn release(&mut self, target: Target) {
+        let busy = self.busy == Some(target);
+        let conn = match target {
+            Target::Primary => self.primary.take(),
+            Target::Replica => self.replica.take().map(|held| held.conn),
+        };
+        if let Some(mut conn) = conn {
+            if busy {
+                self.busy = None;
+            }
+            if busy || !conn.reusable() {
+                drop(Object::take(conn));
+            }
+        }
+    }
+
+    /// Closes `target`'s connection instead of returning it to its pool.
+    pub(super) fn discard(&mut self, target: Target) {
+        let conn = match target {
+            Target::Primary => self.primary.take(),
+            Target::Replica => self.replica.take().map(|held| held.conn),
+        };
+        if self.busy == Some(target) {
+            self.busy = None;
+        }
+        if let Some(conn) = conn {
+            drop(Object::take(conn));
+        }
+    }
+
+    /// The connection a dropped statement future left running, cleared.
+    pub(super) fn take_busy(&mut self) -> Option<Target> {
+        self.busy.take()
+    }
+
+    /// Marks `target`'s connection busy with a statement: the guard cancels it on the server
+    /// when dropped before [`Held::finish`].
+    pub(super) fn start(&mut self, target: Target) -> StatementGuard {
+        let cancel = self
+            .session(target)
+            .map(|session| Arc::clone(session.cancel_token()));
+        self.busy = Some(target);
+        StatementGuard { cancel }
+    }
+
+    /// The statement `guard` watched has finished.
+    pub(super) fn finish(&mut self, guard: StatementGuard) {
+        guard.disarm();
+        self.busy = None;
+    }
+
+    /// `run` on `target`'s connection, watched: marked busy until its future finishes, and
+    /// cancelled on the server if that future is dropped first.
+    pub(super) fn watched<'c, F>(
+        &'c mut self,
+        target: Target,
+        run: impl FnOnce(&'c mut AsyncPgConnection) -> F,
+    ) -> Option<Watched<'c, F>> {
+        let guard = self.start(target);
+        let Held {
+            primary,
+            replica,
+            busy,
+        } = self;
+        let session = match target {
+            Target::Primary => primary.as_deref_mut()?,
+            Target::Replica => &mut *replica.as_mut()?.conn,
+        };
+        Some(Watched {
+            future: run(session.pg()),
+            guard: Some(guard),
+            busy,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release(Target::Primary);
+        self.release(Target::Replica);
+    }
+}
+
+/// Cancels a statement on its server when dropped before it is disarmed: the statement's future
+/// was dropped (a request timed out, a client went away) while the server ran it.
+pub(super) struct StatementGuard {
+    cancel: Option<Arc<CancelToken>>,
+}
+
+impl StatementGuard {
+    fn disarm(mut self) {
+        self.cancel = None;
+    }
+}
+
+impl Drop for StatementGuard {
+    fn drop(&mut self) {
+        if let Some(token) = self.cancel.take() {
+            tracing::debug!(target: "routing_core", "statement dropped before it finished: cancelling it");
+            connect::cancel(&token, CANCEL_PATIENCE);
+        }
+    }
+}
+
+pin_project! {
+    /// A statement's future on a held connection, watched by a [`StatementGuard`].
+    pub(super) struct Watched<'c, F> {
+        #[pin]
+        future: F,
+        guard: Option<StatementGuard>,
+        busy: &'c mut Option<Target>,
+    }
+}
+
+impl<F: Future> Future for Watched<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.future.poll(cx));
+        if let Some(guard) = this.guard.take() {
+            guard.disarm();
+        }
+        **this.busy = None;
+        Poll::Ready(output)
+    }
+}
