@@ -34,7 +34,7 @@ pub use health::HealthCheck;
 #[cfg(feature = "tower")]
 pub use layer::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};
 #[cfg(feature = "migrations")]
-pub use migrate::Migrator;
+pub use migrate::{Migrator, MigratorBuilder};
 pub use pool::{RoutedPool, RoutedPoolBuilder};
 /// Derives [`ReadReplicaControl`]; `#[read_replica(false)]` keeps the handler on the primary.
 pub use routing_derive::ReadReplicaControl;
