@@ -7,7 +7,8 @@
 //! Before connecting anywhere, the target URL is checked against the replicas that the
 //! environment configures (the rules of `RoutedPool::from_env`): a target that designates the
 //! same server as a replica is refused without connecting. The connection itself refuses a
-//! standby (`pg_is_in_recovery()` true). See the crate docs for the exit codes.
+//! standby (`pg_is_in_recovery()` true). Both checks are `routing_core::Migrator`'s. See the
+//! crate docs for the exit codes.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -18,8 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use diesel::migration::{Migration, MigrationSource};
 use diesel::pg::Pg;
 use diesel_migrations::{FileBasedMigrations, MigrationError};
-use routing_core::{Error, Migrator, RedactedUrl, RoutedPoolBuilder};
-use tokio_postgres::config::Host;
+use routing_core::{Error, Migrator, MigratorBuilder, RedactedUrl};
 
 /// Exit code: success.
 pub const EXIT_SUCCESS: i32 = 0;
@@ -299,19 +299,7 @@ pub async fn migrate(
 ) -> Result<(), CliError> {
     let target = Target::resolve(options, vars)?;
     let dir = MigrationDir::load(&options.migration_dir)?;
-    target.refuse_replicas()?;
-    let mut migrator = match Migrator::connect(&target.url).await {
-        Ok(migrator) => migrator,
-        Err(Error::PrimaryIsStandby { url }) => return Err(CliError::TargetIsStandby { url }),
-        // `Target::resolve` validated the URL already; keep the classification anyway.
-        Err(error @ Error::InvalidUrl { .. }) => return Err(CliError::Config(error)),
-        Err(source) => {
-            return Err(CliError::Database {
-                context: "cannot reach the primary",
-                source,
-            });
-        }
-    };
+    let mut migrator = target.connect().await?;
     let url = migrator.url().clone();
     match command {
         Command::Run => run(&mut migrator, &dir, &url, out).await,
@@ -454,18 +442,16 @@ fn migration_error(action: &'static str, name: &str, url: &RedactedUrl, error: E
     }
 }
 
-/// The target and the configured replicas, validated.
+/// The target, validated, and the replicas to refuse.
 struct Target {
-    url: String,
-    redacted: RedactedUrl,
-    config: tokio_postgres::Config,
-    replicas: Vec<(String, tokio_postgres::Config)>,
+    migrator: MigratorBuilder,
+    /// The variables that configured the replicas, for messages.
     replicas_configured_by: &'static str,
 }
 
 impl Target {
     /// Reads the target (`--database-url`, else `DATABASE_URL`) and the replica variables with
-    /// the rules of `RoutedPool::from_env`, and validates every URL.
+    /// the rules of `RoutedPool::from_env`, and validates every URL. Connects to nothing.
     fn resolve(
         options: &Options,
         vars: &dyn Fn(&str) -> Option<String>,
@@ -483,25 +469,10 @@ impl Target {
                 vars(name)
             }
         };
-        let builder = RoutedPoolBuilder::from_vars(lookup).map_err(CliError::Config)?;
-        // `build` validates every URL the way `RoutedPool::from_env` does; it opens nothing.
-        builder.clone().build().map_err(CliError::Config)?;
-        let redacted = RedactedUrl::new(&url);
-        let config = parse("primary", &url)?;
-        let replicas = builder
-            .replica_url_list()
-            .iter()
-            .enumerate()
-            .map(|(index, replica)| {
-                parse(&format!("replica {index}"), replica).map(|config| (replica.clone(), config))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let migrator = MigratorBuilder::from_vars(lookup).map_err(CliError::Config)?;
         let by_url = vars("DATABASE_READ_REPLICA_URL").is_some_and(|list| !list.trim().is_empty());
         Ok(Target {
-            url,
-            redacted,
-            config,
-            replicas,
+            migrator,
             replicas_configured_by: if by_url {
                 "ENABLE_READ_REPLICA=1 and DATABASE_READ_REPLICA_URL"
             } else {
@@ -510,91 +481,29 @@ impl Target {
         })
     }
 
-    /// Refuses a target that designates the same server as a configured replica.
-    fn refuse_replicas(&self) -> Result<(), CliError> {
-        for (index, (replica, config)) in self.replicas.iter().enumerate() {
-            if same_server(&self.url, &self.config, replica, config) {
-                return Err(CliError::TargetIsReplica {
-                    url: self.redacted.clone(),
-                    index,
-                    replica: RedactedUrl::new(replica),
-                    configured_by: self.replicas_configured_by,
-                });
-            }
+    /// Refuses a target that designates the same server as a configured replica, before
+    /// connecting; then connects and refuses a standby.
+    async fn connect(self) -> Result<Migrator, CliError> {
+        match self.migrator.connect().await {
+            Ok(migrator) => Ok(migrator),
+            Err(Error::TargetIsReplica {
+                url,
+                replica_index,
+                replica,
+            }) => Err(CliError::TargetIsReplica {
+                url,
+                index: replica_index,
+                replica,
+                configured_by: self.replicas_configured_by,
+            }),
+            Err(Error::PrimaryIsStandby { url }) => Err(CliError::TargetIsStandby { url }),
+            // `resolve` validated the URLs already; keep the classification anyway.
+            Err(error @ Error::InvalidUrl { .. }) => Err(CliError::Config(error)),
+            Err(source) => Err(CliError::Database {
+                context: "cannot reach the primary",
+                source,
+            }),
         }
-        Ok(())
-    }
-}
-
-/// Parses `url` (already validated by routing-core; this only fails if the parsers disagree).
-fn parse(what: &str, url: &str) -> Result<tokio_postgres::Config, CliError> {
-    url.parse().map_err(|_| {
-        CliError::Config(Error::InvalidUrl {
-            what: what.to_owned(),
-            url: RedactedUrl::new(url),
-            reason: "tokio-postgres cannot parse it".to_owned(),
-        })
-    })
-}
-
-/// Whether two connection strings designate the same server: equal strings, or a shared
-/// host-and-port endpoint and the same database when both name one.
-///
-/// Errs on the side of "the same": any shared endpoint counts (a multi-host target could reach
-/// it), and the loopback names `localhost`, `127.0.0.1` and `::1` are one host.
-fn same_server(
-    a_url: &str,
-    a: &tokio_postgres::Config,
-    b_url: &str,
-    b: &tokio_postgres::Config,
-) -> bool {
-    if a_url.trim() == b_url.trim() {
-        return true;
-    }
-    let b_endpoints = endpoints(b);
-    let shared = endpoints(a).iter().any(|e| b_endpoints.contains(e));
-    let same_database = match (a.get_dbname(), b.get_dbname()) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    };
-    shared && same_database
-}
-
-/// The `(host, port)` endpoints a configuration can connect to, hosts normalized.
-fn endpoints(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
-    let ports = config.get_ports();
-    let port = |index: usize| match ports {
-        [] => 5432,
-        [only] => *only,
-        many => many.get(index).copied().unwrap_or(5432),
-    };
-    let hosts = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(index, host)| (host_key(host), port(index)));
-    let addrs = config
-        .get_hostaddrs()
-        .iter()
-        .enumerate()
-        .map(|(index, addr)| (tcp_key(&addr.to_string()), port(index)));
-    hosts.chain(addrs).collect()
-}
-
-fn host_key(host: &Host) -> String {
-    match host {
-        Host::Tcp(name) => tcp_key(name),
-        #[cfg(unix)]
-        Host::Unix(path) => format!("unix:{}", path.display()),
-    }
-}
-
-fn tcp_key(name: &str) -> String {
-    let name = name.trim().trim_start_matches('[').trim_end_matches(']');
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    match name.as_str() {
-        "localhost" | "127.0.0.1" | "::1" => "tcp:loopback".to_owned(),
-        _ => format!("tcp:{name}"),
     }
 }
 
@@ -681,34 +590,6 @@ impl MigrationSource<Pg> for OnlyMigration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn same(a: &str, b: &str) -> bool {
-        same_server(a, &a.parse().unwrap(), b, &b.parse().unwrap())
-    }
-
-    #[test]
-    fn same_server_compares_hosts_ports_and_databases() {
-        let replica = "postgres://app:secret@10.0.0.2:5433/app";
-        assert!(same(replica, replica));
-        assert!(same("postgres://other@10.0.0.2:5433/app", replica));
-        assert!(same("host=10.0.0.2 port=5433 dbname=app user=x", replica));
-        assert!(same("postgres://app@10.0.0.2:5433", replica), "no dbname");
-        assert!(same("postgres://app@10.0.0.1,10.0.0.2:5433/app", replica));
-        assert!(same(
-            "postgres://app@LOCALHOST/app",
-            "postgres://app@127.0.0.1:5432/app"
-        ));
-        assert!(same(
-            "postgres://app@[::1]:6000/app",
-            "postgres://app@localhost:6000/app"
-        ));
-        assert!(!same("postgres://app@10.0.0.2:5432/app", replica), "port");
-        assert!(!same("postgres://app@10.0.0.3:5433/app", replica), "host");
-        assert!(
-            !same("postgres://app@10.0.0.2:5433/other", replica),
-            "dbname"
-        );
-    }
 
     #[tokio::test]
     async fn usage_errors_never_print_a_password() {

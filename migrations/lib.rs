@@ -25,8 +25,10 @@
 //! (`ENABLE_READ_REPLICA`, `DATABASE_READ_REPLICA_URL`, `POSTGRES_READ_REPLICA_*`) are read only
 //! to refuse them: a target that designates the same server as a configured replica (same
 //! host(s) and port(s), and the same database when both name one) is refused before any
-//! connection is made. The target is then refused if it is in recovery (`pg_is_in_recovery()`),
-//! by [`routing_core::Migrator::connect`]. URLs in messages always have their password redacted.
+//! connection is made. The target is then refused if it is in recovery (`pg_is_in_recovery()`).
+//! Both checks are [`routing_core::Migrator`]'s, through
+//! [`MigratorBuilder::from_vars`](routing_core::MigratorBuilder::from_vars). URLs in messages
+//! always have their password redacted.
 //!
 //! ## Exit codes
 //!
