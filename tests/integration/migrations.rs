@@ -30,18 +30,21 @@ async fn migrator_applies_lists_and_reverts_on_the_primary() {
 
     let mut migrator = Migrator::connect(&url).await.unwrap();
     assert_eq!(
-        migrator.pending(routing_migrate::MIGRATIONS).await.unwrap(),
+        migrator
+            .pending(routing_fixtures::MIGRATIONS)
+            .await
+            .unwrap(),
         ["2026-11-26-000001_create_catalog"]
     );
     let applied = migrator
-        .run_pending(routing_migrate::MIGRATIONS)
+        .run_pending(routing_fixtures::MIGRATIONS)
         .await
         .unwrap();
     assert_eq!(applied, ["2026-11-26-000001_create_catalog"]);
     assert_eq!(migrator.applied().await.unwrap(), ["20261126000001"]);
     assert!(
         migrator
-            .pending(routing_migrate::MIGRATIONS)
+            .pending(routing_fixtures::MIGRATIONS)
             .await
             .unwrap()
             .is_empty()
@@ -49,14 +52,14 @@ async fn migrator_applies_lists_and_reverts_on_the_primary() {
     assert!(table_exists(&url, "orders").await);
 
     let reverted = migrator
-        .revert_last(routing_migrate::MIGRATIONS)
+        .revert_last(routing_fixtures::MIGRATIONS)
         .await
         .unwrap();
     assert_eq!(reverted, "2026-11-26-000001_create_catalog");
     assert!(!table_exists(&url, "orders").await);
     assert!(migrator.applied().await.unwrap().is_empty());
     let error = migrator
-        .revert_last(routing_migrate::MIGRATIONS)
+        .revert_last(routing_fixtures::MIGRATIONS)
         .await
         .unwrap_err();
     assert!(
@@ -128,13 +131,13 @@ async fn migrator_accepts_the_primary_with_the_replica_list() {
         .unwrap();
     assert!(
         migrator
-            .pending(routing_migrate::MIGRATIONS)
+            .pending(routing_fixtures::MIGRATIONS)
             .await
             .unwrap()
             .is_empty()
     );
     let applied = migrator
-        .run_pending(routing_migrate::MIGRATIONS)
+        .run_pending(routing_fixtures::MIGRATIONS)
         .await
         .unwrap();
     assert!(applied.is_empty(), "{applied:?}");
@@ -185,7 +188,7 @@ async fn run_pending_migrations_refuses_a_primary_that_is_one_of_the_pools_repli
         .build()
         .unwrap();
     let error = misconfigured
-        .run_pending_migrations(routing_migrate::MIGRATIONS)
+        .run_pending_migrations(routing_fixtures::MIGRATIONS)
         .await
         .unwrap_err();
     assert!(
@@ -204,7 +207,7 @@ async fn run_pending_migrations_refuses_a_primary_that_is_one_of_the_pools_repli
         .build()
         .unwrap();
     let applied = pool
-        .run_pending_migrations(routing_migrate::MIGRATIONS)
+        .run_pending_migrations(routing_fixtures::MIGRATIONS)
         .await
         .unwrap();
     assert!(applied.is_empty(), "{applied:?}");
