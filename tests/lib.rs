@@ -72,7 +72,7 @@ pub async fn servers() -> &'static Servers {
                 .await
                 .unwrap_or_else(|e| panic!("cannot migrate the primary: {e}"));
             migrator
-                .run_pending(routing_migrate::MIGRATIONS)
+                .run_pending(routing_fixtures::MIGRATIONS)
                 .await
                 .unwrap_or_else(|e| panic!("cannot migrate the primary: {e}"));
             let primary_id = identify(&primary_url).await;

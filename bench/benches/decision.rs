@@ -16,7 +16,7 @@ use routing_core::__private::decide;
 use routing_core::{
     Classifier, RoutedConnection, RoutedPool, should_use_read_replica, with_read_replica_sync,
 };
-use routing_migrate::{orders, products};
+use routing_fixtures::{orders, products};
 
 /// A pool of `replicas` replicas that never connects: decisions need no server.
 fn connection(replicas: usize) -> RoutedConnection {

@@ -16,7 +16,7 @@ use diesel_async::RunQueryDsl;
 use routing_cluster::LocalCluster;
 use routing_core::dsl::inet_server_port;
 use routing_core::{RoutedPool, with_read_replica};
-use routing_migrate::products;
+use routing_fixtures::products;
 
 use crate::BoxError;
 use crate::setup::IdRange;

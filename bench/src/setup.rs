@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use routing_cluster::LocalCluster;
 use routing_core::Migrator;
-use routing_migrate::products;
+use routing_fixtures::products;
 
 use crate::BoxError;
 
@@ -45,7 +45,7 @@ async fn prepare(cluster: &LocalCluster) -> Result<IdRange, BoxError> {
     let url = cluster.primary_url();
     Migrator::connect(&url)
         .await?
-        .run_pending(routing_migrate::MIGRATIONS)
+        .run_pending(routing_fixtures::MIGRATIONS)
         .await
         .map_err(|e| format!("migrating the primary failed: {e}"))?;
 

@@ -13,7 +13,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use routing_core::{RoutedPool, with_read_replica};
-use routing_migrate::products;
+use routing_fixtures::products;
 
 use crate::BoxError;
 

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use routing_core::dsl::{inet_server_port, pg_is_in_recovery};
 use routing_core::{ReadReplicaControl, RoutedPool, use_read_replica};
-use routing_migrate::{OrderStatus, orders, products};
+use routing_fixtures::{OrderStatus, orders, products};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;

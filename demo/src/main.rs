@@ -1,9 +1,9 @@
 //! `routing-demo`: the demo service.
 //!
 //! With no database variables set it starts a throwaway local cluster (a primary and two
-//! streaming replicas), migrates it through the migration CLI's library path, serves the app on a
-//! loopback port, drives a short scripted workload against itself over HTTP, and prints each
-//! request's queries with the server that answered them. With `DATABASE_URL` (and the replica
+//! streaming replicas), migrates its primary (`RoutedPool::run_pending_migrations`), serves the
+//! app on a loopback port, drives a short scripted workload against itself over HTTP, and prints
+//! each request's queries with the server that answered them. With `DATABASE_URL` (and the replica
 //! variables of `RoutedPool::from_env`) set, it migrates and serves those servers on
 //! `DEMO_ADDR` (default `127.0.0.1:3000`) until interrupted.
 
@@ -42,25 +42,20 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Migrates the primary at `url` through the migration CLI's library path.
-async fn migrate(url: &str) -> Result<(), BoxError> {
-    let mut out = Vec::new();
-    let vars = |name: &str| std::env::var(name).ok();
-    let options = routing_migrate::cli::Options {
-        database_url: Some(url.to_owned()),
-        migration_dir: routing_migrate::MIGRATION_DIR.into(),
-    };
-    let result = routing_migrate::cli::migrate(
-        routing_migrate::cli::Command::Run,
-        &options,
-        &vars,
-        &mut out,
-    )
-    .await;
-    for line in String::from_utf8_lossy(&out).lines() {
-        println!("  migrate: {line}");
+/// Applies the schema's pending migrations on the pool's primary, refusing it if it is one of
+/// the pool's replicas or a standby (`RoutedPool::run_pending_migrations`).
+async fn migrate(pool: &RoutedPool) -> Result<(), BoxError> {
+    let applied = pool
+        .run_pending_migrations(routing_fixtures::MIGRATIONS)
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    if applied.is_empty() {
+        println!("  migrate: no pending migrations");
     }
-    result.map_err(|e| format!("migration failed: {e}").into())
+    for name in applied {
+        println!("  migrate: applied {name}");
+    }
+    Ok(())
 }
 
 /// The scripted run on a throwaway cluster.
@@ -73,10 +68,10 @@ async fn scripted() -> Result<(), BoxError> {
         cluster.replica_port(0),
         cluster.replica_port(1)
     );
-    migrate(&cluster.primary_url()).await?;
     let pool = RoutedPool::builder(cluster.primary_url())
         .replicas(cluster.replica_urls())
         .build()?;
+    migrate(&pool).await?;
     pool.check().await?;
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -124,8 +119,7 @@ fn server_name(cluster: &LocalCluster, port: i32, in_recovery: bool) -> String {
 /// Serves the servers of the environment until interrupted.
 async fn serve_from_env() -> Result<(), BoxError> {
     let pool = RoutedPool::from_env()?;
-    let primary = std::env::var("DATABASE_URL")?;
-    migrate(&primary).await?;
+    migrate(&pool).await?;
     pool.check().await?;
     let addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = TcpListener::bind(&addr).await?;

@@ -301,6 +301,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    /// A migration target designates the same server as a read replica it was told to refuse;
+    /// nothing was connected to.
+    #[error(
+        "refusing to migrate {url}: it designates the same server as read replica {replica_index} ({replica}); migrations run on the primary only"
+    )]
+    TargetIsReplica {
+        /// The target, password redacted.
+        url: RedactedUrl,
+        /// The replica's index, in the order the replicas were given.
+        replica_index: usize,
+        /// The replica, password redacted.
+        replica: RedactedUrl,
+    },
 }
 
 /// An optional reason, as the end of a message.

@@ -41,7 +41,7 @@ pub use context::{
 pub use control::ReadReplicaControl;
 pub use error::{BuildError, CheckoutError, ConnectError, Error, Role};
 #[cfg(feature = "migrations")]
-pub use migrate::Migrator;
+pub use migrate::{Migrator, MigratorBuilder};
 pub use policy::{Candidate, LeastOutstanding, LowestLatency, Random, ReplicaPolicy, RoundRobin};
 pub use reason::Reason;
 /// Derives [`ReadReplicaControl`]; `#[read_replica(false)]` keeps the handler on the primary.
@@ -60,11 +60,6 @@ pub use web::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::control::ReadReplicaControl;
-
-    /// The replica URLs of `builder`, passwords included.
-    pub fn replica_urls(builder: &crate::RoutedPoolBuilder) -> Vec<String> {
-        builder.replica_secrets().map(str::to_owned).collect()
-    }
 
     /// The routing decision for `query` on `conn`, without running it: the replica a read would
     /// try first, or `None` for the primary. Classifies (or takes the cached classification),

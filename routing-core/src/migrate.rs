@@ -4,17 +4,25 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
 
-use crate::error::{BuildError, Error, Role};
+use crate::config::RoutedPoolBuilder;
+use crate::error::{Error, Role};
 use crate::servers::{RoutedPool, catalog, connect};
 use crate::url::{DatabaseUrl, RedactedUrl};
+
+mod target;
+
+use target::Server;
 
 type BlockingConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 
 /// Runs diesel migrations on the primary, and only there.
 ///
-/// [`Migrator::connect`] refuses a server for which `pg_is_in_recovery()` is true, so migrations
-/// can never be pointed at a standby by mistake. Migrations run on a plain connection, never
-/// through the router (whose `SELECT` of applied versions could otherwise go to a replica).
+/// A target that designates the same server as a read replica given to
+/// [`MigratorBuilder::refuse_replicas`] (or configured by the environment, for
+/// [`Migrator::from_env`]) is refused before any connection is made. Once connected, a server
+/// for which `pg_is_in_recovery()` is true is refused too, so migrations can never be pointed at
+/// a standby by mistake. Migrations run on a plain connection, never through the router (whose
+/// `SELECT` of applied versions could otherwise go to a replica).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), routing_core::Error> {
@@ -23,7 +31,10 @@ type BlockingConnection = AsyncConnectionWrapper<AsyncPgConnection>;
 ///
 /// const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 ///
-/// let mut migrator = Migrator::connect("postgres://app@primary/app").await?;
+/// let mut migrator = Migrator::builder("postgres://app@primary/app")
+///     .refuse_replicas(["postgres://app@replica-1/app", "postgres://app@replica-2/app"])
+///     .connect()
+///     .await?;
 /// for name in migrator.run_pending(MIGRATIONS).await? {
 ///     println!("applied {name}");
 /// }
@@ -43,14 +54,40 @@ impl std::fmt::Debug for Migrator {
 }
 
 impl Migrator {
+    /// Starts configuring a migrator for the primary at `primary_url`; see [`MigratorBuilder`].
+    pub fn builder(primary_url: impl Into<String>) -> MigratorBuilder {
+        MigratorBuilder {
+            primary: primary_url.into(),
+            replicas: Vec::new(),
+        }
+    }
+
     /// Connects to the primary at `primary_url` and checks that it is not a standby.
     ///
     /// # Errors
     ///
     /// An invalid URL, a failed connection, or [`Error::PrimaryIsStandby`].
     pub async fn connect(primary_url: &str) -> Result<Self, Error> {
-        let url = DatabaseUrl::parse(primary_url)
-            .map_err(|source| BuildError::invalid_url("primary", primary_url, source))?;
+        Self::builder(primary_url).connect().await
+    }
+
+    /// Connects to the primary that `DATABASE_URL` names, refusing it if it designates the same
+    /// server as a replica that the environment configures, with the rules of
+    /// [`RoutedPool::from_env`]: `ENABLE_READ_REPLICA`, `DATABASE_READ_REPLICA_URL`,
+    /// `POSTGRES_READ_REPLICA_*`. See [`MigratorBuilder::from_vars`].
+    ///
+    /// # Errors
+    ///
+    /// As [`MigratorBuilder::from_vars`] and [`MigratorBuilder::connect`].
+    pub async fn from_env() -> Result<Self, Error> {
+        MigratorBuilder::from_vars(|name| std::env::var(name).ok())?
+            .connect()
+            .await
+    }
+
+    /// Connects to `url`, validated and checked against the replicas already, and refuses a
+    /// standby.
+    async fn establish(url: DatabaseUrl) -> Result<Self, Error> {
         let mut conn = connect::open(&url, None)
             .await
             .map_err(|source| Error::Connect {
@@ -195,18 +232,112 @@ impl Migrator {
 
 impl RoutedPool {
     /// Applies every pending migration of `source` on this pool's primary, on a connection of its
-    /// own (see [`Migrator`]); returns the names applied.
+    /// own (see [`Migrator`]); returns the names applied. A primary that designates the same
+    /// server as one of the pool's replicas is refused before connecting.
     ///
     /// # Errors
     ///
-    /// As [`Migrator::connect`] and [`Migrator::run_pending`].
+    /// As [`MigratorBuilder::connect`] and [`Migrator::run_pending`].
     pub async fn run_pending_migrations<S>(&self, source: S) -> Result<Vec<String>, Error>
     where
         S: MigrationSource<Pg> + Send + 'static,
     {
-        Migrator::connect(self.shared().primary().database_url().secret())
+        let shared = self.shared();
+        Migrator::builder(shared.primary().database_url().secret())
+            .refuse_replicas(
+                shared
+                    .replicas()
+                    .iter()
+                    .map(|replica| replica.database_url().secret()),
+            )
+            .connect()
             .await?
             .run_pending(source)
             .await
     }
 }
+
+/// Configures a [`Migrator`]: the primary to migrate, and the read replicas it must not be.
+///
+/// [`connect`](Self::connect) refuses a primary URL that designates the same server as one of
+/// the replicas (the same host and port, or one of them for a multi-host URL, and the same
+/// database when both name one; `localhost`, `127.0.0.1` and `::1` count as one host) before
+/// connecting anywhere, then refuses a server in recovery.
+#[must_use]
+pub struct MigratorBuilder {
+    primary: String,
+    replicas: Vec<String>,
+}
+
+impl std::fmt::Debug for MigratorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigratorBuilder")
+            .field("primary", &RedactedUrl::new(&self.primary))
+            .field(
+                "refused_replicas",
+                &self
+                    .replicas
+                    .iter()
+                    .map(|url| RedactedUrl::new(url))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl MigratorBuilder {
+    /// A builder from variables looked up by `lookup` instead of the process environment: the
+    /// primary is `DATABASE_URL`, and the replicas that the variables configure with the rules
+    /// of [`RoutedPool::from_env`] are refused. Every URL is validated here.
+    ///
+    /// # Errors
+    ///
+    /// As [`RoutedPool::from_env`]: a missing `DATABASE_URL`, an `ENABLE_READ_REPLICA` other
+    /// than `0` or `1`, replicas enabled without a replica URL or its parts, or an invalid URL.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let replicas: Vec<String> = RoutedPoolBuilder::from_vars(&lookup)?
+            .replica_secrets()
+            .map(str::to_owned)
+            .collect();
+        // `RoutedPoolBuilder::from_vars` succeeded, so `DATABASE_URL` is set.
+        let primary = lookup("DATABASE_URL").unwrap_or_default();
+        let builder = Migrator::builder(primary).refuse_replicas(replicas);
+        builder.servers()?;
+        Ok(builder)
+    }
+
+    /// Adds read replicas to refuse: the primary URL must not designate the same server as any
+    /// of them.
+    pub fn refuse_replicas(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.replicas.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// Checks the primary URL against the replicas, then connects and checks that the server is
+    /// not a standby.
+    ///
+    /// # Errors
+    ///
+    /// An invalid URL; [`Error::TargetIsReplica`], with nothing connected to; a failed
+    /// connection; or [`Error::PrimaryIsStandby`].
+    pub async fn connect(self) -> Result<Migrator, Error> {
+        let (primary, replicas) = self.servers()?;
+        target::refuse_replicas(&primary, &replicas)?;
+        Migrator::establish(primary.url).await
+    }
+
+    /// The primary and the replicas, validated.
+    fn servers(&self) -> Result<(Server, Vec<Server>), Error> {
+        let primary = Server::parse("primary", &self.primary)?;
+        let replicas = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, url)| Server::parse(&format!("replica {index}"), url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((primary, replicas))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -30,8 +30,8 @@ impl RoutedPool {
     }
 
     /// Hands out a connection that routes each statement. No server connection is checked out
-    /// until a statement needs one. The first call starts the replicas' background health probe
-    /// on the running tokio runtime.
+    /// until a statement needs one. The first call from a tokio runtime starts the replicas'
+    /// background health probe, on a thread of its own.
     ///
     /// # Errors
     ///

@@ -5,7 +5,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use routing_core::{Error, RoutedPool, with_read_replica};
-use routing_migrate::products;
+use routing_fixtures::products;
 use routing_tests::{servers, unique, where_ran, with_application_name};
 
 use crate::support::insert_product;

@@ -10,7 +10,7 @@ use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use routing_core::{Classifier, RoutedConnection, with_read_replica};
-use routing_migrate::{OrderStatus, orders, products};
+use routing_fixtures::{OrderStatus, orders, products};
 use routing_tests::{pg_is_in_recovery, servers, unique};
 
 use crate::support::{insert_order, insert_product};

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use routing_core::with_read_replica;
-use routing_migrate::{OrderStatus, orders};
+use routing_fixtures::{OrderStatus, orders};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique};
 
 use crate::support::{insert_order, insert_product};

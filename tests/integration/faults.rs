@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use routing_cluster::LocalCluster;
 use routing_core::{RoutedPool, with_read_replica};
-use routing_migrate::products;
+use routing_fixtures::products;
 use routing_tests::{identify, where_ran};
 
 use crate::support::{self, insert_product, port_of};

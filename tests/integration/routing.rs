@@ -5,7 +5,7 @@ use diesel::sql_types::{Bool, Integer, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SaveChangesDsl, SimpleAsyncConnection};
 use futures_util::TryStreamExt;
 use routing_core::{RoutingExt, with_primary, with_read_replica};
-use routing_migrate::{OrderStatus, orders, products};
+use routing_fixtures::{OrderStatus, orders, products};
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique, where_ran};
 
 use crate::support::{RanOn, insert_order, insert_product};

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer};
 use diesel_async::RunQueryDsl;
 use routing_core::RoutedConnection;
-use routing_migrate::products;
+use routing_fixtures::products;
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery};
 
 /// Where a raw statement ran, read from its own result columns.
@@ -40,9 +40,9 @@ pub(crate) async fn insert_product(conn: &mut RoutedConnection, name: &str) -> (
 pub(crate) async fn insert_order(
     conn: &mut RoutedConnection,
     product: i64,
-    status: routing_migrate::OrderStatus,
+    status: routing_fixtures::OrderStatus,
 ) {
-    use routing_migrate::orders;
+    use routing_fixtures::orders;
     diesel::insert_into(orders::table)
         .values((
             orders::product_id.eq(product),
@@ -65,7 +65,7 @@ pub(crate) async fn private_cluster(test: &str) -> Option<routing_cluster::Local
         .await
         .expect("connect the migrator");
     migrator
-        .run_pending(routing_migrate::MIGRATIONS)
+        .run_pending(routing_fixtures::MIGRATIONS)
         .await
         .expect("migrate the private cluster");
     cluster

@@ -15,7 +15,7 @@ use routing_core::{
     CausalToken, HealthCheck, LeastOutstanding, ReadYourWrites, RoutedPool, RoutedPoolBuilder,
     with_causal_token, with_max_lag, with_read_replica,
 };
-use routing_migrate::products;
+use routing_fixtures::products;
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, unique, where_ran};
 
 use crate::support::{insert_product, port_of, private_cluster};

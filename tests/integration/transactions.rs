@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use routing_core::with_read_replica;
-use routing_migrate::products;
+use routing_fixtures::products;
 use routing_tests::{servers, unique, where_ran};
 
 use crate::support::insert_product;

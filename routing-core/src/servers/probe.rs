@@ -18,21 +18,41 @@ use crate::url::DatabaseUrl;
 /// The `application_name` of the probe's sessions.
 const APPLICATION_NAME: &str = "routing-core health probe";
 
-/// Starts the probe of `shared`'s replicas on the running tokio runtime, once.
+/// Starts the probe of `shared`'s replicas, once, when called from a tokio runtime (code
+/// outside one, such as a benchmark of decisions, starts none).
+///
+/// The probe runs on a thread of its own with its own single-threaded runtime, so that an
+/// application whose runtime is saturated does not make healthy replicas look down: the probe's
+/// timeout measures the servers, not the application's queue. The thread ends within one
+/// interval of the pool's last clone being dropped.
 pub(crate) fn start(shared: &Arc<Shared>) {
     // A plain load first: every `get` passes here, and a swap would contend on the cache line.
     if shared.replicas.is_empty()
         || shared.probe_started.load(Ordering::Acquire)
+        || tokio::runtime::Handle::try_current().is_err()
         || shared.probe_started.swap(true, Ordering::AcqRel)
     {
         return;
     }
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            let schedule = shared.config.health_check();
-            handle.spawn(probe_forever(Arc::downgrade(shared), schedule));
-        }
-        Err(_) => shared.probe_started.store(false, Ordering::Release),
+    let pool = Arc::downgrade(shared);
+    let schedule = shared.config.health_check();
+    let spawned = std::thread::Builder::new()
+        .name("routing-core health probe".to_owned())
+        .spawn(move || {
+            let _restartable = Restartable(pool.clone());
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(probe_forever(pool, schedule)),
+                Err(error) => {
+                    tracing::warn!(target: "routing_core", %error, "cannot start the health probe")
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(target: "routing_core", %error, "cannot start the health probe");
+        shared.probe_started.store(false, Ordering::Release);
     }
 }
 
@@ -76,8 +96,8 @@ impl WalHistory {
     }
 }
 
-/// Clears the pool's "probe started" flag when the probe task ends (its runtime shut down), so
-/// that the next `get` starts it again.
+/// Clears the pool's "probe started" flag when the probe thread ends, so that the next `get`
+/// starts it again.
 struct Restartable(Weak<Shared>);
 
 impl Drop for Restartable {
@@ -89,7 +109,6 @@ impl Drop for Restartable {
 }
 
 async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
-    let _restartable = Restartable(pool.clone());
     let mut primary: Option<AsyncPgConnection> = None;
     let mut replicas: Vec<Option<AsyncPgConnection>> = Vec::new();
     let mut history = WalHistory::default();

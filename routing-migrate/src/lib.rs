@@ -1,10 +1,5 @@
-//! The schema of the demo service and of the integration tests: its diesel migrations, embedded,
-//! and the diesel table definitions and types that match them; and `routing-migrate`, the
-//! migration command line for a primary with read replicas.
-//!
-//! # `routing-migrate`
-//!
-//! The equivalent of `diesel migration` for a primary with read replicas:
+//! `routing-migrate`: the equivalent of `diesel migration` for a PostgreSQL primary with read
+//! replicas.
 //!
 //! ```text
 //! routing-migrate [--database-url <URL>] [--migration-dir <DIR>] <run|revert|redo|list>
@@ -19,16 +14,18 @@
 //!
 //! The primary is `--database-url`, else the `DATABASE_URL` environment variable. Migrations are
 //! read at run time from `--migration-dir` (default `migrations`, relative to the current
-//! directory); [`MIGRATION_DIR`] is this crate's own folder.
+//! directory).
 //!
 //! The replica variables of [`RoutedPool::from_env`](routing_core::RoutedPool::from_env)
 //! (`ENABLE_READ_REPLICA`, `DATABASE_READ_REPLICA_URL`, `POSTGRES_READ_REPLICA_*`) are read only
 //! to refuse them: a target that designates the same server as a configured replica (same
 //! host(s) and port(s), and the same database when both name one) is refused before any
-//! connection is made. The target is then refused if it is in recovery (`pg_is_in_recovery()`),
-//! by [`routing_core::Migrator::connect`]. URLs in messages always have their password redacted.
+//! connection is made. The target is then refused if it is in recovery (`pg_is_in_recovery()`).
+//! Both checks are [`routing_core::Migrator`]'s, through
+//! [`MigratorBuilder::from_vars`](routing_core::MigratorBuilder::from_vars). URLs in messages
+//! always have their password redacted.
 //!
-//! ## Exit codes
+//! # Exit codes
 //!
 //! | code | meaning |
 //! | ---- | ------- |
@@ -37,21 +34,11 @@
 //! | 2 | bad usage or configuration: arguments, a missing `DATABASE_URL`, an invalid URL, a missing or invalid migration directory, invalid replica variables |
 //! | 3 | refused: the target is a configured read replica, or a standby |
 //!
-//! The same command line runs in-process through [`run_cli`], and each command through
-//! [`migrate`], whose [`CliError`] tells its [`exit code`](CliError::exit_code).
+//! The same command line runs in-process through [`run_cli`].
 
-pub mod cli;
-mod schema;
-mod status;
+mod cli;
+mod error;
+mod migration_dir;
+mod target;
 
-pub use cli::{CliError, Command, Options, migrate, run_cli};
-pub use schema::{orders, products};
-pub use status::{OrderStatus, sql_types};
-
-/// The migrations in this folder, embedded at compile time.
-pub const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-    diesel_migrations::embed_migrations!(".");
-
-/// This crate's folder, which is also its diesel migrations directory: pass it as
-/// `--migration-dir` (or [`Options::migration_dir`]) to run these migrations from their files.
-pub const MIGRATION_DIR: &str = env!("CARGO_MANIFEST_DIR");
+pub use cli::run_cli;

@@ -12,7 +12,8 @@ fn main() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(routing_migrate::cli::EXIT_FAILURE);
+            // Exit code 1: an operation failed.
+            std::process::exit(1);
         }
     };
     let vars = |name: &str| std::env::var(name).ok();
