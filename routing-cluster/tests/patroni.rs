@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use routing_cluster::{ClusterError, PatroniCluster};
@@ -323,16 +323,29 @@ async fn synchronous_mode_keeps_every_acknowledged_commit_across_a_failover() ->
     Ok(())
 }
 
+/// A child process that is killed when the test ends early, so a failed assertion leaves no
+/// `local-cluster` running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_killed_local_cluster_leaves_nothing_behind() -> TestResult {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_local-cluster"))
-        .arg("--patroni")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-    let stderr = BufReader::new(child.stderr.take().ok_or("no stderr")?);
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_local-cluster"))
+            .arg("--patroni")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = BufReader::new(child.0.stdout.take().ok_or("no stdout")?);
+    let stderr = BufReader::new(child.0.stderr.take().ok_or("no stderr")?);
     let mut exports = Vec::new();
     for line in stdout.lines() {
         let line = line?;
@@ -371,8 +384,8 @@ fn a_killed_local_cluster_leaves_nothing_behind() -> TestResult {
     ports.sort_unstable();
 
     // No Drop runs: the watchdog must clean up.
-    child.kill()?;
-    child.wait()?;
+    child.0.kill()?;
+    child.0.wait()?;
     let killed_at = Instant::now();
     while (dir.exists() || ports.iter().any(|port| port_open(*port))) && killed_at.elapsed() < HANG
     {
