@@ -108,6 +108,65 @@ pub enum ClusterError {
         /// The message of the original error.
         message: String,
     },
+
+    /// The programs a Patroni cluster needs (`patroni`, `etcd`) could not be
+    /// found.
+    #[error(
+        "a patroni cluster needs patroni and etcd: {missing}; install them (Debian/Ubuntu: apt-get install --no-install-recommends patroni etcd-server)"
+    )]
+    PatroniNotFound {
+        /// Which programs are missing and where they were looked for.
+        missing: String,
+    },
+
+    /// A Patroni cluster option is out of range.
+    #[error("invalid patroni cluster option `{option}`: {reason}")]
+    InvalidPatroniOption {
+        /// The builder method.
+        option: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+
+    /// A node index of a Patroni cluster was out of range.
+    #[error("no node with index {index}: the cluster has {count} nodes")]
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// How many nodes the cluster has.
+        count: usize,
+    },
+
+    /// A Patroni node cannot serve the request in its current state.
+    #[error("node {index} {state}")]
+    NodeUnavailable {
+        /// The node index.
+        index: usize,
+        /// Its state and what to do about it.
+        state: String,
+    },
+
+    /// Patroni or etcd exited while it should have been running.
+    #[error("{process} exited unexpectedly ({status}); last lines of {log}:\n{log_tail}")]
+    ProcessExited {
+        /// Which process (`patroni of node 1`, `etcd`).
+        process: String,
+        /// Its exit status.
+        status: String,
+        /// Its log file.
+        log: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+
+    /// An HTTP request to Patroni's REST API or to etcd failed.
+    #[error("http request `{request}` failed: {detail}")]
+    Http {
+        /// The method and URL.
+        request: String,
+        /// The status and body, or the connection error.
+        detail: String,
+    },
 }
 
 impl fmt::Debug for ClusterError {
