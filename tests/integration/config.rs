@@ -228,3 +228,51 @@ async fn replica_sessions_are_read_only_even_on_a_primary() {
     .await;
     assert_eq!(read_only, "on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_every_form_stay_hidden_in_errors_debug_and_status() {
+    let servers = servers().await;
+    let closed = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let secrets = ["pa?ss/w0rd-one", "s3cr?t two", "hidden#three"];
+    let replicas = [
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            secrets[0],
+            closed()
+        ),
+        format!(
+            "host=127.0.0.1 port={} user=postgres password='{}' dbname=postgres",
+            closed(),
+            secrets[1]
+        ),
+        format!(
+            "postgresql://127.0.0.1:{}/postgres?user=postgres&pass%77ord={}",
+            closed(),
+            secrets[2]
+        ),
+    ];
+    let pool = RoutedPool::builder(&servers.primary_url)
+        .replicas(&replicas)
+        .connect_timeout(Duration::from_secs(2))
+        .fallback_to_primary(false)
+        .build()
+        .unwrap();
+    let read_error = failed_replica_read(&pool).await;
+    let check_error = pool.check().await.unwrap_err();
+    let texts = [
+        format!("{pool:?}"),
+        pool.status().to_string(),
+        format!("{:?}", pool.status()),
+        format!("{read_error} {read_error:?}"),
+        format!("{check_error} {check_error:?}"),
+    ];
+    for text in &texts {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret:?} shown in {text}");
+        }
+    }
+    assert!(texts[1].contains("postgres:***@127.0.0.1"), "{}", texts[1]);
+}

@@ -1,13 +1,19 @@
 //! Integration tests: every test asks the servers where its statements ran.
 
+mod cancellation;
 mod config;
 mod context;
 mod corpus;
 mod custom_types;
+mod events;
 mod faults;
 mod migrations;
+mod refusals;
 mod routing;
+mod session_state;
+mod slow_reads;
 mod support;
 mod survival;
+mod tokens;
 mod transactions;
 mod web;

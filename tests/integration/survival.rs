@@ -170,51 +170,6 @@ async fn replica_stopped_under_steady_load_loses_no_read_and_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_replica_does_not_hang_reads() {
-    let Some(cluster) = private_cluster("frozen_replica_does_not_hang_reads").await else {
-        return;
-    };
-    let pool = builder(&cluster).build().unwrap();
-    // Warm both replicas' pools so that idle connections to the frozen one exist.
-    for _ in 0..4 {
-        read_once(&pool).await.unwrap();
-    }
-    cluster.freeze_replica(0).await.unwrap();
-    let frozen = cluster.replica_port(0);
-    let mut slowest = Duration::ZERO;
-    for _ in 0..6 {
-        let began = Instant::now();
-        let id = tokio::time::timeout(Duration::from_secs(10), read_once(&pool))
-            .await
-            .expect("the read hung")
-            .unwrap();
-        slowest = slowest.max(began.elapsed());
-        assert_ne!(port_of(&id), frozen);
-    }
-    let concurrent: Vec<_> = (0..8)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let began = Instant::now();
-                let id = read_once(&pool).await.unwrap();
-                (began.elapsed(), id)
-            })
-        })
-        .collect();
-    for task in concurrent {
-        let (took, id) = task.await.unwrap();
-        slowest = slowest.max(took);
-        assert_ne!(port_of(&id), frozen);
-    }
-    eprintln!(
-        "frozen replica: slowest read {slowest:?} (checkout timeout {:?})",
-        Duration::from_secs(1)
-    );
-    assert!(slowest < Duration::from_millis(1500), "{slowest:?}");
-    cluster.thaw_replica(0).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_is_excluded_after_one_probe_and_readmitted_when_it_catches_up() {
     let Some(cluster) = private_cluster("lagging_replica_is_excluded").await else {
         return;

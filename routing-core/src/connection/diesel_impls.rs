@@ -75,6 +75,10 @@ impl SimpleAsyncConnection for RoutedConnection {
     /// Runs raw SQL on the primary (on the transaction's server inside a transaction). Since it
     /// may write, later reads on this connection go to the primary.
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        self.settle();
+        if self.pinned.is_some() && self.transaction_lost {
+            return Err(Error::TransactionLost.into_diesel());
+        }
         let route = route::decide(
             &self.state(),
             Statement::Write,
@@ -86,13 +90,21 @@ impl SimpleAsyncConnection for RoutedConnection {
             self.mark_written();
         }
         log_route(route, Some(&"batch_execute"));
-        let conn = match route.target {
-            Target::Primary => self.checkout_primary().await.map_err(Error::into_diesel)?,
-            Target::Replica => self
-                .held(Target::Replica)
-                .ok_or_else(super::lost_connection)?,
-        };
-        conn.batch_execute(query).await
+        if route.target == Target::Primary {
+            self.checkout_primary().await.map_err(Error::into_diesel)?;
+        }
+        if self.shared().config().classifier().changes_session(query) {
+            self.mark_session_changed(route.target);
+        }
+        self.count(route);
+        let guard = self.held.start(route.target);
+        let conn = self
+            .held
+            .conn(route.target)
+            .ok_or_else(super::lost_connection)?;
+        let result = conn.batch_execute(query).await;
+        self.held.finish(guard);
+        result
     }
 }
 
