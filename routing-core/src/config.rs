@@ -67,6 +67,7 @@ pub(crate) struct Config {
     classifier: Classifier,
     first_row_timeout: Option<Duration>,
     max_causal_waits: Option<usize>,
+    primary_wait: Option<Duration>,
 }
 
 impl Config {
@@ -89,6 +90,7 @@ impl Config {
             classifier: Classifier::new(),
             first_row_timeout: None,
             max_causal_waits: None,
+            primary_wait: None,
         }
     }
 
@@ -196,6 +198,11 @@ impl Config {
 
     pub(crate) fn first_row_timeout(&self) -> Option<Duration> {
         self.first_row_timeout
+    }
+
+    /// The configured wait, else two probe intervals.
+    pub(crate) fn primary_wait(&self) -> Duration {
+        self.primary_wait.unwrap_or(self.health_check.interval * 2)
     }
 
     /// The configured bound, else a quarter of a server's pool (at least one).
@@ -400,6 +407,16 @@ impl RoutedPoolBuilder {
     /// a quarter of `max_size`, at least one.
     pub fn max_causal_waits(mut self, max: usize) -> Self {
         self.config.max_causal_waits = Some(max);
+        self
+    }
+
+    /// How long a statement that needs the primary waits for one while a pool that discovers
+    /// its primary (a multi-host URL) has none: during a failover, or while several nodes
+    /// claim the role. Past it, the statement fails with
+    /// [`Error::NoPrimary`](crate::Error::NoPrimary), which is retryable. Default: two health
+    /// probe intervals.
+    pub fn primary_wait(mut self, wait: Duration) -> Self {
+        self.config.primary_wait = Some(wait);
         self
     }
 

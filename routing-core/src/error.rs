@@ -15,6 +15,9 @@ pub enum Role {
     Primary,
     /// The replica with this index, in the order the replicas were configured.
     Replica(usize),
+    /// The node with this index of a pool that discovers its primary among its nodes (a
+    /// multi-host URL), in the order the URL lists them; whichever role it has now.
+    Node(usize),
 }
 
 impl fmt::Display for Role {
@@ -22,6 +25,7 @@ impl fmt::Display for Role {
         match self {
             Role::Primary => f.write_str("primary"),
             Role::Replica(index) => write!(f, "replica {index}"),
+            Role::Node(index) => write!(f, "node {index}"),
         }
     }
 }
@@ -211,6 +215,9 @@ pub enum Error {
     NoReplicaAvailable {
         /// Replicas out of rotation after a failure, until a probe admits them again.
         banned: usize,
+        /// Nodes of a discovering pool that are not standbys now (the primary, or not probed
+        /// yet).
+        not_standby: usize,
         /// Replicas past the lag bounds.
         lagging: usize,
         /// Replicas that have not replayed the read's causal token.
@@ -235,6 +242,29 @@ pub enum Error {
         /// Whether rows had reached the caller before the refusal.
         after_rows: bool,
         /// The server's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// No node is the primary now (a failover under way, every node a standby, or several
+    /// claiming the primary role), and none became one within the pool's `primary_wait`. The
+    /// statement was not sent: retry it.
+    #[error("no primary to send the statement to within {waited:?}: {reason}")]
+    NoPrimary {
+        /// Why: what the health probe found.
+        reason: String,
+        /// How long the statement waited for a primary.
+        waited: Duration,
+    },
+
+    /// The connection to the primary broke while it ran the statement (the primary crashed,
+    /// was shut down or demoted): the statement may or may not have taken effect. A new attempt
+    /// goes to whichever node is the primary then.
+    #[error("the primary {url} was lost while it ran the statement: {source}")]
+    PrimaryLost {
+        /// The server the primary was, password redacted.
+        url: RedactedUrl,
+        /// The server's or the driver's error.
         #[source]
         source: diesel::result::Error,
     },
@@ -343,6 +373,24 @@ impl fmt::Display for Failures<'_> {
 }
 
 impl Error {
+    /// Whether the same operation may succeed when tried again, because a server was down,
+    /// busy, being replaced or lagging, rather than the operation or the configuration being
+    /// wrong. Only [`Error::PrimaryLost`] may have taken effect already (a commit whose
+    /// connection broke); every other retryable error was never run.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Checkout { .. }
+                | Error::PoolExhausted { .. }
+                | Error::NoReplicaAvailable { .. }
+                | Error::NoPrimary { .. }
+                | Error::PrimaryLost { .. }
+                | Error::Banned { .. }
+                | Error::TransactionLost
+                | Error::Timeout { .. }
+        )
+    }
+
     /// Turns this error into diesel's, for the `QueryResult` of a statement: a query's own
     /// error as it was, anything else as a `QueryBuilderError` that [`Error::from_diesel`]
     /// reads back.
@@ -383,6 +431,7 @@ mod tests {
     fn routing_errors_survive_the_trip_through_diesel() {
         let error = Error::NoReplicaAvailable {
             banned: 2,
+            not_standby: 0,
             lagging: 1,
             behind_token: 0,
             failures: vec![Error::Timeout {

@@ -86,8 +86,9 @@ impl Migrator {
     }
 
     /// Connects to `url`, validated and checked against the replicas already, and refuses a
-    /// standby.
+    /// standby. With a multi-host URL, the node that accepts writes now is the one used.
     async fn establish(url: DatabaseUrl) -> Result<Self, Error> {
+        let url = url.read_write();
         let mut conn = connect::open(&url, None)
             .await
             .map_err(|source| Error::Connect {
@@ -243,13 +244,15 @@ impl RoutedPool {
         S: MigrationSource<Pg> + Send + 'static,
     {
         let shared = self.shared();
-        Migrator::builder(shared.primary().database_url().secret())
-            .refuse_replicas(
-                shared
-                    .replicas()
-                    .iter()
-                    .map(|replica| replica.database_url().secret()),
-            )
+        // A discovering pool's nodes include its primary: only the configured replicas of a
+        // pool with a fixed primary are refused.
+        let replicas = shared
+            .replicas()
+            .iter()
+            .filter(|server| server.has_fixed_role())
+            .map(|replica| replica.database_url().secret());
+        Migrator::builder(shared.config().primary().expose())
+            .refuse_replicas(replicas)
             .connect()
             .await?
             .run_pending(source)

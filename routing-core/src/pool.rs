@@ -52,7 +52,8 @@ impl RoutedPool {
             // Only the time counts: no need to ask the primary.
             return Ok(CausalToken::new(0));
         }
-        let mut conn = self.shared().primary().checkout().await?;
+        let (primary, _) = self.shared().wait_for_primary().await?;
+        let mut conn = primary.checkout().await?;
         catalog::wal_insert_position(conn.pg())
             .await
             .inspect(|lsn| self.shared().tokens().note_primary(*lsn))
@@ -63,9 +64,9 @@ impl RoutedPool {
             })
     }
 
-    /// The primary's URL, password redacted.
-    pub fn primary_url(&self) -> &RedactedUrl {
-        self.shared().primary().url()
+    /// The primary's URL as configured, password redacted: with a multi-host URL, every node.
+    pub fn primary_url(&self) -> RedactedUrl {
+        self.shared().config().primary().redacted()
     }
 
     /// The replicas' URLs, password redacted, in configuration order.
@@ -79,15 +80,18 @@ impl RoutedPool {
     }
 
     /// Connects to every server once, outside the pools, and checks that each is reachable and
-    /// in its configured role. Useful at startup, to fail fast on a bad configuration.
+    /// in its configured role; for a pool that discovers its primary, that exactly one node is
+    /// a primary. Useful at startup, to fail fast on a bad configuration.
     ///
     /// # Errors
     ///
     /// The first server that cannot be reached ([`Error::Connect`], [`Error::Timeout`]), or that
-    /// is in the wrong role ([`Error::ReplicaIsPrimary`], [`Error::PrimaryIsStandby`]).
+    /// is in the wrong role ([`Error::ReplicaIsPrimary`], [`Error::PrimaryIsStandby`]); for a
+    /// discovering pool, [`Error::NoPrimary`] when no node, or several, answer as the primary.
     pub async fn check(&self) -> Result<(), Error> {
         let shared = self.shared();
         let timeout = shared.config().connect_timeout();
+        let mut primaries = Vec::new();
         for server in shared.servers() {
             let mut conn =
                 tokio::time::timeout(timeout, connect::open(server.database_url(), None))
@@ -108,10 +112,22 @@ impl RoutedPool {
                         role: server.role(),
                         source,
                     })?;
-            let replica = matches!(server.role(), Role::Replica(_));
-            if shared.config().verify_roles() && in_recovery != replica {
-                return Err(server.wrong_role());
+            match server.role() {
+                Role::Node(node) if !in_recovery => primaries.push(node),
+                Role::Node(_) => {}
+                role => {
+                    let replica = matches!(role, Role::Replica(_));
+                    if shared.config().verify_roles() && in_recovery != replica {
+                        return Err(server.wrong_role());
+                    }
+                }
             }
+        }
+        if shared.discovers() && primaries.len() != 1 {
+            return Err(Error::NoPrimary {
+                reason: format!("nodes {primaries:?} answer as primaries: exactly one must"),
+                waited: std::time::Duration::ZERO,
+            });
         }
         Ok(())
     }

@@ -141,6 +141,8 @@ pub(crate) struct ReplicaView {
     pub(crate) candidate: Candidate,
     /// Out of rotation after a failure.
     pub(crate) banned: bool,
+    /// A standby now (a discovering pool's primary is not).
+    pub(crate) standby: bool,
     /// The WAL position it is known to have replayed.
     pub(crate) replay_lsn: Option<u64>,
 }
@@ -149,13 +151,14 @@ pub(crate) struct ReplicaView {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Exclusions {
     pub(crate) banned: usize,
+    pub(crate) not_standby: usize,
     pub(crate) lagging: usize,
     pub(crate) behind_token: usize,
 }
 
 impl Exclusions {
-    /// Whether every replica passed over was down (banned or failing), as opposed to lagging or
-    /// not having replayed a causal token.
+    /// Whether every replica passed over was down (banned, failing, or not a standby), as
+    /// opposed to lagging or not having replayed a causal token.
     fn all_unreachable(&self) -> bool {
         self.lagging == 0 && self.behind_token == 0
     }
@@ -167,7 +170,11 @@ impl fmt::Display for Exclusions {
             f,
             "{} banned, {} lagging, {} behind the causal token",
             self.banned, self.lagging, self.behind_token
-        )
+        )?;
+        if self.not_standby > 0 {
+            write!(f, ", {} not standbys", self.not_standby)?;
+        }
+        Ok(())
     }
 }
 
@@ -212,6 +219,10 @@ pub(crate) fn pick(
         }
         if replica.banned {
             exclusions.banned += 1;
+            continue;
+        }
+        if !replica.standby {
+            exclusions.not_standby += 1;
             continue;
         }
         let too_far = lag_limit

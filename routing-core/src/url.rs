@@ -1,5 +1,6 @@
 //! Connection strings: the redacted form for messages, and the secret one for connecting.
 
+mod hosts;
 mod redact;
 
 use std::fmt;
@@ -117,6 +118,36 @@ impl DatabaseUrl {
 
     pub(crate) fn redacted(&self) -> &RedactedUrl {
         &self.redacted
+    }
+
+    /// How many hosts the URL lists (libpq's `host1,host2` form).
+    pub(crate) fn host_count(&self) -> usize {
+        hosts::count(&self.config)
+    }
+
+    /// This URL, asking for a read-write session when it lists several hosts: connecting tries
+    /// them in order and keeps the first that accepts writes, the primary.
+    pub(crate) fn read_write(&self) -> DatabaseUrl {
+        let mut url = self.clone();
+        if self.host_count() > 1 {
+            url.config
+                .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        url
+    }
+
+    /// One URL per host, each with the others' settings; the URL itself when it lists one.
+    pub(crate) fn hosts(&self) -> Vec<DatabaseUrl> {
+        if self.host_count() <= 1 {
+            return vec![self.clone()];
+        }
+        (0..self.host_count())
+            .map(|index| DatabaseUrl {
+                secret: self.secret.clone(),
+                config: hosts::single(&self.config, index),
+                redacted: RedactedUrl(hosts::display(&self.config, index)),
+            })
+            .collect()
     }
 }
 

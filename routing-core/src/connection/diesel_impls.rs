@@ -104,7 +104,13 @@ impl SimpleAsyncConnection for RoutedConnection {
             .ok_or_else(super::lost_connection)?;
         let result = conn.batch_execute(query).await;
         self.held.finish(guard);
-        result
+        match route.target {
+            Target::Primary => {
+                let node = self.held.primary_node();
+                result.map_err(|e| super::primary_error(self.pool.shared(), node, e))
+            }
+            Target::Replica => result,
+        }
     }
 }
 

@@ -105,6 +105,15 @@ impl RoutedConnection {
         };
         let shared = Arc::clone(self.shared());
         let tokens = shared.tokens();
+        if tokens.lost_in_failover(&token) {
+            tracing::debug!(
+                target: "routing_core",
+                %token,
+                "dropping a causal token of a write the new primary never received"
+            );
+            needs.causal_token = None;
+            return;
+        }
         let mut verdict = tokens.check(&token, shared.config().read_your_writes(), now_ms());
         if verdict == Verdict::Unknown {
             verdict = match primary_position(&shared).await {
@@ -160,7 +169,10 @@ impl RoutedConnection {
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
             }
-            let Some(watched) = self.held.watched(route.target, |conn| direct(conn, query)) else {
+            let watched = self
+                .held
+                .watched(route.target, self.pool.shared(), |conn| direct(conn, query));
+            let Some(watched) = watched else {
                 return futures_util::future::ready(Err(lost_connection())).boxed();
             };
             let fut = Box::pin(watched);
@@ -270,6 +282,7 @@ impl RoutedConnection {
             self.mark_session_changed(route.target);
         }
         self.count(route);
+        let node = self.held.primary_node();
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {
@@ -277,14 +290,18 @@ impl RoutedConnection {
             Err(e) => Err(e),
         };
         self.held.finish(guard);
-        result
+        match route.target {
+            Target::Primary => result.map_err(|e| super::primary_error(&shared, node, e)),
+            Target::Replica => result,
+        }
     }
 }
 
 /// The primary's WAL insert position, asked on a connection of its own (returned to the pool
 /// at once, so that a reader never holds the primary for it).
 async fn primary_position(shared: &Shared) -> Result<u64, Error> {
-    let mut session = shared.primary().checkout().await?;
+    let (primary, _) = shared.wait_for_primary().await?;
+    let mut session = primary.checkout().await?;
     catalog::wal_insert_position(session.pg())
         .await
         .map_err(|source| Error::Query {

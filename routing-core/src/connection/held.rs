@@ -9,13 +9,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use deadpool::managed::Object;
+use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use pin_project_lite::pin_project;
 use tokio_postgres::CancelToken;
 
 use crate::route::Target;
 use crate::servers::connect::{self, ServerConn};
-use crate::servers::{Lease, PooledConn};
+use crate::servers::{Lease, PooledConn, Shared};
 
 /// How long a cancel request may take before it is given up (a frozen server never answers).
 const CANCEL_PATIENCE: Duration = Duration::from_secs(5);
@@ -31,6 +32,8 @@ pub(super) struct HeldReplica {
 #[derive(Default)]
 pub(super) struct Held {
     primary: Option<PooledConn>,
+    /// The node the primary connection goes to, in a pool that discovers its primary.
+    primary_node: Option<usize>,
     replica: Option<HeldReplica>,
     /// The server connection a statement was sent on whose future was dropped before it
     /// finished: it may still be running on the server.
@@ -63,9 +66,19 @@ impl Held {
         self.replica.as_ref().map(|held| held.index)
     }
 
-    /// Holds `conn` as the primary's connection.
-    pub(super) fn hold_primary(&mut self, conn: PooledConn) -> &mut AsyncPgConnection {
+    /// Holds `conn` as the primary's connection, to node `node` of a discovering pool.
+    pub(super) fn hold_primary(
+        &mut self,
+        conn: PooledConn,
+        node: Option<usize>,
+    ) -> &mut AsyncPgConnection {
+        self.primary_node = node;
         self.primary.insert(conn).pg()
+    }
+
+    /// The node the held primary connection goes to (`None`: the configured primary).
+    pub(super) fn primary_node(&self) -> Option<usize> {
+        self.primary_node
     }
 
     /// Holds `conn` to replica `index`, releasing the replica held before.
@@ -131,17 +144,22 @@ impl Held {
     }
 
     /// `run` on `target`'s connection, watched: marked busy until its future finishes, and
-    /// cancelled on the server if that future is dropped first.
+    /// cancelled on the server if that future is dropped first. On the primary, errors that
+    /// mean the primary is gone are told apart (see [`super::primary_error`]).
     pub(super) fn watched<'c, F>(
         &'c mut self,
         target: Target,
+        shared: &Arc<Shared>,
         run: impl FnOnce(&'c mut AsyncPgConnection) -> F,
     ) -> Option<Watched<'c, F>> {
+        let on_primary =
+            (target == Target::Primary).then(|| (Arc::clone(shared), self.primary_node));
         let guard = self.start(target);
         let Held {
             primary,
             replica,
             busy,
+            ..
         } = self;
         let session = match target {
             Target::Primary => primary.as_deref_mut()?,
@@ -151,6 +169,7 @@ impl Held {
             future: run(session.pg()),
             guard: Some(guard),
             busy,
+            primary: on_primary,
         })
     }
 }
@@ -190,19 +209,27 @@ pin_project! {
         future: F,
         guard: Option<StatementGuard>,
         busy: &'c mut Option<Target>,
+        // On the primary: the pool, and the node the connection goes to.
+        primary: Option<(Arc<Shared>, Option<usize>)>,
     }
 }
 
-impl<F: Future> Future for Watched<'_, F> {
-    type Output = F::Output;
+impl<F, T> Future for Watched<'_, F>
+where
+    F: Future<Output = QueryResult<T>>,
+{
+    type Output = QueryResult<T>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<QueryResult<T>> {
         let this = self.project();
         let output = std::task::ready!(this.future.poll(cx));
         if let Some(guard) = this.guard.take() {
             guard.disarm();
         }
         **this.busy = None;
-        Poll::Ready(output)
+        Poll::Ready(match (output, this.primary.take()) {
+            (Err(error), Some((shared, node))) => Err(super::primary_error(&shared, node, error)),
+            (output, _) => output,
+        })
     }
 }

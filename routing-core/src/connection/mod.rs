@@ -159,9 +159,11 @@ impl RoutedConnection {
             return Ok(Some(CausalToken::new(0)));
         }
         self.checkout_primary().await?;
-        let asked = self
-            .held
-            .watched(Target::Primary, catalog::wal_insert_position);
+        let asked = self.held.watched(
+            Target::Primary,
+            self.pool.shared(),
+            catalog::wal_insert_position,
+        );
         let lsn = match asked {
             Some(asked) => asked.await,
             None => Err(lost_connection()),
@@ -205,17 +207,38 @@ impl RoutedConnection {
         self.held.conn(target)
     }
 
-    /// The primary's connection, checked out if not held.
+    /// The primary's connection, checked out if not held; in a pool that discovers its
+    /// primary, waiting for one during a failover.
     async fn checkout_primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
-        if !self.held.holds(Target::Primary) {
-            let conn = self.shared().primary().checkout().await?;
-            let conn = self.prepare_session(conn);
-            return Ok(self.held.hold_primary(conn));
+        if self.held.holds(Target::Primary) && !self.primary_moved() {
+            return self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
+                role: Role::Primary,
+                source: lost_connection(),
+            });
         }
-        self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
-            role: Role::Primary,
-            source: lost_connection(),
-        })
+        let shared = Arc::clone(self.shared());
+        let (server, node) = shared.wait_for_primary().await?;
+        if let Some(node) = node {
+            tracing::debug!(target: "routing_core", node, "checking out the primary");
+        }
+        let conn = server.checkout().await?;
+        let conn = self.prepare_session(conn);
+        Ok(self.held.hold_primary(conn, node))
+    }
+
+    /// Whether the held primary connection goes to a node that is no longer the primary (a
+    /// discovering pool's failover): it is released, and, inside a transaction on it, the
+    /// transaction is lost.
+    fn primary_moved(&mut self) -> bool {
+        let shared = self.pool.shared();
+        if !shared.discovers() || shared.primary_node() == self.held.primary_node() {
+            return false;
+        }
+        self.held.release(Target::Primary);
+        if self.pinned == Some(Target::Primary) {
+            self.transaction_lost = true;
+        }
+        true
     }
 
     /// Clears what a dropped statement or transaction future left behind, before anything else
@@ -301,7 +324,7 @@ impl RoutedConnection {
     fn count(&self, route: Route) {
         let shared = self.shared();
         let server = match route.target {
-            Target::Primary => Some(shared.primary()),
+            Target::Primary => shared.primary(),
             Target::Replica => self
                 .held
                 .replica_index()
@@ -315,6 +338,41 @@ impl RoutedConnection {
 
 /// [`RoutedConnection::abandoned`] when no transaction was abandoned.
 const NOT_ABANDONED: u32 = u32::MAX;
+
+/// `error` of a statement on the primary, with the errors that mean the primary is gone told
+/// apart: a broken connection is [`Error::PrimaryLost`], and a refusal as a write from a node
+/// of a discovering pool is [`Error::NoPrimary`] (it was demoted); either makes the probe look
+/// again at once.
+pub(super) fn primary_error(
+    shared: &Shared,
+    node: Option<usize>,
+    error: DieselError,
+) -> DieselError {
+    use crate::failure::Failure;
+    let url = || match node {
+        Some(node) => shared.replicas()[node].url().clone(),
+        None => shared.config().primary().redacted(),
+    };
+    match Failure::of(&error, false) {
+        Failure::Unreachable => {
+            shared.topology().look_again();
+            Error::PrimaryLost {
+                url: url(),
+                source: error,
+            }
+            .into_diesel()
+        }
+        Failure::RefusedAsWrite if shared.discovers() => {
+            shared.topology().look_again();
+            Error::NoPrimary {
+                reason: format!("{} refused the write as a standby: it was demoted", url()),
+                waited: std::time::Duration::ZERO,
+            }
+            .into_diesel()
+        }
+        _ => error,
+    }
+}
 
 /// The error of a statement whose server connection went missing, which the router's own
 /// bookkeeping should never allow.

@@ -44,7 +44,7 @@ enum Attempt<R> {
 pub(super) struct AfterRows {
     shared: Arc<Shared>,
     key: StatementKey,
-    index: usize,
+    role: Role,
 }
 
 impl AfterRows {
@@ -54,9 +54,9 @@ impl AfterRows {
         if Failure::of(&error, false) != Failure::RefusedAsWrite {
             return error;
         }
-        learn(&self.shared, self.key.clone(), self.index, None);
+        learn(&self.shared, self.key.clone(), self.role, None);
         Error::RefusedAsWrite {
-            role: Role::Replica(self.index),
+            role: self.role,
             after_rows: true,
             source: error,
         }
@@ -65,11 +65,11 @@ impl AfterRows {
 }
 
 /// The pool learns that the statement `key` must run on the primary, and says so once.
-fn learn(shared: &Shared, key: StatementKey, index: usize, sql: Option<&str>) {
+fn learn(shared: &Shared, key: StatementKey, role: Role, sql: Option<&str>) {
     if shared.learned().learn(key) {
         tracing::warn!(
             target: "routing_core",
-            server = %Role::Replica(index),
+            server = %role,
             sql,
             "a statement classified as a read was refused by a replica as a write; the pool \
              sends it to the primary from now on (route it there from the start with a \
@@ -79,6 +79,11 @@ fn learn(shared: &Shared, key: StatementKey, index: usize, sql: Option<&str>) {
 }
 
 impl RoutedConnection {
+    /// The role replica `index` has in errors and logs: its configured index, or its node.
+    fn role_of(&self, index: usize) -> Role {
+        self.shared().replicas()[index].role()
+    }
+
     /// What the router knows of each replica now.
     fn replica_views(&self) -> impl Iterator<Item = ReplicaView> + '_ {
         self.shared()
@@ -96,6 +101,7 @@ impl RoutedConnection {
                 ReplicaView {
                     candidate,
                     banned: health.is_banned(),
+                    standby: health.is_standby(),
                     replay_lsn: health.replay_lsn(),
                 }
             })
@@ -182,6 +188,7 @@ impl RoutedConnection {
             }
             None => Err(Error::NoReplicaAvailable {
                 banned: exclusions.banned,
+                not_standby: exclusions.not_standby,
                 lagging: exclusions.lagging,
                 behind_token: exclusions.behind_token,
                 failures,
@@ -300,7 +307,7 @@ impl RoutedConnection {
         let health = shared.replicas()[index].health();
         let guard = self.held.start(Target::Replica);
         let Some(conn) = self.held.conn(Target::Replica) else {
-            return Attempt::Next(lost(index));
+            return Attempt::Next(replica_error(self.role_of(index), super::lost_connection()));
         };
         if let Some(token) = needs.causal_token.filter(|_| verify_token) {
             // Only a bounded number of reads wait at once; the others ask once.
@@ -325,15 +332,15 @@ impl RoutedConnection {
         }
         health.count_routed(Reason::ScopeAllowsReplica);
         let Some(conn) = self.held.conn(Target::Replica) else {
-            return Attempt::Next(lost(index));
+            return Attempt::Next(replica_error(self.role_of(index), super::lost_connection()));
         };
         let result = match owned.resolve(conn, shared.types()).await {
             Ok(()) => match (run(conn, owned).await, first_row) {
                 (Ok(value), Some(first_row)) => {
                     let after = AfterRows {
                         key: StatementKey::of(owned.static_id(), owned.shared_sql()),
+                        role: shared.replicas()[index].role(),
                         shared,
-                        index,
                     };
                     first_row(value, after).await
                 }
@@ -344,7 +351,7 @@ impl RoutedConnection {
         self.held.finish(guard);
         match result {
             Ok(value) => {
-                tracing::debug!(target: "routing_core", server = %Role::Replica(index), "read served");
+                tracing::debug!(target: "routing_core", server = %self.role_of(index), "read served");
                 Attempt::Served(value)
             }
             Err(error) => self.failed(index, error),
@@ -359,7 +366,7 @@ impl RoutedConnection {
         let failure = Failure::of(&error, broken);
         tracing::debug!(
             target: "routing_core",
-            server = %Role::Replica(index),
+            server = %self.role_of(index),
             ?failure,
             sqlstate = failure::known(&error).map(|known| known.sqlstate),
             %error,
@@ -373,13 +380,14 @@ impl RoutedConnection {
                 if broken {
                     self.discard_replica();
                 }
-                Attempt::Next(replica_error(index, error))
+                Attempt::Next(replica_error(self.role_of(index), error))
             }
             Failure::Unreachable => {
-                let error = replica_error(index, error);
+                let role = self.role_of(index);
+                let error = replica_error(role, error);
                 self.shared().replicas()[index]
                     .health()
-                    .ban(format!("{}: {error}", Role::Replica(index)));
+                    .ban(format!("{role}: {error}"));
                 self.discard_replica();
                 Attempt::Next(error)
             }
@@ -398,10 +406,11 @@ impl RoutedConnection {
     ) -> QueryResult<R> {
         let shared = Arc::clone(self.shared());
         let key = StatementKey::of(owned.static_id(), owned.shared_sql());
-        learn(&shared, key, index, Some(owned.sql()));
+        let role = self.role_of(index);
+        learn(&shared, key, role, Some(owned.sql()));
         if !shared.config().retry_refused_writes() {
             return Err(Error::RefusedAsWrite {
-                role: Role::Replica(index),
+                role,
                 after_rows: false,
                 source: error,
             }
@@ -428,21 +437,14 @@ async fn optional_timeout<F: std::future::Future>(
     }
 }
 
-fn replica_error(index: usize, source: DieselError) -> Error {
-    Error::Query {
-        role: Role::Replica(index),
-        source,
-    }
+fn replica_error(role: Role, source: DieselError) -> Error {
+    Error::Query { role, source }
 }
 
 fn banned_error(shared: &Shared, index: usize) -> Error {
+    let server = &shared.replicas()[index];
     Error::Banned {
-        role: Role::Replica(index),
-        ban_reason: shared.replicas()[index].health().ban_reason(),
+        role: server.role(),
+        ban_reason: server.health().ban_reason(),
     }
-}
-
-/// The held replica connection went missing.
-fn lost(index: usize) -> Error {
-    replica_error(index, super::lost_connection())
 }

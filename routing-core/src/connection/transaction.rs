@@ -319,7 +319,13 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
     };
     conn.held.finish(guard);
     unpin_when_done(conn, target);
-    result
+    match target {
+        Target::Primary => {
+            let node = conn.held.primary_node();
+            result.map_err(|e| super::primary_error(conn.pool.shared(), node, e))
+        }
+        Target::Replica => result,
+    }
 }
 
 /// Releases the pin once the server connection's transaction is over. A connection whose

@@ -141,6 +141,7 @@ fn view(index: usize) -> ReplicaView {
     ReplicaView {
         candidate: Candidate::new(index),
         banned: false,
+        standby: true,
         replay_lsn: None,
     }
 }
@@ -178,7 +179,15 @@ fn none(banned: usize, lagging: usize, behind_token: usize) -> Pick {
         banned,
         lagging,
         behind_token,
+        ..Exclusions::default()
     })
+}
+
+fn primary_node(index: usize) -> ReplicaView {
+    ReplicaView {
+        standby: false,
+        ..view(index)
+    }
 }
 
 /// Replicas, those tried, the one held, the context's needs, the pool, whether unverified
@@ -221,6 +230,8 @@ fn which_replica_serves_a_read() {
     let rows: Vec<PickRow<'_>> = vec![
         ("the policy chooses among healthy replicas", vec![view(0), view(1)], &[], None, &scope, &last, false, chosen(1)),
         ("a banned replica is passed over", vec![view(0), banned(1)], &[], None, &scope, &last, false, chosen(0)),
+        ("a discovered primary is no replica", vec![view(0), primary_node(1)], &[], None, &scope, &last, false, chosen(0)),
+        ("only the primary answers", vec![primary_node(0)], &[], None, &scope, &last, false, Pick::None(Exclusions { not_standby: 1, ..Exclusions::default() })),
         ("every replica banned", vec![banned(0), banned(1)], &[], None, &scope, &last, false, none(2, 0, 0)),
         ("a replica past the pool's max_lag (30 s)", vec![view(0), lagging(1, 31)], &[], None, &scope, &last, false, chosen(0)),
         ("the pool bound off", vec![view(0), lagging(1, 31)], &[], None, &scope, &unbounded, false, chosen(1)),

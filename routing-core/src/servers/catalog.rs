@@ -73,6 +73,21 @@ pub(crate) async fn replica_state(
     Ok((in_recovery, replay.and_then(|lsn| u64::try_from(lsn).ok())))
 }
 
+/// A node's state for the health probe of a discovering pool: whether it is in recovery, and
+/// its WAL position: the replay position of a standby, the flushed position of a primary.
+pub(crate) async fn node_state(conn: &mut AsyncPgConnection) -> QueryResult<(bool, Option<u64>)> {
+    let (in_recovery, lsn) = diesel::select((
+        diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
+        diesel::dsl::sql::<Nullable<BigInt>>(
+            "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::bigint",
+        ),
+    ))
+    .get_result::<(bool, Option<i64>)>(conn)
+    .await?;
+    Ok((in_recovery, lsn.and_then(|lsn| u64::try_from(lsn).ok())))
+}
+
 /// Whether the standby on `conn` has replayed `token`, asking again for up to `wait`.
 pub(crate) async fn replayed(
     conn: &mut AsyncPgConnection,

@@ -111,7 +111,8 @@ impl ServerConn {
 /// Makes and checks the connections of one server's pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    role: Role,
+    /// The server's configured role; `None` for a node whose role the probe discovers.
+    role: Option<Role>,
     url: DatabaseUrl,
     /// Whether each new session checks that the server is in `role`.
     verify_role: bool,
@@ -121,7 +122,7 @@ pub(crate) struct Manager {
 
 impl Manager {
     pub(crate) fn new(
-        role: Role,
+        role: Option<Role>,
         url: DatabaseUrl,
         verify_role: bool,
         verify_checkouts: bool,
@@ -139,16 +140,19 @@ impl deadpool::managed::Manager for Manager {
     type Type = ServerConn;
     type Error = ConnectError;
 
-    /// A new session: a replica's is read-only on the server, and with `verify_role` the server
-    /// must be in the configured role.
+    /// A new session: a configured replica's is read-only on the server, and with
+    /// `verify_role` the server must be in its configured role. A discovered node's session is
+    /// left as it is: the node may be promoted.
     async fn create(&self) -> Result<ServerConn, ConnectError> {
         let mut conn = open(&self.url, None).await?;
-        let replica = matches!(self.role, Role::Replica(_));
-        let in_recovery = catalog::set_up_session(&mut conn, replica)
-            .await
-            .map_err(ConnectError::Setup)?;
-        if self.verify_role && in_recovery != replica {
-            return Err(ConnectError::WrongRole { in_recovery });
+        if let Some(role) = self.role {
+            let replica = matches!(role, Role::Replica(_));
+            let in_recovery = catalog::set_up_session(&mut conn, replica)
+                .await
+                .map_err(ConnectError::Setup)?;
+            if self.verify_role && in_recovery != replica {
+                return Err(ConnectError::WrongRole { in_recovery });
+            }
         }
         Ok(ServerConn::new(conn))
     }

@@ -18,6 +18,9 @@ const UNKNOWN: u64 = u64::MAX;
 pub(crate) struct Health {
     label: Arc<str>,
     banned: AtomicBool,
+    /// Whether the server is a standby, as far as the router knows: always for a configured
+    /// replica, as the probe found for a node of a discovering pool.
+    standby: AtomicBool,
     ban_reason: Mutex<Option<String>>,
     replay_lsn: AtomicU64,
     lag_bytes: AtomicU64,
@@ -38,10 +41,12 @@ impl Health {
         let label: Arc<str> = match role {
             Role::Primary => Arc::from("primary"),
             Role::Replica(index) => Arc::from(format!("replica{index}")),
+            Role::Node(index) => Arc::from(format!("node{index}")),
         };
         Health {
             label,
             banned: AtomicBool::new(false),
+            standby: AtomicBool::new(matches!(role, Role::Replica(_))),
             ban_reason: Mutex::new(None),
             replay_lsn: AtomicU64::new(UNKNOWN),
             lag_bytes: AtomicU64::new(UNKNOWN),
@@ -58,6 +63,15 @@ impl Health {
 
     pub(crate) fn is_banned(&self) -> bool {
         self.banned.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether the server is a standby now.
+    pub(crate) fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
     }
 
     pub(crate) fn ban_reason(&self) -> Option<String> {

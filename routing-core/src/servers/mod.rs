@@ -8,25 +8,29 @@ pub(crate) mod connect;
 mod health;
 mod learned;
 pub(crate) mod probe;
+mod server;
 mod status;
 pub(crate) mod tokens;
+mod topology;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
-use deadpool::managed::{HookError, Object, Pool, PoolError, TimeoutType};
+use deadpool::managed::Object;
 
 use crate::config::Config;
-use crate::error::{BuildError, CheckoutError, ConnectError, Error, Role};
-use crate::url::{DatabaseUrl, RedactedUrl};
+use crate::error::{BuildError, Error, Role};
+use crate::url::DatabaseUrl;
 use catalog::TypeCache;
 use connect::Manager;
-pub(crate) use health::{Health, Lease};
+pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
+pub(crate) use server::Server;
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
+pub(crate) use topology::Topology;
 
 /// A pooled connection to one server.
 pub(crate) type PooledConn = Object<Manager>;
@@ -58,8 +62,12 @@ pub struct RoutedPool {
 pub(crate) struct Shared {
     id: usize,
     config: Config,
-    primary: Server,
+    /// The configured primary; `None` when the pool discovers its primary among its nodes.
+    primary: Option<Server>,
+    /// The configured replicas, or every node of a discovering pool.
     replicas: Vec<Server>,
+    /// The primary a discovering pool found.
+    topology: Topology,
     /// Set by `begin_test_transaction`: every statement of every connection goes to the primary.
     test_transaction: AtomicBool,
     types: Arc<TypeCache>,
@@ -70,26 +78,41 @@ pub(crate) struct Shared {
 
 impl RoutedPool {
     /// Makes the servers of `config`; connects nowhere.
+    ///
+    /// A primary URL that lists several hosts makes a discovering pool: each host (and each
+    /// host of the replica URLs) is a node, and the probe finds which one is the primary. A
+    /// replica URL that lists several hosts is one replica per host.
     pub(crate) fn new(config: Config) -> Result<RoutedPool, BuildError> {
         let parse = |what: String, url: &str| {
             DatabaseUrl::parse(url).map_err(|source| BuildError::invalid_url(what, url, source))
         };
         let primary_url = parse("primary".to_owned(), config.primary().expose())?;
-        let replica_urls = config
-            .replicas()
-            .iter()
-            .enumerate()
-            .map(|(index, replica)| parse(format!("replica {index}"), replica.url.expose()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let primary = Server::new(&config, Role::Primary, primary_url, 1)?;
-        let replicas = replica_urls
-            .into_iter()
-            .zip(config.replicas())
-            .enumerate()
-            .map(|(index, (url, replica))| {
-                Server::new(&config, Role::Replica(index), url, replica.weight)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut replica_urls = Vec::new();
+        for (index, replica) in config.replicas().iter().enumerate() {
+            let url = parse(format!("replica {index}"), replica.url.expose())?;
+            replica_urls.extend(url.hosts().into_iter().map(|url| (url, replica.weight)));
+        }
+        let (primary, replicas) = if primary_url.host_count() > 1 {
+            let nodes = primary_url
+                .hosts()
+                .into_iter()
+                .map(|url| (url, 1))
+                .chain(replica_urls)
+                .enumerate()
+                .map(|(index, (url, weight))| Server::new(&config, Role::Node(index), url, weight))
+                .collect::<Result<Vec<_>, _>>()?;
+            (None, nodes)
+        } else {
+            let primary = Server::new(&config, Role::Primary, primary_url, 1)?;
+            let replicas = replica_urls
+                .into_iter()
+                .enumerate()
+                .map(|(index, (url, weight))| {
+                    Server::new(&config, Role::Replica(index), url, weight)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (Some(primary), replicas)
+        };
         let tokens = Tokens::new(config.max_causal_waits());
         Ok(RoutedPool {
             shared: Arc::new(Shared {
@@ -99,6 +122,7 @@ impl RoutedPool {
                 config,
                 primary,
                 replicas,
+                topology: Topology::new(),
                 test_transaction: AtomicBool::new(false),
                 types: Arc::new(Mutex::new(HashMap::new())),
                 probe_started: AtomicBool::new(false),
@@ -115,7 +139,7 @@ impl std::fmt::Debug for RoutedPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shared = &self.shared;
         f.debug_struct("RoutedPool")
-            .field("primary", shared.primary.url())
+            .field("primary", &shared.primary.as_ref().map(Server::url))
             .field(
                 "replicas",
                 &shared.replicas.iter().map(Server::url).collect::<Vec<_>>(),
@@ -135,17 +159,62 @@ impl Shared {
         &self.config
     }
 
-    pub(crate) fn primary(&self) -> &Server {
-        &self.primary
+    /// Whether the pool discovers its primary among its nodes (a multi-host URL).
+    pub(crate) fn discovers(&self) -> bool {
+        self.primary.is_none()
     }
 
+    /// The primary now: the configured one, or the node the probe found (`None` while there is
+    /// none, e.g. during a failover).
+    pub(crate) fn primary(&self) -> Option<&Server> {
+        match &self.primary {
+            Some(primary) => Some(primary),
+            None => self.topology.primary().map(|node| &self.replicas[node]),
+        }
+    }
+
+    /// The primary's node index in a discovering pool (`None` for a configured primary).
+    pub(crate) fn primary_node(&self) -> Option<usize> {
+        if self.discovers() {
+            self.topology.primary()
+        } else {
+            None
+        }
+    }
+
+    /// The primary, waiting up to the pool's `primary_wait` for one while there is none; and
+    /// its node index in a discovering pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPrimary`] when none appears in time.
+    pub(crate) async fn wait_for_primary(&self) -> Result<(&Server, Option<usize>), Error> {
+        if let Some(primary) = &self.primary {
+            return Ok((primary, None));
+        }
+        let began = Instant::now();
+        match self.topology.wait(self.config.primary_wait()).await {
+            Some(node) => Ok((&self.replicas[node], Some(node))),
+            None => Err(Error::NoPrimary {
+                reason: self.topology.missing().unwrap_or_default(),
+                waited: began.elapsed(),
+            }),
+        }
+    }
+
+    /// What the probe found of a discovering pool's primary.
+    pub(crate) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The configured replicas, or every node of a discovering pool.
     pub(crate) fn replicas(&self) -> &[Server] {
         &self.replicas
     }
 
-    /// The primary, then the replicas in configuration order.
+    /// The configured primary and the replicas, or every node, in configuration order.
     pub(crate) fn servers(&self) -> impl Iterator<Item = &Server> {
-        std::iter::once(&self.primary).chain(&self.replicas)
+        self.primary.iter().chain(&self.replicas)
     }
 
     pub(crate) fn types(&self) -> &Arc<TypeCache> {
@@ -169,123 +238,5 @@ impl Shared {
     /// From now on every statement of this pool goes to the primary.
     pub(crate) fn enter_test_transaction(&self) {
         self.test_transaction.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One server and its connection pool.
-pub(crate) struct Server {
-    role: Role,
-    url: DatabaseUrl,
-    weight: u32,
-    pool: Pool<Manager>,
-    health: Arc<Health>,
-}
-
-impl Server {
-    fn new(config: &Config, role: Role, url: DatabaseUrl, weight: u32) -> Result<Self, BuildError> {
-        // A replica read that meets a dead pooled connection is retried elsewhere, so replica
-        // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
-        let verify_checkouts = role == Role::Primary && config.verify_primary_checkouts();
-        let manager = Manager::new(role, url.clone(), config.verify_roles(), verify_checkouts);
-        let pool = Pool::builder(manager)
-            .max_size(config.max_size())
-            .wait_timeout(Some(config.checkout_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.connect_timeout()))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|source| BuildError::Pool {
-                role,
-                url: url.redacted().clone(),
-                source,
-            })?;
-        Ok(Server {
-            role,
-            url,
-            weight,
-            pool,
-            health: Arc::new(Health::new(role)),
-        })
-    }
-
-    pub(crate) fn role(&self) -> Role {
-        self.role
-    }
-
-    pub(crate) fn url(&self) -> &RedactedUrl {
-        self.url.redacted()
-    }
-
-    pub(crate) fn database_url(&self) -> &DatabaseUrl {
-        &self.url
-    }
-
-    pub(crate) fn weight(&self) -> u32 {
-        self.weight
-    }
-
-    pub(crate) fn health(&self) -> &Arc<Health> {
-        &self.health
-    }
-
-    pub(crate) fn pool_status(&self) -> deadpool::Status {
-        self.pool.status()
-    }
-
-    /// Checks a connection out of this server's pool.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::PoolExhausted`] when every connection stayed in use for the checkout timeout;
-    /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
-    /// else [`Error::Checkout`].
-    pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        self.pool.get().await.map_err(|e| self.checkout_error(e))
-    }
-
-    fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {
-        let timeouts = self.pool.timeouts();
-        let timeout = |t: Option<Duration>| t.unwrap_or_default();
-        let source = match error {
-            PoolError::Timeout(TimeoutType::Wait) => {
-                return Error::PoolExhausted {
-                    role: self.role,
-                    url: self.url().clone(),
-                    timeout: timeout(timeouts.wait),
-                    max_size: self.pool.status().max_size,
-                };
-            }
-            PoolError::Backend(ConnectError::WrongRole { .. }) => return self.wrong_role(),
-            PoolError::Backend(e) => CheckoutError::Connect(e),
-            PoolError::Timeout(TimeoutType::Create) => {
-                CheckoutError::ConnectTimeout(timeout(timeouts.create))
-            }
-            PoolError::Timeout(TimeoutType::Recycle) => {
-                CheckoutError::RecycleTimeout(timeout(timeouts.recycle))
-            }
-            PoolError::Closed => CheckoutError::Closed,
-            PoolError::NoRuntimeSpecified => CheckoutError::NoRuntime,
-            PoolError::PostCreateHook(HookError::Backend(e)) => CheckoutError::Connect(e),
-            // No post-create hook with messages is installed.
-            PoolError::PostCreateHook(HookError::Message(_)) => CheckoutError::Closed,
-        };
-        Error::Checkout {
-            role: self.role,
-            url: self.url().clone(),
-            source,
-        }
-    }
-
-    /// The error for this server found in the other role than configured.
-    pub(crate) fn wrong_role(&self) -> Error {
-        match self.role {
-            Role::Primary => Error::PrimaryIsStandby {
-                url: self.url().clone(),
-            },
-            role => Error::ReplicaIsPrimary {
-                role,
-                url: self.url().clone(),
-            },
-        }
     }
 }

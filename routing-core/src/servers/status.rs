@@ -12,8 +12,12 @@ use crate::url::RedactedUrl;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolStatus {
-    /// The primary first, then the replicas in configuration order.
+    /// The primary first, then the replicas in configuration order; or, for a pool that
+    /// discovers its primary, every node in the order its URL lists them.
     pub servers: Vec<ServerStatus>,
+    /// Why a pool that discovers its primary has none now (a failover under way, every node a
+    /// standby, a split brain); `None` when it has one, and for a pool with a fixed primary.
+    pub no_primary: Option<String>,
     /// Causal tokens ignored because they claimed a WAL position the primary had not reached
     /// or a time in the future.
     pub forged_tokens: u64,
@@ -26,8 +30,10 @@ pub struct PoolStatus {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ServerStatus {
-    /// Primary or replica `n`.
+    /// Primary, replica `n`, or node `n` of a pool that discovers its primary.
     pub role: Role,
+    /// Whether this server is the primary now.
+    pub primary: bool,
     /// Its URL, password redacted.
     pub url: RedactedUrl,
     /// False while the server is banned (a replica that failed, until a probe succeeds).
@@ -68,19 +74,34 @@ impl RoutedPool {
     /// # }
     /// ```
     pub fn status(&self) -> PoolStatus {
+        let primary = self.shared.primary_node();
         PoolStatus {
-            servers: self.shared.servers().map(server_status).collect(),
+            servers: self
+                .shared
+                .servers()
+                .map(|server| server_status(server, primary))
+                .collect(),
+            no_primary: self
+                .shared
+                .discovers()
+                .then(|| self.shared.topology().missing())
+                .flatten(),
             forged_tokens: self.shared.tokens().forged(),
             learned_statements: self.shared.learned().len(),
         }
     }
 }
 
-fn server_status(server: &Server) -> ServerStatus {
+fn server_status(server: &Server, primary_node: Option<usize>) -> ServerStatus {
     let health = server.health();
     let pool = server.pool_status();
     ServerStatus {
         role: server.role(),
+        primary: match server.role() {
+            Role::Primary => true,
+            Role::Node(index) => primary_node == Some(index),
+            _ => false,
+        },
         url: server.url().clone(),
         healthy: !health.is_banned(),
         ban_reason: health.ban_reason(),
@@ -125,7 +146,11 @@ impl fmt::Display for PoolStatus {
             writeln!(
                 f,
                 "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
-                server.role.to_string(),
+                if server.primary && server.role != Role::Primary {
+                    format!("{} (P)", server.role)
+                } else {
+                    server.role.to_string()
+                },
                 if server.healthy { "up" } else { "banned" },
                 server.weight,
                 millis(server.lag),
@@ -144,6 +169,9 @@ impl fmt::Display for PoolStatus {
                     .as_deref()
                     .map_or_else(String::new, |reason| format!(" ({reason})")),
             )?;
+        }
+        if let Some(why) = &self.no_primary {
+            writeln!(f, "no primary: {why}")?;
         }
         if self.forged_tokens > 0 || self.learned_statements > 0 {
             writeln!(

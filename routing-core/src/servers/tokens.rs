@@ -21,6 +21,9 @@ pub(crate) struct Tokens {
     forged: AtomicU64,
     /// Permits for reads that wait for a replica to replay their token.
     waits: Semaphore,
+    /// When a discovering pool last saw its primary change, and the new primary's position
+    /// then: tokens of writes from before, beyond that position, were never replicated.
+    switch: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 /// What a token's check found.
@@ -40,7 +43,26 @@ impl Tokens {
             primary_lsn: AtomicU64::new(0),
             forged: AtomicU64::new(0),
             waits: Semaphore::new(max_waits),
+            switch: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Notes that a new primary took over at `at_ms`, standing at `lsn` (when known).
+    pub(crate) fn note_switch(&self, at_ms: u64, lsn: Option<u64>) {
+        if let Some(lsn) = lsn {
+            // Positions the old primary reached but never replicated are not the new one's.
+            self.primary_lsn.store(lsn, Ordering::Relaxed);
+            *self.switch.lock().unwrap_or_else(|e| e.into_inner()) = Some((at_ms, lsn));
+        }
+    }
+
+    /// Whether `token` is of a write from before the last change of primary that the new
+    /// primary never received: no server will ever have replayed it.
+    pub(crate) fn lost_in_failover(&self, token: &CausalToken) -> bool {
+        self.switch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|(at_ms, lsn)| token.written_at_ms() < at_ms && token.lsn() > lsn)
     }
 
     /// Notes that the primary stood at `lsn`.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 
+mod nodes;
+
 use super::{Server, Shared, catalog, connect};
 use crate::config::HealthCheck;
 use crate::error::ConnectError;
@@ -17,6 +19,9 @@ use crate::url::DatabaseUrl;
 
 /// The `application_name` of the probe's sessions.
 const APPLICATION_NAME: &str = "routing-core health probe";
+
+/// The shortest pause between two rounds, however often the probe is asked to look again.
+const MIN_PAUSE: Duration = Duration::from_millis(50);
 
 /// Starts the probe of `shared`'s replicas, once, when called from a tokio runtime (code
 /// outside one, such as a benchmark of decisions, starts none).
@@ -59,7 +64,7 @@ pub(crate) fn start(shared: &Arc<Shared>) {
 /// Samples of the primary's WAL position, oldest first, to turn a replica's replay position into
 /// a time lag that reads zero while the primary is idle.
 #[derive(Debug, Default)]
-struct WalHistory {
+pub(super) struct WalHistory {
     samples: VecDeque<(Instant, u64)>,
     /// Whether older samples were dropped: a replica behind the oldest kept one lags more than
     /// can be told.
@@ -69,7 +74,7 @@ struct WalHistory {
 impl WalHistory {
     const KEEP: Duration = Duration::from_secs(600);
 
-    fn push(&mut self, at: Instant, lsn: u64) {
+    pub(super) fn push(&mut self, at: Instant, lsn: u64) {
         if self.samples.back().is_some_and(|(_, last)| *last == lsn) {
             // Idle: the oldest sample at this position says since when it has been there.
             return;
@@ -87,7 +92,7 @@ impl WalHistory {
 
     /// How long ago the primary first stood past `replay`: zero for a replica that has replayed
     /// every sample, unbounded for one behind every sample kept after older ones were dropped.
-    fn lag(&self, replay: u64, now: Instant) -> Duration {
+    pub(super) fn lag(&self, replay: u64, now: Instant) -> Duration {
         match self.samples.iter().position(|(_, lsn)| *lsn > replay) {
             None => Duration::ZERO,
             Some(0) if self.pruned => Duration::MAX,
@@ -109,49 +114,60 @@ impl Drop for Restartable {
 }
 
 async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
+    let Some(wake) = pool.upgrade().map(|shared| shared.topology.wake()) else {
+        return;
+    };
     let mut primary: Option<AsyncPgConnection> = None;
-    let mut replicas: Vec<Option<AsyncPgConnection>> = Vec::new();
+    let mut sessions: Vec<Option<AsyncPgConnection>> = Vec::new();
     let mut history = WalHistory::default();
     let mut ticker = tokio::time::interval(schedule.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = wake.notified() => {}
+        }
         let Some(shared) = pool.upgrade() else {
             return;
         };
-        replicas.resize_with(shared.replicas.len(), || None);
-        let primary_lsn = probe_primary(
-            shared.primary.database_url(),
-            &mut primary,
-            schedule.timeout,
-        )
-        .await;
-        if let Some(lsn) = primary_lsn {
-            history.push(Instant::now(), lsn);
-            shared.tokens.note_primary(lsn);
+        sessions.resize_with(shared.replicas.len(), || None);
+        match &shared.primary {
+            Some(server) => {
+                let primary_lsn =
+                    probe_primary(server.database_url(), &mut primary, schedule.timeout).await;
+                if let Some(lsn) = primary_lsn {
+                    history.push(Instant::now(), lsn);
+                    shared.tokens.note_primary(lsn);
+                }
+                let verify_roles = shared.config.verify_roles();
+                let probes =
+                    shared
+                        .replicas
+                        .iter()
+                        .zip(sessions.iter_mut())
+                        .map(|(server, conn)| {
+                            probe_replica(
+                                server,
+                                conn,
+                                primary_lsn,
+                                &history,
+                                schedule.timeout,
+                                verify_roles,
+                            )
+                        });
+                join_all(probes).await;
+            }
+            None => nodes::probe(&shared, &mut sessions, &mut history, schedule.timeout).await,
         }
-        let verify_roles = shared.config.verify_roles();
-        let probes = shared
-            .replicas
-            .iter()
-            .zip(replicas.iter_mut())
-            .map(|(server, conn)| {
-                probe_replica(
-                    server,
-                    conn,
-                    primary_lsn,
-                    &history,
-                    schedule.timeout,
-                    verify_roles,
-                )
-            });
-        join_all(probes).await;
+        drop(shared);
+        // A burst of requests to look again costs at most one round per this pause.
+        tokio::time::sleep(MIN_PAUSE).await;
     }
 }
 
 /// Why one probe failed.
 #[derive(Debug, thiserror::Error)]
-enum ProbeError {
+pub(super) enum ProbeError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("probe query failed: {0}")]
@@ -159,7 +175,7 @@ enum ProbeError {
 }
 
 /// The probe's session to `url`, opened when there is none.
-async fn session<'c>(
+pub(super) async fn session<'c>(
     url: &DatabaseUrl,
     conn: &'c mut Option<AsyncPgConnection>,
 ) -> Result<&'c mut AsyncPgConnection, ProbeError> {
