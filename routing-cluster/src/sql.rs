@@ -70,7 +70,8 @@ async fn with_client<T>(
 ) -> Result<T, ClusterError> {
     let run = async {
         let url = format!("{}?connect_timeout=5", url(port));
-        let (client, connection) = tokio_postgres::connect(&url, internal_connector())
+        // Boxed: the TLS handshake's future is deep, and it would nest in every caller's.
+        let (client, connection) = Box::pin(tokio_postgres::connect(&url, internal_connector()))
             .await
             .map_err(|err| query_error(server, sql, "cannot connect", err))?;
         let driver = tokio::spawn(connection);
