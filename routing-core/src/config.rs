@@ -65,6 +65,8 @@ pub(crate) struct Config {
     verify_roles: bool,
     verify_primary_checkouts: bool,
     classifier: Classifier,
+    #[cfg(feature = "rustls")]
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -85,6 +87,8 @@ impl Config {
             verify_roles: true,
             verify_primary_checkouts: true,
             classifier: Classifier::new(),
+            #[cfg(feature = "rustls")]
+            tls_config: None,
         }
     }
 
@@ -178,6 +182,11 @@ impl Config {
 
     pub(crate) fn classifier(&self) -> &Classifier {
         &self.classifier
+    }
+
+    #[cfg(feature = "rustls")]
+    pub(crate) fn tls_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls_config.as_ref()
     }
 }
 
@@ -363,6 +372,18 @@ impl RoutedPoolBuilder {
     /// Default: [`Classifier::new`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.config.classifier = classifier;
+        self
+    }
+
+    /// The TLS client configuration of every connection of the pool (its sessions, the health
+    /// probe, [`check`](crate::RoutedPool::check), migrations): client certificates, roots of
+    /// your own. It replaces what the URLs' `sslrootcert` and `sslmode` say about verifying
+    /// the server; `sslmode` still decides whether TLS is used (`disable`: never) and required
+    /// (`prefer`, the default, falls back to plain TCP when the server offers no TLS: set
+    /// `sslmode=require` or stronger to make it mandatory). Default: none, the URLs decide.
+    #[cfg(feature = "rustls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.config.tls_config = Some(config);
         self
     }
 }

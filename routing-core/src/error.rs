@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::servers::TlsError;
 use crate::url::{RedactedUrl, UrlError};
 
 /// Which server of a [`RoutedPool`](crate::RoutedPool) an error or a decision concerns.
@@ -108,6 +109,9 @@ pub enum ConnectError {
     /// The server could not be reached or refused the login.
     #[error("cannot connect: {0}")]
     Connect(#[source] tokio_postgres::Error),
+    /// TLS could not be set up, or the server's certificate was refused.
+    #[error("cannot connect over TLS: {0}")]
+    Tls(#[source] TlsError),
     /// diesel-async could not set the session up.
     #[error("cannot set up the session: {0}")]
     Session(#[source] diesel::ConnectionError),

@@ -50,7 +50,10 @@ pub use routing_derive::ReadReplicaControl;
 /// Gives a function handler a [`ReadReplicaControl`] policy, like the derive does for types.
 #[cfg(feature = "derive")]
 pub use routing_derive::use_read_replica;
-pub use servers::{PoolStatus, RoutedPool, ServerStatus};
+/// The rustls version of [`RoutedPoolBuilder::tls_config`], for building a `ClientConfig`.
+#[cfg(feature = "rustls")]
+pub use rustls;
+pub use servers::{PoolStatus, RoutedPool, ServerStatus, TlsError};
 pub use url::{RedactedUrl, UrlError};
 #[cfg(feature = "tower")]
 pub use web::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};

@@ -43,14 +43,32 @@ impl std::fmt::Debug for Migrator {
 }
 
 impl Migrator {
-    /// Connects to the primary at `primary_url` and checks that it is not a standby.
+    /// Connects to the primary at `primary_url` and checks that it is not a standby. The URL's
+    /// `sslmode` and `sslrootcert` apply as for a pool's connections.
     ///
     /// # Errors
     ///
     /// An invalid URL, a failed connection, or [`Error::PrimaryIsStandby`].
     pub async fn connect(primary_url: &str) -> Result<Self, Error> {
-        let url = DatabaseUrl::parse(primary_url)
-            .map_err(|source| BuildError::invalid_url("primary", primary_url, source))?;
+        Self::open(parse(primary_url)?).await
+    }
+
+    /// As [`Migrator::connect`], with `tls_config` as the TLS client configuration (see
+    /// [`RoutedPoolBuilder::tls_config`](crate::RoutedPoolBuilder::tls_config)).
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::connect`].
+    #[cfg(feature = "rustls")]
+    pub async fn connect_with_tls_config(
+        primary_url: &str,
+        tls_config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, Error> {
+        Self::open(parse(primary_url)?.with_tls_config(Some(tls_config))).await
+    }
+
+    /// Connects to `url` and refuses a standby.
+    async fn open(url: DatabaseUrl) -> Result<Self, Error> {
         let mut conn = connect::open(&url, None)
             .await
             .map_err(|source| Error::Connect {
@@ -193,9 +211,15 @@ impl Migrator {
     }
 }
 
+/// `primary_url`, validated.
+fn parse(primary_url: &str) -> Result<DatabaseUrl, BuildError> {
+    DatabaseUrl::parse(primary_url)
+        .map_err(|source| BuildError::invalid_url("primary", primary_url, source))
+}
+
 impl RoutedPool {
     /// Applies every pending migration of `source` on this pool's primary, on a connection of its
-    /// own (see [`Migrator`]); returns the names applied.
+    /// own (see [`Migrator`]) made like the pool's, TLS included; returns the names applied.
     ///
     /// # Errors
     ///
@@ -204,7 +228,7 @@ impl RoutedPool {
     where
         S: MigrationSource<Pg> + Send + 'static,
     {
-        Migrator::connect(self.shared().primary().database_url().secret())
+        Migrator::open(self.shared().primary().database_url().clone())
             .await?
             .run_pending(source)
             .await

@@ -1,15 +1,17 @@
 //! How the router opens server connections: one `open` for every connection it makes (pools,
-//! health probe, startup checks), and the deadpool [`Manager`] of each server's pool.
+//! health probe, startup checks, migrations), over TLS as the URL says (see `tls`), and the
+//! deadpool [`Manager`] of each server's pool.
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
 
-use super::catalog;
+use super::{catalog, tls};
 use crate::error::{ConnectError, Role};
 use crate::url::DatabaseUrl;
 
-/// Opens a session to `url`, with `application_name` when given (else the URL's own).
+/// Opens a session to `url`, with `application_name` when given (else the URL's own), over TLS
+/// as its `sslmode` and `sslrootcert` (or its pool's `rustls::ClientConfig`) say.
 pub(crate) async fn open(
     url: &DatabaseUrl,
     application_name: Option<&str>,
@@ -18,10 +20,11 @@ pub(crate) async fn open(
     if let Some(name) = application_name {
         config.application_name(name);
     }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    let connector = tls::connector(url).map_err(ConnectError::Tls)?;
+    // Boxed: the TLS handshake's future is deep, and connecting is no hot path.
+    let (client, connection) = Box::pin(config.connect(connector))
         .await
-        .map_err(ConnectError::Connect)?;
+        .map_err(|error| tls::connect_error(url, error))?;
     AsyncPgConnection::try_from_client_and_connection(client, connection)
         .await
         .map_err(ConnectError::Session)

@@ -8,6 +8,7 @@ pub(crate) mod connect;
 mod health;
 pub(crate) mod probe;
 mod status;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::{Health, Lease};
 pub use status::{PoolStatus, ServerStatus};
+pub use tls::TlsError;
 
 /// A pooled connection to one server.
 pub(crate) type PooledConn = Object<Manager>;
@@ -66,7 +68,11 @@ impl RoutedPool {
     /// Makes the servers of `config`; connects nowhere.
     pub(crate) fn new(config: Config) -> Result<RoutedPool, BuildError> {
         let parse = |what: String, url: &str| {
-            DatabaseUrl::parse(url).map_err(|source| BuildError::invalid_url(what, url, source))
+            let parsed = DatabaseUrl::parse(url)
+                .map_err(|source| BuildError::invalid_url(what, url, source))?;
+            #[cfg(feature = "rustls")]
+            let parsed = parsed.with_tls_config(config.tls_config().cloned());
+            Ok::<_, BuildError>(parsed)
         };
         let primary_url = parse("primary".to_owned(), config.primary().expose())?;
         let replica_urls = config
