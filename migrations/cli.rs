@@ -532,7 +532,7 @@ impl Target {
 
 /// Parses `url` (already validated by routing-core; this only fails if the parsers disagree).
 fn parse(what: &str, url: &str) -> Result<tokio_postgres::Config, CliError> {
-    url.parse().map_err(|_| {
+    routing_core::__private::connection_config(url).ok_or_else(|| {
         CliError::Config(Error::Build(routing_core::BuildError::InvalidUrl {
             what: what.to_owned(),
             url: RedactedUrl::new(url),

@@ -69,6 +69,15 @@ pub mod __private {
         builder.replica_secrets().map(str::to_owned).collect()
     }
 
+    /// The connection settings of `url` as the router reads it: libpq's TLS parameters that
+    /// tokio-postgres does not know (`sslmode=verify-full`, `sslrootcert`) taken out; `None` when
+    /// it is invalid.
+    pub fn connection_config(url: &str) -> Option<tokio_postgres::Config> {
+        crate::url::DatabaseUrl::parse(url)
+            .ok()
+            .map(|url| url.config().clone())
+    }
+
     /// The routing decision for `query` on `conn`, without running it: the replica a read would
     /// try first, or `None` for the primary. Classifies (or takes the cached classification),
     /// reads the routing scope and applies the replica policy; opens no connection. A write marks
