@@ -9,5 +9,6 @@ mod migrations;
 mod routing;
 mod support;
 mod survival;
+mod tls;
 mod transactions;
 mod web;
