@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{ClusterError, LocalCluster};
+use crate::{ClusterError, LocalCluster, PoolMode};
 
 /// The replica count when not set.
 const DEFAULT_REPLICAS: usize = 2;
@@ -18,6 +18,8 @@ pub struct ClusterBuilder {
     pub(crate) replicas: usize,
     pub(crate) bin_dir: Option<PathBuf>,
     pub(crate) timeout: Duration,
+    pub(crate) tls: bool,
+    pub(crate) pgbouncer: Option<PoolMode>,
 }
 
 impl Default for ClusterBuilder {
@@ -26,6 +28,8 @@ impl Default for ClusterBuilder {
             replicas: DEFAULT_REPLICAS,
             bin_dir: None,
             timeout: DEFAULT_TIMEOUT,
+            tls: false,
+            pgbouncer: None,
         }
     }
 }
@@ -47,6 +51,33 @@ impl ClusterBuilder {
     /// take before failing with [`ClusterError::Timeout`] (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Makes the servers accept TCP logins over TLS only (default off).
+    ///
+    /// At start the cluster makes a CA and a server certificate for `localhost`, `127.0.0.1`
+    /// and `::1` signed by it, installs them in every data directory, sets `ssl = on`, and puts
+    /// `hostnossl ... reject` lines first in `pg_hba.conf`. Client URLs
+    /// ([`LocalCluster::primary_url`], ...) then name `localhost` with `sslmode=verify-full`
+    /// and the CA as `sslrootcert` ([`LocalCluster::ca_cert_path`]);
+    /// [`LocalCluster::wrong_ca_cert_path`] is a second CA that signed nothing. Unix-socket
+    /// logins stay open.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Starts a PgBouncer in `mode` in front of the primary and of each replica, on free
+    /// loopback ports (default: none); see [`LocalCluster::bouncer_primary_url`] and
+    /// [`LocalCluster::bouncer_replica_urls`]. The bouncers trust the `postgres` user, give each
+    /// database a pool of 4 server connections and accept 500 clients; with
+    /// [`tls`](Self::tls) on, they require TLS from clients and verify the servers.
+    ///
+    /// Needs the `pgbouncer` program (`$PGBOUNCER`, `PATH` or `/usr/sbin`); without it,
+    /// [`start`](Self::start) fails with [`ClusterError::PgBouncerNotFound`].
+    pub fn pgbouncer(mut self, mode: PoolMode) -> Self {
+        self.pgbouncer = Some(mode);
         self
     }
 

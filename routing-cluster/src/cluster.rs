@@ -10,8 +10,10 @@ use tempfile::TempDir;
 
 use crate::binaries::PgBinaries;
 use crate::command::{RunAs, ServerCommand, output_tail};
+use crate::pgbouncer::Bouncers;
 use crate::server::{Context, Server};
 use crate::signals;
+use crate::tls::Tls;
 use crate::watchdog::Watchdog;
 use crate::{ClusterBuilder, ClusterError, setup};
 
@@ -25,6 +27,10 @@ pub struct LocalCluster {
     pub(crate) ctx: Context,
     pub(crate) primary: Server,
     pub(crate) replicas: Vec<Server>,
+    /// The certificates, with TLS on.
+    pub(crate) tls: Option<Tls>,
+    /// The PgBouncers, when asked for.
+    pub(crate) bouncers: Option<Bouncers>,
     dir: Option<TempDir>,
     watchdog: Option<Watchdog>,
 }
@@ -82,6 +88,11 @@ impl LocalCluster {
             make_dir(data_dir, 0o700, run_as)?;
         }
         let watchdog = Watchdog::spawn(&root, &bins.program("pg_ctl"), run_as, &data_dirs)?;
+        let tls = if options.tls {
+            Some(Tls::create(&root)?)
+        } else {
+            None
+        };
 
         // From here on, an early return drops `cluster`, which cleans up.
         let mut cluster = Self {
@@ -94,10 +105,15 @@ impl LocalCluster {
             },
             primary,
             replicas,
+            tls,
+            bouncers: None,
             dir: Some(dir),
             watchdog: Some(watchdog),
         };
         cluster.boot().await?;
+        if let Some(mode) = options.pgbouncer {
+            cluster.start_bouncers(mode).await?;
+        }
         tracing::info!(
             dir = %cluster.ctx.root.display(),
             primary_port = cluster.primary.port,
@@ -112,6 +128,9 @@ impl LocalCluster {
     async fn boot(&mut self) -> Result<(), ClusterError> {
         let ctx = &self.ctx;
         setup::init_primary(&self.primary, ctx, self.replicas.len()).await?;
+        if let Some(tls) = &self.tls {
+            tls.configure_primary(&self.primary, ctx).await?;
+        }
         self.primary.start_on_free_port(ctx).await?;
         self.primary.state.get_mut().running = true;
 
@@ -131,16 +150,21 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The primary's URL, `postgres://postgres@127.0.0.1:{port}/postgres`.
+    /// The primary's URL, `postgres://postgres@127.0.0.1:{port}/postgres`; with
+    /// [TLS](ClusterBuilder::tls) on,
+    /// `postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}`.
     #[must_use]
     pub fn primary_url(&self) -> String {
-        self.primary.url()
+        self.client_url(self.primary.port)
     }
 
-    /// The URL of every replica, by index.
+    /// The URL of every replica, by index, in the form of [`LocalCluster::primary_url`].
     #[must_use]
     pub fn replica_urls(&self) -> Vec<String> {
-        self.replicas.iter().map(Server::url).collect()
+        self.replicas
+            .iter()
+            .map(|replica| self.client_url(replica.port))
+            .collect()
     }
 
     /// The URL of replica `index`.
@@ -150,7 +174,7 @@ impl LocalCluster {
     /// If `index` is not below [`LocalCluster::replica_count`].
     #[must_use]
     pub fn replica_url(&self, index: usize) -> String {
-        self.replica_or_panic(index).url()
+        self.client_url(self.replica_or_panic(index).port)
     }
 
     /// The primary's TCP port on 127.0.0.1.
@@ -187,7 +211,7 @@ impl LocalCluster {
         self.ctx.bins.dir()
     }
 
-    /// Stops every server and removes the directory, like `Drop` but
+    /// Stops every bouncer and server and removes the directory, like `Drop` but
     /// reporting failures. Blocks the thread until done.
     ///
     /// # Errors
@@ -220,7 +244,8 @@ impl LocalCluster {
         let Some(dir) = self.dir.take() else {
             return Ok(());
         };
-        let mut errors = Vec::new();
+        // Bouncers first: they would keep reconnecting to the servers.
+        let mut errors = self.stop_bouncers();
         let mut stopping: Vec<(ServerCommand, Child)> = Vec::new();
         for server in self.replicas.iter().chain(std::iter::once(&self.primary)) {
             let postmaster = match signals::postmaster_pid(&server.data_dir) {
@@ -300,6 +325,15 @@ impl fmt::Debug for LocalCluster {
             .field(
                 "replica_ports",
                 &self.replicas.iter().map(|r| r.port).collect::<Vec<_>>(),
+            )
+            .field("tls", &self.tls.is_some())
+            .field(
+                "bouncer_ports",
+                &self
+                    .bouncers
+                    .iter()
+                    .flat_map(|b| b.all().map(|bouncer| bouncer.port))
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }

@@ -102,6 +102,22 @@ pub enum ClusterError {
         detail: String,
     },
 
+    /// The `pgbouncer` program could not be found.
+    #[error(
+        "pgbouncer not found in {searched}; install it (Debian/Ubuntu: apt-get install pgbouncer)"
+    )]
+    PgBouncerNotFound {
+        /// Where it was looked for.
+        searched: String,
+    },
+
+    /// The TLS certificates could not be made.
+    #[error("cannot make the TLS certificates: {reason}")]
+    Certificates {
+        /// Why.
+        reason: String,
+    },
+
     /// The process-wide shared cluster failed to start (see [`crate::shared`]).
     #[error("the shared cluster failed to start: {message}")]
     SharedStartFailed {

@@ -12,6 +12,10 @@
 //! `$PG_BIN_DIR`, `PATH` or `/usr/lib/postgresql/*/bin`. When run as root,
 //! the servers run as the `postgres` system user through `runuser`.
 //!
+//! Options: [`ClusterBuilder::tls`] makes the servers accept TCP logins over
+//! TLS only, with a throwaway CA; [`ClusterBuilder::pgbouncer`] puts a
+//! PgBouncer in front of each server (needs the `pgbouncer` program).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), routing_cluster::ClusterError> {
 //! let cluster = routing_cluster::LocalCluster::builder().replicas(1).start().await?;
@@ -28,6 +32,7 @@ mod command;
 mod error;
 mod faults;
 mod patroni;
+mod pgbouncer;
 mod poll;
 mod ports;
 mod replication;
@@ -36,10 +41,12 @@ mod setup;
 mod shared;
 mod signals;
 mod sql;
+mod tls;
 mod watchdog;
 
 pub use builder::ClusterBuilder;
 pub use cluster::LocalCluster;
 pub use error::ClusterError;
 pub use patroni::{PatroniBuilder, PatroniCluster};
+pub use pgbouncer::PoolMode;
 pub use shared::shared;

@@ -79,11 +79,6 @@ impl Server {
         }
     }
 
-    /// The connection URL.
-    pub(crate) fn url(&self) -> String {
-        sql::url(self.port)
-    }
-
     /// Appends settings to `postgresql.conf` (later lines win).
     pub(crate) async fn append_config(&self, lines: &str) -> Result<(), ClusterError> {
         append(&self.data_dir.join("postgresql.conf"), lines).await

@@ -2,15 +2,18 @@
 //!
 //! No connection outlives a call: a tokio-postgres connection is driven by a
 //! task on the runtime that spawned it, and every `#[tokio::test]` has its
-//! own runtime that ends with the test.
+//! own runtime that ends with the test. Connections use TLS when the server
+//! offers it (see [`crate::tls::internal_connector`]), so they work on a
+//! cluster that refuses plain TCP logins too.
 
 use std::error::Error as _;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
+use tokio_postgres::Client;
 use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::ClusterError;
+use crate::tls::internal_connector;
 
 /// How long connecting plus running one control query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,24 +35,53 @@ pub(crate) async fn query_value<T>(
 where
     T: for<'a> FromSql<'a>,
 {
-    let work = async {
-        let url = format!("{}?connect_timeout=5", url(port));
-        let (client, connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .map_err(|err| query_error(server, sql, "cannot connect", err))?;
-        let driver = tokio::spawn(connection);
-        let value = match client.query_one(sql, params).await {
+    with_client(server, port, sql, async |client| {
+        match client.query_one(sql, params).await {
             Ok(row) => row
                 .try_get(0)
                 .map_err(|err| query_error(server, sql, "cannot read the result", err)),
             Err(err) => Err(query_error(server, sql, "", err)),
-        };
+        }
+    })
+    .await
+}
+
+/// Connects to the server on `port` and runs `sql` with the simple query
+/// protocol, which a transaction-mode PgBouncer passes through like any
+/// other, ignoring what it returns.
+pub(crate) async fn simple_query(server: &str, port: u16, sql: &str) -> Result<(), ClusterError> {
+    with_client(server, port, sql, async |client| {
+        client
+            .simple_query(sql)
+            .await
+            .map(drop)
+            .map_err(|err| query_error(server, sql, "", err))
+    })
+    .await
+}
+
+/// Connects to the server on `port`, runs `work` on the client (`sql` names
+/// it in errors) and disconnects, all within [`QUERY_TIMEOUT`].
+async fn with_client<T>(
+    server: &str,
+    port: u16,
+    sql: &str,
+    work: impl AsyncFnOnce(&Client) -> Result<T, ClusterError>,
+) -> Result<T, ClusterError> {
+    let run = async {
+        let url = format!("{}?connect_timeout=5", url(port));
+        // Boxed: the TLS handshake's future is deep, and it would nest in every caller's.
+        let (client, connection) = Box::pin(tokio_postgres::connect(&url, internal_connector()))
+            .await
+            .map_err(|err| query_error(server, sql, "cannot connect", err))?;
+        let driver = tokio::spawn(connection);
+        let value = work(&client).await;
         drop(client);
         // The driver ends once the client is gone; its own error is moot.
         let _ = driver.await;
         value
     };
-    tokio::time::timeout(QUERY_TIMEOUT, work)
+    tokio::time::timeout(QUERY_TIMEOUT, run)
         .await
         .map_err(|_| ClusterError::Timeout {
             what: format!("query `{sql}` on {server}"),

@@ -3,7 +3,8 @@
 //! A `static` is never dropped and a killed process runs no destructors, so
 //! every cluster starts a small `sh` process that reads from a pipe we hold.
 //! When our process is gone the kernel closes the pipe, `read` returns, and
-//! the script stops every server and removes the directory. After a normal
+//! the script kills every PgBouncer (found by the pid files under
+//! `pgbouncer/`), stops every server and removes the directory. After a normal
 //! cleanup we write `done` and it exits without doing anything.
 
 use std::io::Write;
@@ -22,6 +23,14 @@ IFS= read -r line
 [ "$line" = done ] && exit 0
 root=$1 pg_ctl=$2 as_postgres=$3
 shift 3
+for pidfile in "$root"/pgbouncer/*/pgbouncer.pid; do
+  [ -f "$pidfile" ] || continue
+  pid=$(head -n 1 "$pidfile")
+  case $pid in
+    ''|*[!0-9]*) ;;
+    *) grep -q pgbouncer "/proc/$pid/comm" 2>/dev/null && kill -KILL "$pid" ;;
+  esac
+done
 for dir in "$@"; do
   [ -f "$dir/postmaster.pid" ] || continue
   pm=$(head -n 1 "$dir/postmaster.pid")

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     first_row_timeout: Option<Duration>,
     max_causal_waits: Option<usize>,
     primary_wait: Option<Duration>,
+    #[cfg(feature = "rustls")]
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -91,6 +93,8 @@ impl Config {
             first_row_timeout: None,
             max_causal_waits: None,
             primary_wait: None,
+            #[cfg(feature = "rustls")]
+            tls_config: None,
         }
     }
 
@@ -209,6 +213,11 @@ impl Config {
     pub(crate) fn max_causal_waits(&self) -> usize {
         self.max_causal_waits
             .unwrap_or_else(|| (self.max_size / 4).max(1))
+    }
+
+    #[cfg(feature = "rustls")]
+    pub(crate) fn tls_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls_config.as_ref()
     }
 }
 
@@ -424,6 +433,18 @@ impl RoutedPoolBuilder {
     /// Default: [`Classifier::new`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.config.classifier = classifier;
+        self
+    }
+
+    /// The TLS client configuration of every connection of the pool (its sessions, the health
+    /// probe, [`check`](crate::RoutedPool::check), migrations): client certificates, roots of
+    /// your own. It replaces what the URLs' `sslrootcert` and `sslmode` say about verifying
+    /// the server; `sslmode` still decides whether TLS is used (`disable`: never) and required
+    /// (`prefer`, the default, falls back to plain TCP when the server offers no TLS: set
+    /// `sslmode=require` or stronger to make it mandatory). Default: none, the URLs decide.
+    #[cfg(feature = "rustls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.config.tls_config = Some(config);
         self
     }
 }

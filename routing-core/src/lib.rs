@@ -39,7 +39,7 @@ pub use context::{
     with_causal_token, with_max_lag, with_primary, with_read_replica, with_read_replica_sync,
 };
 pub use control::ReadReplicaControl;
-pub use error::{BuildError, CheckoutError, ConnectError, Error, Role};
+pub use error::{BuildError, CheckoutError, ConnectError, Error, Role, TlsError};
 #[cfg(feature = "migrations")]
 pub use migrate::{Migrator, MigratorBuilder};
 pub use policy::{Candidate, LeastOutstanding, LowestLatency, Random, ReplicaPolicy, RoundRobin};
@@ -50,6 +50,9 @@ pub use routing_derive::ReadReplicaControl;
 /// Gives a function handler a [`ReadReplicaControl`] policy, like the derive does for types.
 #[cfg(feature = "derive")]
 pub use routing_derive::use_read_replica;
+/// The rustls version of [`RoutedPoolBuilder::tls_config`], for building a `ClientConfig`.
+#[cfg(feature = "rustls")]
+pub use rustls;
 pub use servers::{PoolStatus, RoutedPool, ServerStatus};
 pub use url::{RedactedUrl, UrlError};
 #[cfg(feature = "tower")]
@@ -60,6 +63,15 @@ pub use web::{ReadReplicaLayer, ReadReplicaService, ResponseFuture};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::control::ReadReplicaControl;
+
+    /// The connection settings of `url` as the router reads it: libpq's TLS parameters that
+    /// tokio-postgres does not know (`sslmode=verify-full`, `sslrootcert`) taken out; `None` when
+    /// it is invalid.
+    pub fn connection_config(url: &str) -> Option<tokio_postgres::Config> {
+        crate::url::DatabaseUrl::parse(url)
+            .ok()
+            .map(|url| url.config().clone())
+    }
 
     /// The routing decision for `query` on `conn`, without running it: the replica a read would
     /// try first, or `None` for the primary. Classifies (or takes the cached classification),

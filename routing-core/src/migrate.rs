@@ -59,10 +59,13 @@ impl Migrator {
         MigratorBuilder {
             primary: primary_url.into(),
             replicas: Vec::new(),
+            #[cfg(feature = "rustls")]
+            tls_config: None,
         }
     }
 
-    /// Connects to the primary at `primary_url` and checks that it is not a standby.
+    /// Connects to the primary at `primary_url` and checks that it is not a standby. The URL's
+    /// `sslmode` and `sslrootcert` apply as for a pool's connections.
     ///
     /// # Errors
     ///
@@ -81,6 +84,23 @@ impl Migrator {
     /// As [`MigratorBuilder::from_vars`] and [`MigratorBuilder::connect`].
     pub async fn from_env() -> Result<Self, Error> {
         MigratorBuilder::from_vars(|name| std::env::var(name).ok())?
+            .connect()
+            .await
+    }
+
+    /// As [`Migrator::connect`], with `tls_config` as the TLS client configuration (see
+    /// [`RoutedPoolBuilder::tls_config`](crate::RoutedPoolBuilder::tls_config)).
+    ///
+    /// # Errors
+    ///
+    /// As [`Migrator::connect`].
+    #[cfg(feature = "rustls")]
+    pub async fn connect_with_tls_config(
+        primary_url: &str,
+        tls_config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, Error> {
+        Self::builder(primary_url)
+            .tls_config(tls_config)
             .connect()
             .await
     }
@@ -233,8 +253,9 @@ impl Migrator {
 
 impl RoutedPool {
     /// Applies every pending migration of `source` on this pool's primary, on a connection of its
-    /// own (see [`Migrator`]); returns the names applied. A primary that designates the same
-    /// server as one of the pool's replicas is refused before connecting.
+    /// own (see [`Migrator`]) made like the pool's, TLS included; returns the names applied. A
+    /// primary that designates the same server as one of the pool's replicas is refused before
+    /// connecting.
     ///
     /// # Errors
     ///
@@ -251,12 +272,14 @@ impl RoutedPool {
             .iter()
             .filter(|server| server.has_fixed_role())
             .map(|replica| replica.database_url().secret());
-        Migrator::builder(shared.config().primary().expose())
-            .refuse_replicas(replicas)
-            .connect()
-            .await?
-            .run_pending(source)
-            .await
+        let builder =
+            Migrator::builder(shared.config().primary().expose()).refuse_replicas(replicas);
+        #[cfg(feature = "rustls")]
+        let builder = match shared.config().tls_config() {
+            Some(tls_config) => builder.tls_config(std::sync::Arc::clone(tls_config)),
+            None => builder,
+        };
+        builder.connect().await?.run_pending(source).await
     }
 }
 
@@ -270,6 +293,8 @@ impl RoutedPool {
 pub struct MigratorBuilder {
     primary: String,
     replicas: Vec<String>,
+    #[cfg(feature = "rustls")]
+    tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for MigratorBuilder {
@@ -309,6 +334,15 @@ impl MigratorBuilder {
         Ok(builder)
     }
 
+    /// Connects with `config` as the TLS client configuration (see
+    /// [`RoutedPoolBuilder::tls_config`](crate::RoutedPoolBuilder::tls_config)) instead of one
+    /// made from the URL's `sslmode` and `sslrootcert`.
+    #[cfg(feature = "rustls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
     /// Adds read replicas to refuse: the primary URL must not designate the same server as any
     /// of them.
     pub fn refuse_replicas(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -326,7 +360,11 @@ impl MigratorBuilder {
     pub async fn connect(self) -> Result<Migrator, Error> {
         let (primary, replicas) = self.servers()?;
         target::refuse_replicas(&primary, &replicas)?;
-        Migrator::establish(primary.url).await
+        #[cfg(feature = "rustls")]
+        let url = primary.url.with_tls_config(self.tls_config);
+        #[cfg(not(feature = "rustls"))]
+        let url = primary.url;
+        Migrator::establish(url).await
     }
 
     /// The primary and the replicas, validated.

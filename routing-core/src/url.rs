@@ -4,6 +4,12 @@ mod hosts;
 mod redact;
 
 use std::fmt;
+#[cfg(feature = "rustls")]
+use std::sync::Arc;
+
+mod ssl;
+
+pub(crate) use ssl::{SslMode, SslParams};
 
 use redact::password_spans;
 
@@ -20,6 +26,9 @@ pub enum UrlError {
     /// tokio-postgres could not parse it; the message has any password removed.
     #[error("{0}")]
     Unparsable(String),
+    /// `sslmode` has a value libpq does not know, or one this crate does not support (`allow`).
+    #[error("invalid sslmode {0:?}: expected disable, prefer, require, verify-ca or verify-full")]
+    InvalidSslMode(String),
 }
 
 /// A connection string with its password replaced by `***`, safe to print and log.
@@ -79,39 +88,69 @@ impl fmt::Debug for SecretUrl {
 }
 
 /// A validated connection string: the secret original for connecting, the redacted form for
-/// everything else.
+/// everything else, its TLS parameters, and the pool's own TLS configuration if it has one.
 #[derive(Clone)]
 pub(crate) struct DatabaseUrl {
     secret: String,
     config: tokio_postgres::Config,
     redacted: RedactedUrl,
+    ssl: SslParams,
+    #[cfg(feature = "rustls")]
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DatabaseUrl {
-    /// Validates `url` with tokio-postgres's parser.
+    /// Validates `url`: libpq's TLS parameters (`sslmode`, `sslrootcert`) here, the rest with
+    /// tokio-postgres's parser, which is given the `sslmode` it knows.
     pub(crate) fn parse(url: &str) -> Result<Self, UrlError> {
         let redacted = RedactedUrl::new(url);
         if url.trim().is_empty() {
             return Err(UrlError::Empty);
         }
-        let config: tokio_postgres::Config = url
+        let (ssl, rest) = ssl::split(url)?;
+        let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e: tokio_postgres::Error| UrlError::Unparsable(scrub(&e.to_string(), url)))?;
         if config.get_hosts().is_empty() {
             return Err(UrlError::NoHost);
         }
+        config.ssl_mode(ssl.mode.for_tokio_postgres());
         Ok(DatabaseUrl {
             secret: url.to_owned(),
             config,
             redacted,
+            ssl,
+            #[cfg(feature = "rustls")]
+            tls_config: None,
         })
     }
 
+    /// The same URL whose connections use `tls_config` (a pool's
+    /// [`tls_config`](crate::RoutedPoolBuilder::tls_config)) instead of the client
+    /// configuration its TLS parameters describe.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn with_tls_config(mut self, tls_config: Option<Arc<rustls::ClientConfig>>) -> Self {
+        self.tls_config = tls_config;
+        self
+    }
+
+    /// The pool's own TLS configuration, if it has one.
+    #[cfg(feature = "rustls")]
+    pub(crate) fn tls_config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls_config.as_ref()
+    }
+
+    /// The connection string as configured, password included: never print it.
     pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
 
-    /// The parsed connection settings.
+    /// `sslmode` and `sslrootcert`.
+    pub(crate) fn ssl(&self) -> &SslParams {
+        &self.ssl
+    }
+
+    /// The parsed connection settings, with the `sslmode` tokio-postgres knows.
     pub(crate) fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
@@ -143,9 +182,9 @@ impl DatabaseUrl {
         }
         (0..self.host_count())
             .map(|index| DatabaseUrl {
-                secret: self.secret.clone(),
                 config: hosts::single(&self.config, index),
                 redacted: RedactedUrl(hosts::display(&self.config, index)),
+                ..self.clone()
             })
             .collect()
     }
@@ -239,7 +278,32 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://u:topsecret@localhost/db").unwrap();
         assert!(!format!("{url:?}").contains("topsecret"));
         assert!(!url.redacted().to_string().contains("topsecret"));
-        assert_eq!(url.secret(), "postgres://u:topsecret@localhost/db");
+    }
+
+    #[test]
+    fn tls_parameters_are_read_here_and_the_rest_by_tokio_postgres() {
+        let url = DatabaseUrl::parse(
+            "postgres://u:topsecret@localhost:5433/db?sslmode=verify-full&sslrootcert=/tmp/ca.crt",
+        )
+        .unwrap();
+        assert_eq!(url.ssl().mode, SslMode::VerifyFull);
+        assert_eq!(
+            url.ssl().root_cert.as_deref(),
+            Some(std::path::Path::new("/tmp/ca.crt"))
+        );
+        assert_eq!(
+            url.config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(url.config().get_ports(), [5433]);
+        // The original is kept, for the URL's own display.
+        assert!(url.redacted().as_str().ends_with("sslrootcert=/tmp/ca.crt"));
+
+        let err = DatabaseUrl::parse("postgres://u:topsecret@h/db?sslmode=allow").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid sslmode \"allow\": expected disable, prefer, require, verify-ca or verify-full"
+        );
     }
 
     #[test]

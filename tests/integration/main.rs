@@ -14,6 +14,7 @@ mod session_state;
 mod slow_reads;
 mod support;
 mod survival;
+mod tls;
 mod tokens;
 mod transactions;
 mod web;

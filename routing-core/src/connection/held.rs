@@ -12,10 +12,9 @@ use deadpool::managed::Object;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use pin_project_lite::pin_project;
-use tokio_postgres::CancelToken;
 
 use crate::route::Target;
-use crate::servers::connect::{self, ServerConn};
+use crate::servers::connect::{self, Canceller, ServerConn};
 use crate::servers::{Lease, PooledConn, Shared};
 
 /// How long a cancel request may take before it is given up (a frozen server never answers).
@@ -132,7 +131,7 @@ impl Held {
     pub(super) fn start(&mut self, target: Target) -> StatementGuard {
         let cancel = self
             .session(target)
-            .map(|session| Arc::clone(session.cancel_token()));
+            .map(|session| Arc::clone(session.canceller()));
         self.busy = Some(target);
         StatementGuard { cancel }
     }
@@ -184,7 +183,7 @@ impl Drop for Held {
 /// Cancels a statement on its server when dropped before it is disarmed: the statement's future
 /// was dropped (a request timed out, a client went away) while the server ran it.
 pub(super) struct StatementGuard {
-    cancel: Option<Arc<CancelToken>>,
+    cancel: Option<Arc<Canceller>>,
 }
 
 impl StatementGuard {

@@ -1,6 +1,6 @@
 //! How the router opens server connections: one `open` for every connection it makes (pools,
-//! health probe, startup checks), the [`ServerConn`] its pools hold, and the deadpool
-//! [`Manager`] of each server's pool.
+//! health probe, startup checks, migrations), over TLS as the URL says (see `tls`), the
+//! [`ServerConn`] its pools hold, and the deadpool [`Manager`] of each server's pool.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
 use tokio_postgres::CancelToken;
 
-use super::catalog;
+use super::{catalog, tls};
 use crate::error::{ConnectError, Role};
 use crate::url::DatabaseUrl;
 
@@ -21,7 +21,8 @@ const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVES_RETRIES: u32 = 3;
 
-/// Opens a session to `url`, with `application_name` when given (else the URL's own).
+/// Opens a session to `url`, with `application_name` when given (else the URL's own), over TLS
+/// as its `sslmode` and `sslrootcert` (or its pool's `rustls::ClientConfig`) say.
 pub(crate) async fn open(
     url: &DatabaseUrl,
     application_name: Option<&str>,
@@ -38,24 +39,38 @@ pub(crate) async fn open(
             .keepalives_interval(KEEPALIVES_INTERVAL)
             .keepalives_retries(KEEPALIVES_RETRIES);
     }
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    let connector = tls::connector(url).map_err(ConnectError::Tls)?;
+    // Boxed: the TLS handshake's future is deep, and connecting is no hot path.
+    let (client, connection) = Box::pin(config.connect(connector))
         .await
-        .map_err(ConnectError::Connect)?;
+        .map_err(|error| tls::connect_error(url, error))?;
     AsyncPgConnection::try_from_client_and_connection(client, connection)
         .await
         .map_err(ConnectError::Session)
 }
 
-/// Asks the server behind `token` to cancel whatever its session is running, in the background:
-/// a server that does not answer (frozen) is given up on after `patience`.
-pub(crate) fn cancel(token: &Arc<CancelToken>, patience: Duration) {
+/// What cancels the statement a session runs: its cancel key, and the connector its cancel
+/// request goes through (TLS as for the session itself).
+pub(crate) struct Canceller {
+    token: CancelToken,
+    connector: Option<tls::Connector>,
+}
+
+/// Asks the server behind `canceller` to cancel whatever its session is running, in the
+/// background: a server that does not answer (frozen) is given up on after `patience`.
+pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let token = Arc::clone(token);
+    let canceller = Arc::clone(canceller);
     runtime.spawn(async move {
-        let cancelled = tokio::time::timeout(patience, token.cancel_query(tokio_postgres::NoTls));
+        let request = async {
+            match &canceller.connector {
+                Some(connector) => canceller.token.cancel_query(connector.clone()).await,
+                None => canceller.token.cancel_query(tokio_postgres::NoTls).await,
+            }
+        };
+        let cancelled = tokio::time::timeout(patience, Box::pin(request));
         match cancelled.await {
             Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
             outcome => {
@@ -70,15 +85,18 @@ pub(crate) struct ServerConn {
     conn: AsyncPgConnection,
     /// For cancel requests: made once per session, so that a statement's guard only clones an
     /// `Arc`.
-    cancel: Arc<CancelToken>,
+    cancel: Arc<Canceller>,
     /// Whether a statement changed the session's state (a `SET`, a session advisory lock, a
     /// `LISTEN`, a temporary table, ...): such a session is closed instead of being reused.
     session_changed: bool,
 }
 
 impl ServerConn {
-    fn new(conn: AsyncPgConnection) -> Self {
-        let cancel = Arc::new(conn.cancel_token());
+    fn new(conn: AsyncPgConnection, connector: Option<tls::Connector>) -> Self {
+        let cancel = Arc::new(Canceller {
+            token: conn.cancel_token(),
+            connector,
+        });
         ServerConn {
             conn,
             cancel,
@@ -92,7 +110,7 @@ impl ServerConn {
     }
 
     /// What cancels the statement this session runs.
-    pub(crate) fn cancel_token(&self) -> &Arc<CancelToken> {
+    pub(crate) fn canceller(&self) -> &Arc<Canceller> {
         &self.cancel
     }
 
@@ -154,7 +172,7 @@ impl deadpool::managed::Manager for Manager {
                 return Err(ConnectError::WrongRole { in_recovery });
             }
         }
-        Ok(ServerConn::new(conn))
+        Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
     }
 
     /// A connection goes back into use only when it is open, outside every transaction, with

@@ -10,6 +10,7 @@ mod learned;
 pub(crate) mod probe;
 mod server;
 mod status;
+pub(crate) mod tls;
 pub(crate) mod tokens;
 mod topology;
 
@@ -84,7 +85,11 @@ impl RoutedPool {
     /// replica URL that lists several hosts is one replica per host.
     pub(crate) fn new(config: Config) -> Result<RoutedPool, BuildError> {
         let parse = |what: String, url: &str| {
-            DatabaseUrl::parse(url).map_err(|source| BuildError::invalid_url(what, url, source))
+            let parsed = DatabaseUrl::parse(url)
+                .map_err(|source| BuildError::invalid_url(what, url, source))?;
+            #[cfg(feature = "rustls")]
+            let parsed = parsed.with_tls_config(config.tls_config().cloned());
+            Ok::<_, BuildError>(parsed)
         };
         let primary_url = parse("primary".to_owned(), config.primary().expose())?;
         let mut replica_urls = Vec::new();
