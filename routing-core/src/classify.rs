@@ -11,9 +11,13 @@
 //! query write (`INSERT`/`UPDATE`/`DELETE`/`MERGE` in `WITH`, `FOR UPDATE`
 //! and the other locking clauses, `SELECT ... INTO`) and at every function
 //! call. When in doubt it answers [`Classification::Write`].
+//!
+//! What it knows of PostgreSQL (which built-in functions may run on a
+//! replica, which must run on the primary, the SQL keywords) is data: text
+//! files in `src/classify/data/`, turned into sorted tables by the build
+//! script. `data.rs` says how to refresh them for a newer PostgreSQL.
 
-mod builtins;
-mod keywords;
+mod data;
 mod lexer;
 mod scan;
 #[cfg(test)]

@@ -3,8 +3,7 @@
 
 use super::lexer::{Kind, Lexer, Token};
 use super::{
-    Classification, Classifier, FnCall, Name, WriteReason, builtins, in_sorted, is_in_keywords,
-    keywords,
+    Classification, Classifier, FnCall, Name, WriteReason, data, in_sorted, is_in_keywords,
 };
 
 /// Classifies `sql` with the rules of `classifier`.
@@ -50,62 +49,12 @@ impl Found<'_> {
     }
 }
 
-/// Leading keywords of PostgreSQL statements that are not queries, uppercase
-/// and sorted. Any of them makes a statement a write that no hint overrides;
-/// an unknown leading keyword is a write that `routing:replica` overrides.
-pub(super) const WRITE_STATEMENTS: &[&str] = &[
-    "ABORT",
-    "ALTER",
-    "ANALYSE",
-    "ANALYZE",
-    "BEGIN",
-    "CALL",
-    "CHECKPOINT",
-    "CLOSE",
-    "CLUSTER",
-    "COMMENT",
-    "COMMIT",
-    "COPY",
-    "CREATE",
-    "DEALLOCATE",
-    "DECLARE",
-    "DELETE",
-    "DISCARD",
-    "DO",
-    "DROP",
-    "END",
-    "EXECUTE",
-    "FETCH",
-    "GRANT",
-    "IMPORT",
-    "INSERT",
-    "LISTEN",
-    "LOAD",
-    "LOCK",
-    "MERGE",
-    "MOVE",
-    "NOTIFY",
-    "PREPARE",
-    "REASSIGN",
-    "REFRESH",
-    "REINDEX",
-    "RELEASE",
-    "RESET",
-    "REVOKE",
-    "ROLLBACK",
-    "SAVEPOINT",
-    "SECURITY",
-    "SET",
-    "START",
-    "TRUNCATE",
-    "UNLISTEN",
-    "UPDATE",
-    "VACUUM",
-];
-
+/// Whether `w` is the leading keyword of a statement that is not a query: a
+/// write that no hint overrides (an unknown leading keyword is a write that
+/// `routing:replica` overrides).
 fn is_write_statement(w: &str) -> bool {
-    WRITE_STATEMENTS
-        .binary_search_by(|probe| probe.bytes().cmp(w.bytes().map(|c| c.to_ascii_uppercase())))
+    data::WRITE_STATEMENTS
+        .binary_search_by(|probe| probe.bytes().cmp(w.bytes().map(|c| c.to_ascii_lowercase())))
         .is_ok()
 }
 
@@ -392,7 +341,7 @@ impl<'a> Scan<'_, 'a> {
         let bare = chain.schema.is_none();
         if bare && name.kind == Kind::Ident {
             // `EXISTS (`, `IN (`, `OVER (`, `varchar(10)`, ...
-            if is_in_keywords(keywords::NOT_FUNCTIONS, name.text) {
+            if is_in_keywords(data::NOT_FUNCTIONS, name.text) {
                 return Ok(());
             }
             // `INTERVAL '1' SECOND(3)`, `interval day to second(3)`
@@ -421,7 +370,7 @@ impl<'a> Scan<'_, 'a> {
                     // name with its type (`FROM users u(a)`,
                     // `AS t(a timestamptz(3))`).
                     if chain.before2.is_some_and(|p| p.kind == Kind::Dot)
-                        || !is_in_keywords(keywords::KEYWORDS, b.text)
+                        || !is_in_keywords(data::KEYWORDS, b.text)
                     {
                         return Ok(());
                     }
@@ -481,7 +430,7 @@ impl<'a> Scan<'_, 'a> {
             return Err(Found::Primary(call));
         }
         if classifier.replica_safe.matches(&call)
-            || (call.builtin_schema() && in_sorted(builtins::REPLICA_SAFE, call.name))
+            || (call.builtin_schema() && in_sorted(data::REPLICA_SAFE, call.name))
         {
             return Ok(());
         }
@@ -493,8 +442,8 @@ impl<'a> Scan<'_, 'a> {
 /// Whether a function name is a built-in that must run on the primary
 /// (whatever its schema: extensions such as dblink live in any schema).
 fn is_builtin_primary(name: Name<'_>) -> bool {
-    in_sorted(builtins::PRIMARY_ONLY, name)
-        || builtins::PRIMARY_ONLY_PREFIXES
+    in_sorted(data::PRIMARY_ONLY, name)
+        || data::PRIMARY_ONLY_PREFIXES
             .iter()
             .any(|p| name.bytes().take(p.len()).eq(p.bytes()))
 }
