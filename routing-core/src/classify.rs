@@ -294,6 +294,13 @@ impl<'a> Name<'a> {
         self.bytes().eq(s.bytes())
     }
 
+    /// Whether the identifier, as PostgreSQL sees it, starts with `prefix`.
+    #[inline]
+    fn starts_with(self, prefix: &str) -> bool {
+        let mut bytes = self.bytes();
+        prefix.bytes().all(|c| bytes.next() == Some(c))
+    }
+
     fn push_to(self, out: &mut String) {
         if self.quoted {
             out.push_str(&self.text.replace("\"\"", "\""));

@@ -445,7 +445,7 @@ fn is_builtin_primary(name: Name<'_>) -> bool {
     in_sorted(data::PRIMARY_ONLY, name)
         || data::PRIMARY_ONLY_PREFIXES
             .iter()
-            .any(|p| name.bytes().take(p.len()).eq(p.bytes()))
+            .any(|p| name.starts_with(p))
 }
 
 /// Checks an unquoted word inside a query for the keywords that write.
