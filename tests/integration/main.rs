@@ -6,6 +6,7 @@ mod context;
 mod corpus;
 mod custom_types;
 mod events;
+mod failover;
 mod faults;
 mod migrations;
 mod refusals;

@@ -217,11 +217,22 @@ impl RoutedConnection {
             });
         }
         let shared = Arc::clone(self.shared());
-        let (server, node) = shared.wait_for_primary().await?;
-        if let Some(node) = node {
-            tracing::debug!(target: "routing_core", node, "checking out the primary");
-        }
-        let conn = server.checkout().await?;
+        let began = std::time::Instant::now();
+        let deadline = began + shared.config().primary_wait();
+        let (mut server, mut node) = shared.primary_other_than(None, began, deadline).await?;
+        let conn = loop {
+            match server.checkout().await {
+                Ok(conn) => break conn,
+                // A discovering pool's primary that cannot be reached may be failing over: wait
+                // for the probe to find the next one, within the same bound.
+                Err(error @ Error::Checkout { .. }) if node.is_some() => {
+                    tracing::debug!(target: "routing_core", ?node, %error, "the primary cannot be reached");
+                    shared.topology().look_again();
+                    (server, node) = shared.primary_other_than(node, began, deadline).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let conn = self.prepare_session(conn);
         Ok(self.held.hold_primary(conn, node))
     }
@@ -242,11 +253,15 @@ impl RoutedConnection {
     }
 
     /// Clears what a dropped statement or transaction future left behind, before anything else
-    /// runs on this connection: a server connection that may still run a statement (its cancel
-    /// request already sent) is closed; an abandoned transaction is rolled back by closing its
-    /// server connection, and later statements run outside it; a transaction that lost its
-    /// server connection while it goes on fails its statements until it ends.
+    /// runs on this connection: a primary connection to a node that is no longer the primary is
+    /// released; a server connection that may still run a statement (its cancel request already
+    /// sent) is closed; an abandoned transaction is rolled back by closing its server
+    /// connection, and later statements run outside it; a transaction that lost its server
+    /// connection while it goes on fails its statements until it ends.
     fn settle(&mut self) {
+        if self.held.holds(Target::Primary) {
+            self.primary_moved();
+        }
         if let Some(target) = self.held.take_busy() {
             self.held.discard(target);
             if self.pinned == Some(target) {

@@ -194,14 +194,34 @@ impl Shared {
     ///
     /// [`Error::NoPrimary`] when none appears in time.
     pub(crate) async fn wait_for_primary(&self) -> Result<(&Server, Option<usize>), Error> {
+        let began = Instant::now();
+        self.primary_other_than(None, began, began + self.config.primary_wait())
+            .await
+    }
+
+    /// The primary, if it is not node `failed` (which could not be reached as the primary),
+    /// waiting until `deadline` for one; `began` is when the statement started waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPrimary`] when none appears in time.
+    pub(crate) async fn primary_other_than(
+        &self,
+        failed: Option<usize>,
+        began: Instant,
+        deadline: Instant,
+    ) -> Result<(&Server, Option<usize>), Error> {
         if let Some(primary) = &self.primary {
             return Ok((primary, None));
         }
-        let began = Instant::now();
-        match self.topology.wait(self.config.primary_wait()).await {
+        match self.topology.wait(failed, deadline).await {
             Some(node) => Ok((&self.replicas[node], Some(node))),
             None => Err(Error::NoPrimary {
-                reason: self.topology.missing().unwrap_or_default(),
+                reason: match (self.topology.missing(), failed) {
+                    (Some(why), _) => why,
+                    (None, Some(node)) => format!("node {node}, the primary, cannot be reached"),
+                    (None, None) => String::new(),
+                },
                 waited: began.elapsed(),
             }),
         }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -67,20 +67,21 @@ impl Topology {
         false
     }
 
-    /// Waits up to `timeout` for a primary: its node index, or `None`.
-    pub(crate) async fn wait(&self, timeout: Duration) -> Option<usize> {
-        let deadline = Instant::now() + timeout;
+    /// Waits until `deadline` for a primary other than `failed` (a node that could not be
+    /// reached as the primary): its node index, or `None`.
+    pub(crate) async fn wait(&self, failed: Option<usize>, deadline: Instant) -> Option<usize> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(node) = self.primary() {
-                return Some(node);
+            let usable = self.primary().filter(|node| Some(*node) != failed);
+            if usable.is_some() {
+                return usable;
             }
             self.look_again.notify_one();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
-                return self.primary();
+                return self.primary().filter(|node| Some(*node) != failed);
             }
         }
     }
@@ -98,6 +99,8 @@ impl Topology {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -105,14 +108,22 @@ mod tests {
         let topology = std::sync::Arc::new(Topology::new());
         assert_eq!(topology.primary(), None);
         assert!(topology.missing().is_some());
-        assert_eq!(topology.wait(Duration::from_millis(20)).await, None);
+        let soon = || Instant::now() + Duration::from_millis(20);
+        assert_eq!(topology.wait(None, soon()).await, None);
         let waiting = {
             let topology = std::sync::Arc::clone(&topology);
-            tokio::spawn(async move { topology.wait(Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                topology
+                    .wait(None, Instant::now() + Duration::from_secs(30))
+                    .await
+            })
         };
         tokio::task::yield_now().await;
         assert!(topology.set(Ok(2)));
         assert_eq!(waiting.await.unwrap(), Some(2));
+        // A primary that could not be reached is not waited for again.
+        assert_eq!(topology.wait(Some(2), soon()).await, None);
+        assert_eq!(topology.wait(Some(1), soon()).await, Some(2));
         assert!(!topology.set(Ok(2)));
         assert!(topology.set(Err("nodes 0 and 2 both answer as primaries".to_owned())));
         assert_eq!(
