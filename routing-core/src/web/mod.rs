@@ -1,6 +1,6 @@
 //! Web integration: middleware that scopes each request's routing decision by its method and its
 //! handler's policy, and carries causal tokens between requests: a tower layer for axum (feature
-//! `tower`) and an actix-web middleware (feature `actix`, in [`actix`]).
+//! `tower`) and an actix-web middleware (feature `actix`, in `web::actix`).
 
 #[cfg(feature = "actix")]
 pub mod actix;
