@@ -10,7 +10,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
-use routing_core::web::actix::{ReadReplica, block};
+use routing_core::web::actix::{Parts, ReadReplica, block};
 use routing_core::{ReadReplicaControl, RoutedPool, should_use_read_replica, use_read_replica};
 use routing_fixtures::products;
 use routing_tests::{ServerId, Servers, inet_server_port, pg_is_in_recovery, servers, unique};
@@ -28,7 +28,7 @@ struct ListOrders;
 struct Stock;
 
 impl ReadReplicaControl for Stock {
-    fn use_read_replica(request: &http::request::Parts) -> bool {
+    fn use_read_replica(request: &Parts) -> bool {
         !request
             .uri
             .query()

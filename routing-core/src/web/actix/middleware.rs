@@ -174,6 +174,12 @@ mod tests {
         context(policy, request).await.use_read_replica()
     }
 
+    #[test]
+    fn the_middleware_can_be_made_once_and_cloned_into_every_worker() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<ReadReplica>();
+    }
+
     #[actix_web::test]
     async fn read_methods_follow_the_policy_and_others_go_to_the_primary() {
         for method in [Method::GET, Method::HEAD, Method::OPTIONS] {

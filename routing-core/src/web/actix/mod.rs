@@ -39,7 +39,22 @@
 //!
 //! actix-web 4 speaks `http` 0.2 while [`ReadReplicaControl`](crate::ReadReplicaControl) takes
 //! `http` 1 request parts: the middleware converts the request's method, URI, version and headers
-//! for the policies that decide per request (a handler type, a closure), and only for them.
+//! for the policies that decide per request (a handler type, a closure), and only for them. The
+//! type is re-exported here as [`Parts`], for policies written by hand:
+//!
+//! ```
+//! use routing_core::ReadReplicaControl;
+//! use routing_core::web::actix::Parts;
+//!
+//! struct ProductStock;
+//!
+//! impl ReadReplicaControl for ProductStock {
+//!     fn use_read_replica(request: &Parts) -> bool {
+//!         // `?fresh=1` asks for the primary.
+//!         request.uri.query() != Some("fresh=1")
+//!     }
+//! }
+//! ```
 
 mod future;
 mod head;
@@ -52,6 +67,11 @@ use actix_web::error::BlockingError;
 
 use crate::context::RoutingContext;
 pub use future::ResponseFuture;
+/// A request's method, URI, version and headers as `http` 1 types: what the policies that decide
+/// per request are given ([`ReadReplicaControl::use_read_replica`], [`ReadReplica::decide`]).
+///
+/// [`ReadReplicaControl::use_read_replica`]: crate::ReadReplicaControl::use_read_replica
+pub use http::request::Parts;
 pub use middleware::ReadReplicaMiddleware;
 pub use transform::ReadReplica;
 
