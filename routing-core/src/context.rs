@@ -108,13 +108,13 @@ impl RoutingContext {
     }
 
     /// The request's record of writes, if a middleware set one.
-    #[cfg(feature = "tower")]
+    #[cfg(any(feature = "tower", feature = "actix"))]
     pub(crate) fn sink(&self) -> Option<Arc<WriteSink>> {
         self.sink.clone()
     }
 
     /// This context recording writes in `sink`.
-    #[cfg(feature = "tower")]
+    #[cfg(any(feature = "tower", feature = "actix"))]
     pub(crate) fn with_sink(mut self, sink: Arc<WriteSink>) -> Self {
         self.sink = Some(sink);
         self
@@ -246,7 +246,7 @@ impl WriteSink {
     }
 
     /// The pool the request wrote through, if it did.
-    #[cfg(feature = "tower")]
+    #[cfg(any(feature = "tower", feature = "actix"))]
     pub(crate) fn pool(&self) -> Option<&RoutedPool> {
         self.pool.get()
     }

@@ -33,7 +33,7 @@ use std::time::Duration;
 /// `ReadReplicaControl::use_read_replica` (with the `tower` feature):
 ///
 /// ```
-/// # #[cfg(feature = "tower")] {
+/// # #[cfg(any(feature = "tower", feature = "actix"))] {
 /// use routing_core::ReadReplicaControl;
 ///
 /// struct ProductStock;
@@ -57,14 +57,14 @@ pub trait ReadReplicaControl {
 
     /// The decision for one `GET`, `HEAD` or `OPTIONS` request. Default:
     /// [`ReadReplicaControl::USE_READ_REPLICA`].
-    #[cfg(feature = "tower")]
+    #[cfg(any(feature = "tower", feature = "actix"))]
     fn use_read_replica(request: &http::request::Parts) -> bool {
         let _ = request;
         Self::USE_READ_REPLICA
     }
 
     /// The staleness budget for one request. Default: [`ReadReplicaControl::MAX_LAG`].
-    #[cfg(feature = "tower")]
+    #[cfg(any(feature = "tower", feature = "actix"))]
     fn max_lag(request: &http::request::Parts) -> Option<Duration> {
         let _ = request;
         Self::MAX_LAG

@@ -27,7 +27,7 @@ mod pool;
 // Integrations.
 #[cfg(feature = "migrations")]
 mod migrate;
-#[cfg(feature = "tower")]
+#[cfg(any(feature = "tower", feature = "actix"))]
 pub mod web;
 
 pub use causal::{CausalToken, InvalidToken, ReadYourWrites};

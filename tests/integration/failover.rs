@@ -283,6 +283,41 @@ async fn a_planned_switchover_loses_no_read_and_no_acknowledged_write() {
         ports[new],
     );
     acknowledged_writes_survive(&pool, &load.acknowledged).await;
+    // Causal tokens across the promotion: the token from before still finds its write; one
+    // claiming a position the new timeline never had (a write lost with the old primary) is
+    // dropped, not waited for and not taken for a forgery.
+    let mut conn = pool.get().await.unwrap();
+    let found: i64 = routing_core::with_causal_token(
+        before,
+        with_read_replica(
+            true,
+            products::table
+                .filter(products::name.eq(&before_name))
+                .count()
+                .get_result(&mut conn),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(found, 1, "the token's write is seen after the switch");
+    let written_at = before.to_string().rsplit('@').next().unwrap().to_owned();
+    let lost: routing_core::CausalToken = format!("FFF/0@{written_at}").parse().unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let (in_recovery, _) = routing_core::with_causal_token(
+        lost,
+        with_read_replica(
+            true,
+            diesel::select((pg_is_in_recovery(), inet_server_port()))
+                .get_result::<(bool, i32)>(&mut conn),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        in_recovery,
+        "a token lost in the failover does not pin reads to the primary"
+    );
+    assert_eq!(pool.status().forged_tokens, 0, "{}", pool.status());
     // The old leader serves reads again once it streams from the new one.
     cluster.wait_until_streaming().await.unwrap();
     let rejoined = Instant::now();

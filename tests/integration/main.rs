@@ -1,5 +1,6 @@
 //! Integration tests: every test asks the servers where its statements ran.
 
+mod actix;
 mod cancellation;
 mod config;
 mod context;

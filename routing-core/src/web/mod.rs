@@ -1,11 +1,20 @@
-//! Web integration: a tower layer (axum middleware) that scopes each request's routing decision
-//! by its method and its handler's policy, and carries causal tokens between requests.
+//! Web integration: middleware that scopes each request's routing decision by its method and its
+//! handler's policy, and carries causal tokens between requests: a tower layer for axum (feature
+//! `tower`) and an actix-web middleware (feature `actix`, in `web::actix`).
 
+#[cfg(feature = "actix")]
+pub mod actix;
 mod carrier;
+#[cfg(feature = "tower")]
 mod future;
+#[cfg(feature = "tower")]
 mod layer;
+#[cfg(feature = "tower")]
 mod service;
 
+#[cfg(feature = "tower")]
 pub use future::ResponseFuture;
+#[cfg(feature = "tower")]
 pub use layer::ReadReplicaLayer;
+#[cfg(feature = "tower")]
 pub use service::ReadReplicaService;
