@@ -141,6 +141,7 @@ impl DatabaseUrl {
     }
 
     /// The connection string as configured, password included: never print it.
+    #[cfg(feature = "migrations")]
     pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
@@ -166,6 +167,7 @@ impl DatabaseUrl {
 
     /// This URL, asking for a read-write session when it lists several hosts: connecting tries
     /// them in order and keeps the first that accepts writes, the primary.
+    #[cfg(feature = "migrations")]
     pub(crate) fn read_write(&self) -> DatabaseUrl {
         let mut url = self.clone();
         if self.host_count() > 1 {

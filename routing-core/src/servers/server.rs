@@ -151,6 +151,7 @@ impl Server {
 
     /// Whether this server has a role of its own (a configured primary or replica) rather than
     /// one the probe discovers.
+    #[cfg(feature = "migrations")]
     pub(crate) fn has_fixed_role(&self) -> bool {
         !matches!(self.role, Role::Node(_))
     }
