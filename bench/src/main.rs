@@ -18,6 +18,7 @@
 //! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
 //! cluster, [`machine`] and [`report`] the output.
 
+mod allocs;
 mod failover;
 mod machine;
 mod offload;
@@ -37,9 +38,9 @@ use clap::Parser;
 use routing_cluster::LocalCluster;
 
 use crate::pgpool::Pgpool;
-use crate::report::{Cell, Report, Settings};
+use crate::report::{Allocations, Cell, Report, Settings};
 use crate::setup::IdRange;
-use crate::systems::{Recycling, Servers, System, SystemKind};
+use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;
 
 /// The error type of the run's steps.
@@ -216,6 +217,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             );
         }
     }
+    let allocations = count_allocations(&servers, &settings, &systems, ids).await;
     let pgpool_note = match &pgpool {
         Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
         None => pgpool_note,
@@ -259,6 +261,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         cells,
         offload,
         failover,
+        allocations,
     };
     let text = report.markdown();
     if let Some((path, file)) = &mut markdown {
@@ -271,6 +274,34 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         .write_all(text.as_bytes())
         .map_err(|e| format!("cannot write the report to stdout: {e}"))?;
     Ok(all_ok)
+}
+
+/// The allocations per request of each system but pgpool-II (whose allocations are in its own
+/// processes), for a read and for a write.
+async fn count_allocations(
+    servers: &Servers,
+    settings: &Settings,
+    systems: &[SystemKind],
+    ids: IdRange,
+) -> Vec<Allocations> {
+    let mut rows = Vec::new();
+    for op in [Op::Read, Op::Write] {
+        for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
+            eprintln!("allocations: {system}, {op} ...");
+            let per_request = match System::build(system, servers, 1, settings.recycling) {
+                Ok(pools) => allocs::per_request(&pools, op, ids)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            rows.push(Allocations {
+                system,
+                op,
+                per_request,
+            });
+        }
+    }
+    rows
 }
 
 /// Starts pgpool-II when installed; the note says what became of it, for the report.

@@ -8,7 +8,7 @@ use crate::failover::{self, Failover};
 use crate::machine::Machine;
 use crate::offload::{self, Offload};
 use crate::setup::{PRODUCTS, REPLICAS};
-use crate::systems::{Recycling, SystemKind};
+use crate::systems::{Op, Recycling, SystemKind};
 use crate::workload::{Measurement, Workload};
 
 /// How the run was configured.
@@ -54,6 +54,19 @@ pub(crate) struct Report {
     pub(crate) offload: Result<Offload, String>,
     /// The failover run, or why it failed.
     pub(crate) failover: Result<Failover, String>,
+    /// Allocations per request, by system and operation.
+    pub(crate) allocations: Vec<Allocations>,
+}
+
+/// The allocations per request of one operation on one system (see [`crate::allocs`]).
+#[derive(Debug)]
+pub(crate) struct Allocations {
+    /// The system.
+    pub(crate) system: SystemKind,
+    /// The operation.
+    pub(crate) op: Op,
+    /// Allocations per request, or why they could not be counted.
+    pub(crate) per_request: Result<f64, String>,
 }
 
 impl Report {
@@ -64,6 +77,7 @@ impl Report {
         for workload in &self.settings.workloads {
             self.write_workload(&mut out, *workload);
         }
+        self.write_allocations(&mut out);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
         out
@@ -155,9 +169,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | errors |"
+            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | errors |"
         );
-        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
         let mut notes = Vec::new();
         for clients in &self.settings.clients {
             let cells: Vec<&Cell> = self
@@ -177,7 +191,7 @@ impl Report {
                     Ok(m) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                             cell.system,
                             m.throughput(),
                             opt_ms(m.percentile(50.0)),
@@ -186,6 +200,10 @@ impl Report {
                             ratio(
                                 baseline.and_then(|b| b.percentile(50.0)).map(millis),
                                 m.percentile(50.0).map(millis)
+                            ),
+                            ratio(
+                                baseline.and_then(|b| b.percentile(99.0)).map(millis),
+                                m.percentile(99.0).map(millis)
                             ),
                             m.errors,
                         );
@@ -199,7 +217,7 @@ impl Report {
                     Err(error) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | – | – | – | – | – | failed |",
+                            "| {clients} | {} | – | – | – | – | – | – | failed |",
                             cell.system
                         );
                         notes.push(format!("{} at {clients} clients: {error}", cell.system));
@@ -209,6 +227,48 @@ impl Report {
         }
         for note in notes {
             let _ = writeln!(out, "\n- {}", cell_text(&note));
+        }
+    }
+
+    fn write_allocations(&self, out: &mut String) {
+        if self.allocations.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n## Allocations per request\n\nOne client, {} sequential requests per row after a \
+             warm-up, counted by a wrapper of the system allocator (`stats_alloc`) on every thread: \
+             the request's task, the connection's driver task, and the router's health probe.\n",
+            crate::allocs::REQUESTS
+        );
+        let _ = writeln!(out, "| operation | system | allocations | vs baseline |");
+        let _ = writeln!(out, "|---|---|--:|--:|");
+        for row in &self.allocations {
+            let baseline = self
+                .allocations
+                .iter()
+                .find(|b| b.system == SystemKind::Baseline && b.op == row.op)
+                .and_then(|b| b.per_request.as_ref().ok());
+            match &row.per_request {
+                Ok(count) => {
+                    let extra =
+                        baseline.map_or_else(|| "–".to_owned(), |b| format!("{:+.1}", count - b));
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {count:.1} | {extra} |",
+                        row.op, row.system
+                    );
+                }
+                Err(error) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | failed: {} | – |",
+                        row.op,
+                        row.system,
+                        cell_text(error)
+                    );
+                }
+            }
         }
     }
 

@@ -16,6 +16,7 @@ mod session_state;
 mod slow_reads;
 mod support;
 mod survival;
+mod telemetry;
 mod tls;
 mod tokens;
 mod transactions;
