@@ -18,7 +18,7 @@
 //! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
 //! cluster, [`machine`] and [`report`] the output.
 
-mod allocs;
+mod cost;
 mod failover;
 mod machine;
 mod offload;
@@ -38,7 +38,7 @@ use clap::Parser;
 use routing_cluster::LocalCluster;
 
 use crate::pgpool::Pgpool;
-use crate::report::{Allocations, Cell, Report, Settings};
+use crate::report::{Cell, Costs, Report, Settings};
 use crate::setup::IdRange;
 use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;
@@ -217,7 +217,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             );
         }
     }
-    let allocations = count_allocations(&servers, &settings, &systems, ids).await;
+    let costs = measure_costs(&servers, &settings, &systems, ids).await;
     let pgpool_note = match &pgpool {
         Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
         None => pgpool_note,
@@ -261,7 +261,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         cells,
         offload,
         failover,
-        allocations,
+        costs,
     };
     let text = report.markdown();
     if let Some((path, file)) = &mut markdown {
@@ -276,25 +276,25 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     Ok(all_ok)
 }
 
-/// The allocations per request of each system but pgpool-II (whose allocations are in its own
+/// The client-side cost per request of each system but pgpool-II (whose work is in its own
 /// processes), for a read and for a write.
-async fn count_allocations(
+async fn measure_costs(
     servers: &Servers,
     settings: &Settings,
     systems: &[SystemKind],
     ids: IdRange,
-) -> Vec<Allocations> {
+) -> Vec<Costs> {
     let mut rows = Vec::new();
     for op in [Op::Read, Op::Write] {
         for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
-            eprintln!("allocations: {system}, {op} ...");
+            eprintln!("cost per request: {system}, {op} ...");
             let per_request = match System::build(system, servers, 1, settings.recycling) {
-                Ok(pools) => allocs::per_request(&pools, op, ids)
+                Ok(pools) => cost::per_request(&pools, op, ids)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            rows.push(Allocations {
+            rows.push(Costs {
                 system,
                 op,
                 per_request,

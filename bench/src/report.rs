@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cost::Cost;
 use crate::failover::{self, Failover};
 use crate::machine::Machine;
 use crate::offload::{self, Offload};
@@ -54,19 +55,19 @@ pub(crate) struct Report {
     pub(crate) offload: Result<Offload, String>,
     /// The failover run, or why it failed.
     pub(crate) failover: Result<Failover, String>,
-    /// Allocations per request, by system and operation.
-    pub(crate) allocations: Vec<Allocations>,
+    /// The client-side cost per request, by system and operation.
+    pub(crate) costs: Vec<Costs>,
 }
 
-/// The allocations per request of one operation on one system (see [`crate::allocs`]).
+/// The cost per request of one operation on one system (see [`crate::cost`]).
 #[derive(Debug)]
-pub(crate) struct Allocations {
+pub(crate) struct Costs {
     /// The system.
     pub(crate) system: SystemKind,
     /// The operation.
     pub(crate) op: Op,
-    /// Allocations per request, or why they could not be counted.
-    pub(crate) per_request: Result<f64, String>,
+    /// The cost, or why it could not be measured.
+    pub(crate) per_request: Result<Cost, String>,
 }
 
 impl Report {
@@ -77,7 +78,7 @@ impl Report {
         for workload in &self.settings.workloads {
             self.write_workload(&mut out, *workload);
         }
-        self.write_allocations(&mut out);
+        self.write_costs(&mut out);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
         out
@@ -230,39 +231,49 @@ impl Report {
         }
     }
 
-    fn write_allocations(&self, out: &mut String) {
-        if self.allocations.is_empty() {
+    fn write_costs(&self, out: &mut String) {
+        if self.costs.is_empty() {
             return;
         }
         let _ = writeln!(
             out,
-            "\n## Allocations per request\n\nOne client, {} sequential requests per row after a \
-             warm-up, counted by a wrapper of the system allocator (`stats_alloc`) on every thread: \
-             the request's task, the connection's driver task, and the router's health probe.\n",
-            crate::allocs::REQUESTS
+            "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
+             warm-up. Allocations are counted by a wrapper of the system allocator \
+             (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
+             every thread: the request's task, the connection's driver task and the router's \
+             health probe; the servers' work is not counted.\n",
+            crate::cost::REQUESTS
         );
-        let _ = writeln!(out, "| operation | system | allocations | vs baseline |");
-        let _ = writeln!(out, "|---|---|--:|--:|");
-        for row in &self.allocations {
+        let _ = writeln!(
+            out,
+            "| operation | system | allocations | vs baseline | CPU µs | vs baseline |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|");
+        for row in &self.costs {
             let baseline = self
-                .allocations
+                .costs
                 .iter()
                 .find(|b| b.system == SystemKind::Baseline && b.op == row.op)
                 .and_then(|b| b.per_request.as_ref().ok());
             match &row.per_request {
-                Ok(count) => {
-                    let extra =
-                        baseline.map_or_else(|| "–".to_owned(), |b| format!("{:+.1}", count - b));
+                Ok(cost) => {
+                    let (extra, cpu_ratio) = match baseline {
+                        Some(b) => (
+                            format!("{:+.1}", cost.allocations - b.allocations),
+                            ratio(Some(b.cpu_micros), Some(cost.cpu_micros)),
+                        ),
+                        None => ("–".to_owned(), "–".to_owned()),
+                    };
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {count:.1} | {extra} |",
-                        row.op, row.system
+                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} |",
+                        row.op, row.system, cost.allocations, cost.cpu_micros
                     );
                 }
                 Err(error) => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | failed: {} | – |",
+                        "| {} | {} | failed: {} | – | – | – |",
                         row.op,
                         row.system,
                         cell_text(error)
