@@ -29,6 +29,9 @@ pub(crate) struct Cost {
     pub(crate) allocations: f64,
     /// CPU time, all threads, in microseconds.
     pub(crate) cpu_micros: f64,
+    /// Context switches of this process's threads (voluntary: a thread parked for lack of
+    /// work, woken again by the next event), when the system reports them.
+    pub(crate) switches: Option<f64>,
 }
 
 /// The cost per request of `op` on `system`, one client, after a warm-up.
@@ -38,11 +41,15 @@ pub(crate) async fn per_request(system: &System, op: Op, ids: IdRange) -> Result
         system.request(op, ids.random(&mut rng)).await?;
     }
     let before = GLOBAL.stats();
+    let switches_before = context_switches();
     let cpu_before = cpu_time();
     for _ in 0..REQUESTS {
         system.request(op, ids.random(&mut rng)).await?;
     }
     let cpu = cpu_time() - cpu_before;
+    let switches = context_switches()
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let after = GLOBAL.stats();
     let count =
         (after.allocations + after.reallocations) - (before.allocations + before.reallocations);
@@ -50,6 +57,8 @@ pub(crate) async fn per_request(system: &System, op: Op, ids: IdRange) -> Result
     Ok(Cost {
         allocations: count as f64 / f64::from(REQUESTS),
         cpu_micros: cpu * 1e6 / f64::from(REQUESTS),
+        #[allow(clippy::cast_precision_loss)]
+        switches: switches.map(|count| count as f64 / f64::from(REQUESTS)),
     })
 }
 
@@ -59,4 +68,23 @@ fn cpu_time() -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let seconds = time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9;
     seconds
+}
+
+/// The context switches of every thread of this process so far, from `/proc/self/task`.
+fn context_switches() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(count) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += count.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
 }

@@ -246,9 +246,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| operation | system | allocations | vs baseline | CPU µs | vs baseline |"
+            "| operation | system | allocations | vs baseline | CPU µs | vs baseline | context switches |"
         );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
         for row in &self.costs {
             let baseline = self
                 .costs
@@ -264,16 +264,19 @@ impl Report {
                         ),
                         None => ("–".to_owned(), "–".to_owned()),
                     };
+                    let switches = cost
+                        .switches
+                        .map_or_else(|| "–".to_owned(), |s| format!("{s:.2}"));
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} |",
+                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} | {switches} |",
                         row.op, row.system, cost.allocations, cost.cpu_micros
                     );
                 }
                 Err(error) => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | failed: {} | – | – | – |",
+                        "| {} | {} | failed: {} | – | – | – | – |",
                         row.op,
                         row.system,
                         cell_text(error)
