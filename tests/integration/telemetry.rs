@@ -2,8 +2,9 @@
 //! captured from a real subscriber and recorder and checked against where the server says the
 //! statement ran.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Once};
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
@@ -15,24 +16,32 @@ use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery, servers, uniq
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::Registry;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 
 use crate::support::RanOn;
 
 /// The fields of one span, as text.
 type Fields = BTreeMap<String, String>;
 
-/// Collects the fields of every `routing_core::statement` span, in the order they close.
+/// The closed `routing_core::statement` spans of one capture, in the order they close.
 #[derive(Clone, Default)]
-struct Spans {
-    open: Arc<Mutex<HashMap<u64, Fields>>>,
-    closed: Arc<Mutex<Vec<Fields>>>,
-}
+struct Spans(Arc<Mutex<Vec<Fields>>>);
 
 impl Spans {
     fn take(&self) -> Vec<Fields> {
-        std::mem::take(&mut *self.closed.lock().unwrap())
+        std::mem::take(&mut *self.0.lock().unwrap())
     }
+}
+
+thread_local! {
+    /// The capture of this thread, while a test holds one.
+    static CAPTURING: RefCell<Option<Spans>> = const { RefCell::new(None) };
+}
+
+/// A span being captured: its fields so far, and where it goes when it closes.
+struct Open {
+    fields: Fields,
+    into: Spans,
 }
 
 struct Collect<'a>(&'a mut Fields);
@@ -47,39 +56,70 @@ impl Visit for Collect<'_> {
     }
 }
 
-impl<S> tracing_subscriber::Layer<S> for Spans
+/// The process's subscriber: it keeps the statement spans made on a thread while that thread
+/// holds a capture, and nothing else.
+///
+/// One subscriber for the whole test binary, never a scoped one per test: tracing caches each
+/// call site's interest process-wide, and a call site first reached on a thread with no
+/// subscriber while one test's scoped subscriber is the only one alive is cached as
+/// uninteresting, for that test too.
+struct CaptureLayer;
+
+impl<S> tracing_subscriber::Layer<S> for CaptureLayer
 where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if attrs.metadata().target() != "routing_core::statement" {
             return;
         }
+        let Some(into) = CAPTURING.with(|c| c.borrow().clone()) else {
+            return;
+        };
         let mut fields = Fields::new();
         attrs.record(&mut Collect(&mut fields));
-        self.open.lock().unwrap().insert(id.into_u64(), fields);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        if let Some(fields) = self.open.lock().unwrap().get_mut(&id.into_u64()) {
-            values.record(&mut Collect(fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Open { fields, into });
         }
     }
 
-    fn on_close(&self, id: Id, _: Context<'_, S>) {
-        if let Some(fields) = self.open.lock().unwrap().remove(&id.into_u64()) {
-            self.closed.lock().unwrap().push(fields);
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(open) = span.extensions_mut().get_mut::<Open>()
+        {
+            values.record(&mut Collect(&mut open.fields));
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && let Some(open) = span.extensions_mut().remove::<Open>()
+        {
+            open.into.0.lock().unwrap().push(open.fields);
         }
     }
 }
 
-/// A subscriber capturing the statement spans on this thread (the test's runtime is
-/// single-threaded, so every statement's span is made here).
-fn capture() -> (Spans, tracing::subscriber::DefaultGuard) {
+/// Ends this thread's capture when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Captures the statement spans made on this thread (the test's runtime is single-threaded, so
+/// every statement's span is made here) until the guard drops.
+fn capture() -> (Spans, Capturing) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(Registry::default().with(CaptureLayer))
+            .expect("no other global subscriber in the integration tests");
+    });
     let spans = Spans::default();
-    let subscriber = Registry::default().with(spans.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
-    (spans, guard)
+    CAPTURING.with(|c| *c.borrow_mut() = Some(spans.clone()));
+    (spans, Capturing)
 }
 
 fn field<'a>(span: &'a Fields, name: &str) -> Option<&'a str> {

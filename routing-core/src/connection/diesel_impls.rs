@@ -270,18 +270,34 @@ mod tests {
 
     use crate::{RoutedPool, with_read_replica};
 
-    /// Collects formatted log lines.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    /// Collects the formatted log lines written on one thread, and drops every other thread's.
+    #[derive(Clone)]
+    struct Lines {
+        buf: Arc<Mutex<Vec<u8>>>,
+        thread: std::thread::ThreadId,
+    }
 
-    impl std::io::Write for Lines {
+    /// Where one event's line goes: into the lines, or nowhere.
+    struct Line(Option<Arc<Mutex<Vec<u8>>>>);
+
+    impl std::io::Write for Line {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            if let Some(lines) = &self.0 {
+                lines.lock().unwrap().extend_from_slice(buf);
+            }
             Ok(buf.len())
         }
 
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+        type Writer = Line;
+
+        fn make_writer(&'a self) -> Line {
+            Line((std::thread::current().id() == self.thread).then(|| self.buf.clone()))
         }
     }
 
@@ -294,36 +310,41 @@ mod tests {
     /// server then cannot be reached.
     #[test]
     fn decisions_are_logged_with_their_reason() {
-        let lines = Lines::default();
-        let writer = lines.clone();
+        let lines = Lines {
+            buf: Arc::default(),
+            thread: std::thread::current().id(),
+        };
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
-            .with_writer(move || writer.clone())
+            .with_writer(lines.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let pool =
-                    RoutedPool::builder(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
-                        .replica(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
-                        .build()
-                        .unwrap();
-                let mut conn = pool.get().await.unwrap();
-                let read = || diesel::select(diesel::dsl::sql::<Integer>("1"));
-                let _ = with_read_replica(true, read().get_result::<i32>(&mut conn)).await;
-                let _ = read().get_result::<i32>(&mut conn).await;
-                let _ = diesel::sql_query("DELETE FROM t").execute(&mut conn).await;
-                let _ = conn.batch_execute("SELECT 1").await;
-                let _ = diesel::select(diesel::dsl::sql::<Bool>("true"))
-                    .get_result::<bool>(&mut conn)
-                    .await;
-            });
+        // The process's subscriber, not a scoped one: tracing caches each call site's interest
+        // process-wide, and a call site first reached on another thread (another test's, or the
+        // health probe's) while a scoped subscriber is the only one alive is cached as
+        // uninteresting for this thread too. This is the crate's only test that logs.
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool =
+                RoutedPool::builder(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                    .replica(format!("postgres://u:pw@127.0.0.1:{}/db", closed_port()))
+                    .build()
+                    .unwrap();
+            let mut conn = pool.get().await.unwrap();
+            let read = || diesel::select(diesel::dsl::sql::<Integer>("1"));
+            let _ = with_read_replica(true, read().get_result::<i32>(&mut conn)).await;
+            let _ = read().get_result::<i32>(&mut conn).await;
+            let _ = diesel::sql_query("DELETE FROM t").execute(&mut conn).await;
+            let _ = conn.batch_execute("SELECT 1").await;
+            let _ = diesel::select(diesel::dsl::sql::<Bool>("true"))
+                .get_result::<bool>(&mut conn)
+                .await;
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(lines.buf.lock().unwrap().clone()).unwrap();
         let routes: Vec<&str> = text.lines().filter(|l| l.contains(" route ")).collect();
         // The health probe (on its own thread) may ban the unreachable replica before the read
         // tries it: then the read's fallback says so instead of having failed there itself.
