@@ -1,4 +1,8 @@
-//! What the router knows of each server now, as a value and as a table.
+//! What the router knows of each server now, as a value and as a table (and, with the `serde`
+//! feature, as whatever a serializer makes of it).
+
+#[cfg(feature = "serde")]
+mod serialize;
 
 use std::fmt;
 use std::time::Duration;
@@ -9,7 +13,8 @@ use crate::reason::Reason;
 use crate::url::RedactedUrl;
 
 /// A snapshot of a pool's servers, the equivalent of pgpool-II's `SHOW POOL NODES`; its
-/// `Display` is a table.
+/// `Display` is a table. With the `serde` feature (on with `tower`) it implements `Serialize`,
+/// in the shape the status endpoint (`web::StatusService`, feature `tower`) serves as JSON.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolStatus {
