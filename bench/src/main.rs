@@ -20,6 +20,7 @@
 //! cluster, [`machine`], [`report`] and [`charts`] the output.
 
 mod charts;
+mod cost;
 mod failover;
 mod machine;
 mod offload;
@@ -39,9 +40,9 @@ use clap::Parser;
 use routing_cluster::LocalCluster;
 
 use crate::pgpool::Pgpool;
-use crate::report::{Cell, Report, Settings};
+use crate::report::{Cell, Costs, Report, Settings};
 use crate::setup::IdRange;
-use crate::systems::{Recycling, Servers, System, SystemKind};
+use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;
 
 /// The error type of the run's steps.
@@ -223,6 +224,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             );
         }
     }
+    let costs = measure_costs(&servers, &settings, &systems, ids).await;
     let pgpool_note = match &pgpool {
         Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
         None => pgpool_note,
@@ -266,6 +268,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         cells,
         offload,
         failover,
+        costs,
     };
     if let Some(dir) = &args.charts {
         for path in charts::write(dir, &report)? {
@@ -283,6 +286,34 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         .write_all(text.as_bytes())
         .map_err(|e| format!("cannot write the report to stdout: {e}"))?;
     Ok(all_ok)
+}
+
+/// The client-side cost per request of each system but pgpool-II (whose work is in its own
+/// processes), for a read and for a write.
+async fn measure_costs(
+    servers: &Servers,
+    settings: &Settings,
+    systems: &[SystemKind],
+    ids: IdRange,
+) -> Vec<Costs> {
+    let mut rows = Vec::new();
+    for op in [Op::Read, Op::Write] {
+        for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
+            eprintln!("cost per request: {system}, {op} ...");
+            let per_request = match System::build(system, servers, 1, settings.recycling) {
+                Ok(pools) => cost::per_request(&pools, op, ids)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            rows.push(Costs {
+                system,
+                op,
+                per_request,
+            });
+        }
+    }
+    rows
 }
 
 /// Starts pgpool-II when installed; the note says what became of it, for the report.

@@ -4,11 +4,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cost::Cost;
 use crate::failover::{self, Failover};
 use crate::machine::Machine;
 use crate::offload::{self, Offload};
 use crate::setup::{PRODUCTS, REPLICAS};
-use crate::systems::{Recycling, SystemKind};
+use crate::systems::{Op, Recycling, SystemKind};
 use crate::workload::{Measurement, Workload};
 
 /// How the run was configured.
@@ -54,6 +55,19 @@ pub(crate) struct Report {
     pub(crate) offload: Result<Offload, String>,
     /// The failover run, or why it failed.
     pub(crate) failover: Result<Failover, String>,
+    /// The client-side cost per request, by system and operation.
+    pub(crate) costs: Vec<Costs>,
+}
+
+/// The cost per request of one operation on one system (see [`crate::cost`]).
+#[derive(Debug)]
+pub(crate) struct Costs {
+    /// The system.
+    pub(crate) system: SystemKind,
+    /// The operation.
+    pub(crate) op: Op,
+    /// The cost, or why it could not be measured.
+    pub(crate) per_request: Result<Cost, String>,
 }
 
 impl Report {
@@ -64,6 +78,7 @@ impl Report {
         for workload in &self.settings.workloads {
             self.write_workload(&mut out, *workload);
         }
+        self.write_costs(&mut out);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
         out
@@ -155,9 +170,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | errors |"
+            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | errors |"
         );
-        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
         let mut notes = Vec::new();
         for clients in &self.settings.clients {
             let cells: Vec<&Cell> = self
@@ -177,7 +192,7 @@ impl Report {
                     Ok(m) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                             cell.system,
                             m.throughput(),
                             opt_ms(m.percentile(50.0)),
@@ -186,6 +201,10 @@ impl Report {
                             ratio(
                                 baseline.and_then(|b| b.percentile(50.0)).map(millis),
                                 m.percentile(50.0).map(millis)
+                            ),
+                            ratio(
+                                baseline.and_then(|b| b.percentile(99.0)).map(millis),
+                                m.percentile(99.0).map(millis)
                             ),
                             m.errors,
                         );
@@ -199,7 +218,7 @@ impl Report {
                     Err(error) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | – | – | – | – | – | failed |",
+                            "| {clients} | {} | – | – | – | – | – | – | failed |",
                             cell.system
                         );
                         notes.push(format!("{} at {clients} clients: {error}", cell.system));
@@ -209,6 +228,58 @@ impl Report {
         }
         for note in notes {
             let _ = writeln!(out, "\n- {}", cell_text(&note));
+        }
+    }
+
+    fn write_costs(&self, out: &mut String) {
+        if self.costs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
+             warm-up. Allocations are counted by a wrapper of the system allocator \
+             (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
+             every thread: the request's task, the connection's driver task and the router's \
+             health probe; the servers' work is not counted.\n",
+            crate::cost::REQUESTS
+        );
+        let _ = writeln!(
+            out,
+            "| operation | system | allocations | vs baseline | CPU µs | vs baseline |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|");
+        for row in &self.costs {
+            let baseline = self
+                .costs
+                .iter()
+                .find(|b| b.system == SystemKind::Baseline && b.op == row.op)
+                .and_then(|b| b.per_request.as_ref().ok());
+            match &row.per_request {
+                Ok(cost) => {
+                    let (extra, cpu_ratio) = match baseline {
+                        Some(b) => (
+                            format!("{:+.1}", cost.allocations - b.allocations),
+                            ratio(Some(b.cpu_micros), Some(cost.cpu_micros)),
+                        ),
+                        None => ("–".to_owned(), "–".to_owned()),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} |",
+                        row.op, row.system, cost.allocations, cost.cpu_micros
+                    );
+                }
+                Err(error) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | failed: {} | – | – | – |",
+                        row.op,
+                        row.system,
+                        cell_text(error)
+                    );
+                }
+            }
         }
     }
 

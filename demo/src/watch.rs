@@ -14,6 +14,7 @@ const SHOWN: &[&str] = &[
     "db_client_connection_max{",
     "db_client_connection_wait_time_count{",
     "db_client_connection_timeouts{",
+    "db_client_operation_duration_count{",
     "routing_queries_total{",
     "routing_server_healthy{",
 ];

@@ -69,6 +69,7 @@ pub(crate) struct Config {
     verify_primary_checkouts: bool,
     classifier: Classifier,
     first_row_timeout: Option<Duration>,
+    record_query_text: bool,
     max_causal_waits: Option<usize>,
     primary_wait: Option<Duration>,
     #[cfg(feature = "rustls")]
@@ -94,6 +95,7 @@ impl Config {
             verify_primary_checkouts: true,
             classifier: Classifier::new(),
             first_row_timeout: None,
+            record_query_text: false,
             max_causal_waits: None,
             primary_wait: None,
             #[cfg(feature = "rustls")]
@@ -205,6 +207,10 @@ impl Config {
 
     pub(crate) fn first_row_timeout(&self) -> Option<Duration> {
         self.first_row_timeout
+    }
+
+    pub(crate) fn record_query_text(&self) -> bool {
+        self.record_query_text
     }
 
     /// The configured wait, else two probe intervals.

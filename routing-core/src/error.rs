@@ -262,6 +262,30 @@ impl fmt::Display for Failures<'_> {
 }
 
 impl Error {
+    /// The error's kind in snake case (`no_replica_available`, `pool_exhausted`, ...), as
+    /// telemetry's `error.type` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Build(_) => "build",
+            Error::Checkout { .. } => "checkout",
+            Error::PoolExhausted { .. } => "pool_exhausted",
+            Error::ReplicaIsPrimary { .. } => "replica_is_primary",
+            Error::PrimaryIsStandby { .. } => "primary_is_standby",
+            Error::NoReplicaAvailable { .. } => "no_replica_available",
+            Error::RefusedAsWrite { .. } => "refused_as_write",
+            Error::NoPrimary { .. } => "no_primary",
+            Error::PrimaryLost { .. } => "primary_lost",
+            Error::Banned { .. } => "banned",
+            Error::TransactionLost => "transaction_lost",
+            Error::Timeout { .. } => "timeout",
+            Error::Query { .. } => "query",
+            Error::Connect { .. } => "connect",
+            #[cfg(feature = "migrations")]
+            Error::Migration { .. } => "migration",
+            Error::TargetIsReplica { .. } => "target_is_replica",
+        }
+    }
+
     /// Whether the same operation may succeed when tried again, because a server was down,
     /// busy, being replaced or lagging, rather than the operation or the configuration being
     /// wrong. Only [`Error::PrimaryLost`] may have taken effect already (a commit whose

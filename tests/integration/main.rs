@@ -17,6 +17,7 @@ mod session_state;
 mod slow_reads;
 mod support;
 mod survival;
+mod telemetry;
 mod tls;
 mod tokens;
 mod transactions;

@@ -31,7 +31,9 @@ pub(super) fn draw(path: &Path, failover: &Failover) -> Result<(), BoxError> {
         * 1.25;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    // The key sits in a strip of its own below the chart, clear of the data and the marks.
+    let (plot, key) = root.split_vertically(SIZE.1 - 28);
+    let mut chart = ChartBuilder::on(&plot)
         .caption(
             format!(
                 "failover: reads per second by server, stacked ({} ms buckets); replica 0 \
@@ -63,17 +65,15 @@ pub(super) fn draw(path: &Path, failover: &Failover) -> Result<(), BoxError> {
             })
             .collect()
     };
+    let mut entries = Vec::new();
     for (server, name) in timeline.servers.iter().enumerate().rev() {
         let colour = PALETTE[server % PALETTE.len()];
-        chart
-            .draw_series(
-                AreaSeries::new(stacked(server), 0.0, colour.mix(0.85)).border_style(colour),
-            )?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.mix(0.85).filled())
-            });
+        chart.draw_series(
+            AreaSeries::new(stacked(server), 0.0, colour.mix(0.85)).border_style(colour),
+        )?;
+        entries.push((name.clone(), colour.mix(0.85)));
     }
+    entries.reverse();
     let failed: Vec<(f64, f64)> = timeline
         .failed
         .iter()
@@ -81,10 +81,11 @@ pub(super) fn draw(path: &Path, failover: &Failover) -> Result<(), BoxError> {
         .map(|(bucket, n)| (at(bucket), *n as f64 * per_second))
         .collect();
     let total_failed: u64 = timeline.failed.iter().sum();
-    chart
-        .draw_series(LineSeries::new(failed, FAILED.stroke_width(2)))?
-        .label(format!("failed reads ({total_failed} in all)"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], FAILED.stroke_width(2)));
+    chart.draw_series(LineSeries::new(failed, FAILED.stroke_width(2)))?;
+    entries.push((
+        format!("failed reads ({total_failed} in all)"),
+        FAILED.to_rgba(),
+    ));
     let marks = [
         (failover.stop_began, "stop replica 0"),
         (failover.restart_began, "start replica 0"),
@@ -98,23 +99,36 @@ pub(super) fn draw(path: &Path, failover: &Failover) -> Result<(), BoxError> {
             4,
             BLACK.mix(0.6).stroke_width(1),
         )))?;
-        // Staggered, so that marks close together stay legible.
+        // Staggered, so that marks close together stay legible; to the left of a mark near the
+        // right edge.
         let y = top * (0.97 - 0.06 * index as f64);
+        let (text, side) = if x > end * 0.75 {
+            (format!("{text} "), HPos::Right)
+        } else {
+            (format!(" {text}"), HPos::Left)
+        };
         chart.draw_series(std::iter::once(Text::new(
-            format!(" {text}"),
+            text,
             (x, y),
             ("sans-serif", 12)
                 .into_font()
-                .into_text_style(&root)
-                .pos(Pos::new(HPos::Left, VPos::Top)),
+                .into_text_style(&plot)
+                .pos(Pos::new(side, VPos::Top)),
         )))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    let mut left = 80;
+    for (text, colour) in entries {
+        key.draw(&Rectangle::new(
+            [(left, 6), (left + 12, 18)],
+            colour.filled(),
+        ))?;
+        key.draw(&Text::new(
+            text.clone(),
+            (left + 17, 6),
+            ("sans-serif", 12).into_font(),
+        ))?;
+        left += 17 + 7 * i32::try_from(text.len()).unwrap_or(40) + 24;
+    }
     root.present()?;
     Ok(())
 }

@@ -201,6 +201,13 @@ impl RoutedPoolBuilder {
         self
     }
 
+    /// Whether each statement's span records its SQL as `db.query.text` (with `$1` placeholders,
+    /// never the bind values). Default: `false`, as the OpenTelemetry conventions advise.
+    pub fn record_query_text(mut self, record: bool) -> Self {
+        self.config.record_query_text = record;
+        self
+    }
+
     /// How many reads of the pool may wait at once for a replica to replay their causal token
     /// (with [`ReadYourWrites::Lsn`] and a non-zero `wait`); the others go to the primary at
     /// once, so that waiting reads (or forged tokens) never starve the replica pools. Default:

@@ -10,7 +10,7 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::QueryFragment;
 
-use crate::classify::Classification;
+use crate::classify::{Classification, operation_name};
 use crate::owned::Rendered;
 use crate::servers::Shared;
 
@@ -21,6 +21,8 @@ pub(super) struct Class {
     pub(super) write: Option<Arc<Classification>>,
     /// Whether the statement may change its session's state (only writes can).
     pub(super) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(super) operation: Option<&'static str>,
 }
 
 impl Class {
@@ -28,12 +30,17 @@ impl Class {
     fn of(shared: &Shared, sql: &str) -> Self {
         let classifier = shared.config().classifier();
         let class = classifier.classify(sql);
+        let operation = operation_name(sql);
         if class.is_read() {
-            return Class::default();
+            return Class {
+                operation,
+                ..Class::default()
+            };
         }
         Class {
             write: Some(Arc::new(class)),
             changes_session: classifier.changes_session(sql),
+            operation,
         }
     }
 }

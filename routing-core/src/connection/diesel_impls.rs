@@ -11,11 +11,13 @@ use diesel_async::{
 };
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
 
 use super::dispatch::Runners;
 use super::read::AfterRows;
 use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, log_route};
 use crate::causal::now_ms;
+use crate::classify::operation_name;
 use crate::context::ReadNeeds;
 use crate::error::Error;
 use crate::owned::{Identity, NoId, OwnedQuery, StaticId};
@@ -79,6 +81,18 @@ impl SimpleAsyncConnection for RoutedConnection {
         if self.pinned.is_some() && self.transaction_lost {
             return Err(Error::TransactionLost.into_diesel());
         }
+        let text = self.shared().config().record_query_text().then_some(query);
+        self.trace.start(operation_name(query), text);
+        let span = self.trace.span().clone();
+        let result = self.run_batch(query).instrument(span).await;
+        self.trace.finish(self.pool.shared(), &result);
+        result
+    }
+}
+
+impl RoutedConnection {
+    /// [`SimpleAsyncConnection::batch_execute`], without its telemetry.
+    async fn run_batch(&mut self, query: &str) -> QueryResult<()> {
         let route = route::decide(
             &self.state(),
             Statement::Write,
@@ -97,6 +111,9 @@ impl SimpleAsyncConnection for RoutedConnection {
             self.mark_session_changed(route.target);
         }
         self.count(route);
+        let index = self.held.index(route.target);
+        self.trace
+            .sent(self.pool.shared(), route.target, index, route.reason);
         let guard = self.held.start(route.target);
         let conn = self
             .held

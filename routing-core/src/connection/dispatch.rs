@@ -12,7 +12,9 @@ use diesel::query_builder::{QueryFragment, QueryId};
 use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
 
+use super::trace::Traced;
 use super::{FirstRow, RoutedConnection, RunFn, classified, log_route, lost_connection};
 use crate::causal::now_ms;
 use crate::classify::Classification;
@@ -32,6 +34,8 @@ pub(super) struct Prepared {
     pub(super) rendered: Option<Rendered>,
     /// Whether the statement may change its session's state.
     pub(super) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(super) operation: Option<&'static str>,
 }
 
 impl RoutedConnection {
@@ -76,6 +80,7 @@ impl RoutedConnection {
             fixed,
             rendered,
             changes_session: class.changes_session,
+            operation: class.operation,
         })
     }
 
@@ -164,18 +169,33 @@ impl RoutedConnection {
             Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
+        if self.shared().config().record_query_text() {
+            let text = prepared.rendered.clone().map_or_else(
+                || classified::rendered(self.shared(), &query, Q::query_id()),
+                Ok,
+            );
+            let text = text.as_ref().ok().map(|rendered| &*rendered.sql);
+            self.trace.start(prepared.operation, text);
+        } else {
+            self.trace.start(prepared.operation, None);
+        }
         if let Some(route) = prepared.fixed.filter(|route| self.held.holds(route.target)) {
             self.count(route);
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
             }
+            let index = self.held.index(route.target);
+            self.trace
+                .sent(self.pool.shared(), route.target, index, route.reason);
             let watched = self
                 .held
                 .watched(route.target, self.pool.shared(), |conn| direct(conn, query));
             let Some(watched) = watched else {
-                return futures_util::future::ready(Err(lost_connection())).boxed();
+                let error = Err(lost_connection());
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
             };
-            let fut = Box::pin(watched);
+            let fut = Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
             return match debug_sql {
                 None => fut,
                 Some(sql) => instrument(&mut self.instrumentation, sql, fut),
@@ -223,23 +243,32 @@ impl RoutedConnection {
     ) -> BoxFuture<'conn, QueryResult<R>> {
         let owned = match OwnedQuery::<I>::new(query, rendered, self.shared().types()) {
             Ok(owned) => owned,
-            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+            Err(e) => {
+                let error = Err(e);
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
+            }
         };
+        let span = self.trace.span().clone();
         async move {
-            let Some(sql) = debug_sql else {
-                return self.route_owned(prepared, owned, run, first_row).await;
-            };
-            let query = StrQueryHelper::new(&sql);
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::start_query(&query));
-            let result = self.route_owned(prepared, owned, run, first_row).await;
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::finish_query(
-                    &query,
-                    result.as_ref().err(),
-                ));
+            let result =
+                match debug_sql {
+                    None => self.route_owned(prepared, owned, run, first_row).await,
+                    Some(sql) => {
+                        let query = StrQueryHelper::new(&sql);
+                        self.instrumentation
+                            .on_connection_event(InstrumentationEvent::start_query(&query));
+                        let result = self.route_owned(prepared, owned, run, first_row).await;
+                        self.instrumentation.on_connection_event(
+                            InstrumentationEvent::finish_query(&query, result.as_ref().err()),
+                        );
+                        result
+                    }
+                };
+            self.trace.finish(self.pool.shared(), &result);
             result
         }
+        .instrument(span)
         .boxed()
     }
 
@@ -282,6 +311,9 @@ impl RoutedConnection {
             self.mark_session_changed(route.target);
         }
         self.count(route);
+        let index = self.held.index(route.target);
+        self.trace
+            .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;

@@ -60,6 +60,15 @@ impl Held {
         self.session(target).map(ServerConn::pg)
     }
 
+    /// The index among the pool's replicas (or nodes) of `target`'s server: the held replica,
+    /// or the node of a discovering pool's primary; `None` for a configured primary.
+    pub(super) fn index(&self, target: Target) -> Option<usize> {
+        match target {
+            Target::Primary => self.primary_node,
+            Target::Replica => self.replica_index(),
+        }
+    }
+
     /// The index of the replica held.
     pub(super) fn replica_index(&self) -> Option<usize> {
         self.replica.as_ref().map(|held| held.index)

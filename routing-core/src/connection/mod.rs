@@ -6,6 +6,7 @@ mod diesel_impls;
 mod dispatch;
 mod held;
 mod read;
+mod trace;
 mod transaction;
 mod transaction_builder;
 
@@ -27,6 +28,7 @@ use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target};
 use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
 use held::Held;
+use trace::Trace;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
 
@@ -85,6 +87,8 @@ pub struct RoutedConnection {
     instrumentation: DynInstrumentation,
     instrumented: bool,
     cache_size: Option<CacheSize>,
+    /// The telemetry of the statement running.
+    trace: Trace,
 }
 
 impl fmt::Debug for RoutedConnection {
@@ -111,6 +115,7 @@ impl RoutedConnection {
             instrumentation: DynInstrumentation::none(),
             instrumented: false,
             cache_size: None,
+            trace: Trace::default(),
         }
     }
 

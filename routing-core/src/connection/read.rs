@@ -121,13 +121,16 @@ impl RoutedConnection {
 
     /// The routing decision for a statement without running it: the replica a read would try
     /// first, or `None` for the primary. For the benchmarks of the decision's cost; like a real
-    /// statement, a write marks the connection.
+    /// statement, a write marks the connection, and the statement's telemetry (span and
+    /// duration) is made and finished.
     pub(crate) fn decide_only(
         &mut self,
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
-        let (route, needs) = match self.prepare(query, query_id)?.fixed {
+        let prepared = self.prepare(query, query_id)?;
+        self.trace.start(prepared.operation, None);
+        let (route, needs) = match prepared.fixed {
             Some(route) => (route, ReadNeeds::default()),
             None => {
                 let needs = crate::context::read_needs();
@@ -141,13 +144,22 @@ impl RoutedConnection {
                 (route, needs)
             }
         };
-        if route.target == Target::Primary {
-            return Ok(None);
-        }
-        match self.pick(&[], &needs, true) {
-            Pick::Replica { index, .. } => Ok(Some(index)),
-            Pick::None(_) => Ok(None),
-        }
+        let decision = match route.target {
+            Target::Primary => None,
+            Target::Replica => match self.pick(&[], &needs, true) {
+                Pick::Replica { index, .. } => Some(index),
+                Pick::None(_) => None,
+            },
+        };
+        let (target, index) = match decision {
+            Some(index) => (Target::Replica, Some(index)),
+            None => (Target::Primary, None),
+        };
+        self.trace
+            .sent(self.pool.shared(), target, index, route.reason);
+        self.trace
+            .finish(self.pool.shared(), &Ok::<(), DieselError>(()));
+        Ok(decision)
     }
 
     /// Holds a connection to an eligible replica for a read-only transaction (the held one when
@@ -240,6 +252,7 @@ impl RoutedConnection {
         let route = self
             .fallback(exclusions, failures)
             .map_err(Error::into_diesel)?;
+        self.trace.fell_back();
         Box::pin(self.run_on(route, owned, run, false)).await
     }
 
@@ -300,6 +313,12 @@ impl RoutedConnection {
         needs: &ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> Attempt<R> {
+        self.trace.sent(
+            self.pool.shared(),
+            Target::Replica,
+            Some(index),
+            Reason::ScopeAllowsReplica,
+        );
         if let Err(error) = self.hold_replica(index).await {
             return Attempt::Next(error);
         }

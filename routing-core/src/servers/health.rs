@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::telemetry::{BANS, HEALTHY, LAG_BYTES, LAG_SECONDS, QUERIES};
+use super::telemetry::{BANS, HEALTHY, LAG_BYTES, LAG_SECONDS, OPERATION_DURATION, QUERIES};
 use crate::error::Role;
 use crate::reason::Reason;
 
@@ -34,6 +34,9 @@ pub(crate) struct Health {
     bans: AtomicU64,
     /// `routing_queries_total` per reason, registered on first use.
     queries: [OnceLock<metrics::Counter>; Reason::COUNT],
+    /// `db.client.operation.duration` by role (primary, replica) and outcome (ok, error),
+    /// registered on first use.
+    durations: [OnceLock<metrics::Histogram>; 4],
     /// Wakes the reads waiting on this server when it is banned.
     banned_now: Notify,
 }
@@ -59,6 +62,7 @@ impl Health {
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             queries: Default::default(),
+            durations: Default::default(),
             banned_now: Notify::new(),
         }
     }
@@ -170,6 +174,24 @@ impl Health {
                 )
             })
             .increment(1);
+    }
+
+    /// Records the duration of a statement this server served as the primary or as a replica,
+    /// and whether it succeeded (the OpenTelemetry `db.client.operation.duration`, in seconds).
+    pub(crate) fn record_duration(&self, as_primary: bool, ok: bool, elapsed: Duration) {
+        let role = if as_primary { "primary" } else { "replica" };
+        let outcome = if ok { "ok" } else { "error" };
+        self.durations[usize::from(as_primary) * 2 + usize::from(ok)]
+            .get_or_init(|| {
+                metrics::histogram!(
+                    OPERATION_DURATION,
+                    "db.system.name" => "postgresql",
+                    "db.routing.server" => Arc::clone(&self.label),
+                    "db.routing.role" => role,
+                    "outcome" => outcome
+                )
+            })
+            .record(elapsed.as_secs_f64());
     }
 
     pub(crate) fn record_probe(

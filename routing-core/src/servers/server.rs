@@ -13,10 +13,44 @@ use crate::config::Config;
 use crate::error::{BuildError, CheckoutError, ConnectError, Error, Role};
 use crate::url::{DatabaseUrl, RedactedUrl};
 
+/// Where a server is, as telemetry names it: `server.address`, `server.port` and
+/// `db.namespace` of the OpenTelemetry database conventions.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The host name, IP address or Unix socket directory.
+    pub(crate) address: Box<str>,
+    /// The port.
+    pub(crate) port: u16,
+    /// The database name.
+    pub(crate) namespace: Box<str>,
+}
+
+impl Peer {
+    fn of(url: &DatabaseUrl) -> Self {
+        let config = url.config();
+        let address = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.as_str().into(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string().into(),
+            None => "localhost".into(),
+        };
+        let namespace = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres")
+            .into();
+        Peer {
+            address,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            namespace,
+        }
+    }
+}
+
 /// One server and its connection pool.
 pub(crate) struct Server {
     role: Role,
     url: DatabaseUrl,
+    peer: Peer,
     weight: u32,
     pool: Pool<Manager>,
     health: Arc<Health>,
@@ -63,6 +97,7 @@ impl Server {
             })?;
         Ok(Server {
             role,
+            peer: Peer::of(&url),
             url,
             weight,
             pool,
@@ -81,6 +116,11 @@ impl Server {
 
     pub(crate) fn database_url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// Where the server is, for telemetry.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     pub(crate) fn weight(&self) -> u32 {

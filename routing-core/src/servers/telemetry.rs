@@ -1,9 +1,10 @@
 //! The names of every metric the router's servers record, and the handles of one server's pool
 //! metrics.
 //!
-//! Two families, side by side: the router's own `routing_*` series, and the connection-pool
-//! metrics of the OpenTelemetry database-client semantic conventions (`db.client.connection.*`,
-//! with the attributes `db.client.connection.pool.name` and `db.client.connection.state`).
+//! Two families, side by side: the router's own `routing_*` series, and the metrics of the
+//! OpenTelemetry database-client semantic conventions: `db.client.operation.duration`, and the
+//! connection-pool metrics `db.client.connection.*` with the attributes
+//! `db.client.connection.pool.name` and `db.client.connection.state`.
 //! Exporters spell the names their own way: Prometheus's turns `db.client.connection.count`
 //! into `db_client_connection_count`.
 
@@ -27,6 +28,8 @@ pub(crate) const LAG_SECONDS: &str = "routing_replica_lag_seconds";
 /// Causal tokens ignored as forged.
 pub(crate) const FORGED_TOKENS: &str = "routing_forged_tokens_total";
 
+/// How long statements took, in seconds (a histogram), by server, role and outcome.
+pub(crate) const OPERATION_DURATION: &str = "db.client.operation.duration";
 /// Connections of a pool, by state (`db.client.connection.state`: `idle` or `used`).
 pub(crate) const CONNECTION_COUNT: &str = "db.client.connection.count";
 /// The most connections a pool may open.
@@ -62,6 +65,11 @@ pub(crate) fn describe() {
             "A replica's lag behind the primary."
         );
         metrics::describe_counter!(FORGED_TOKENS, "Causal tokens ignored as forged.");
+        metrics::describe_histogram!(
+            OPERATION_DURATION,
+            Unit::Seconds,
+            "Duration of database client operations."
+        );
         metrics::describe_gauge!(
             CONNECTION_COUNT,
             "The connections of a pool that are currently in the state described by the state \
@@ -173,5 +181,74 @@ impl PoolMetrics {
             .set(status.size.saturating_sub(status.available) as f64);
         gauges.max.set(status.max_size as f64);
         gauges.pending.set(status.waiting as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn a_pools_metrics_follow_the_conventions() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let pool = PoolMetrics::new(Role::Replica(1));
+            pool.refresh(&deadpool::Status {
+                max_size: 8,
+                size: 3,
+                available: 1,
+                waiting: 2,
+            });
+            pool.checked_out(Duration::from_millis(2));
+            pool.checked_out(Duration::from_millis(4));
+            pool.timed_out();
+        });
+        let recorded: HashMap<(String, Vec<(String, String)>), DebugValue> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let (_, key) = key.into_parts();
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                ((key.name().to_owned(), labels), value)
+            })
+            .collect();
+        let pool = || (POOL_NAME.to_owned(), "replica 1".to_owned());
+        let state = |s: &str| (STATE.to_owned(), s.to_owned());
+        let value = |name: &str, labels: Vec<(String, String)>| {
+            recorded
+                .get(&(name.to_owned(), labels))
+                .unwrap_or_else(|| panic!("no {name} in {recorded:?}"))
+        };
+        let gauge = |n: f64| DebugValue::Gauge(n.into());
+        assert_eq!(
+            value(CONNECTION_COUNT, vec![pool(), state("idle")]),
+            &gauge(1.0)
+        );
+        assert_eq!(
+            value(CONNECTION_COUNT, vec![pool(), state("used")]),
+            &gauge(2.0)
+        );
+        assert_eq!(value(CONNECTION_MAX, vec![pool()]), &gauge(8.0));
+        assert_eq!(
+            value(CONNECTION_PENDING_REQUESTS, vec![pool()]),
+            &gauge(2.0)
+        );
+        assert_eq!(
+            value(CONNECTION_TIMEOUTS, vec![pool()]),
+            &DebugValue::Counter(1)
+        );
+        assert_eq!(
+            value(CONNECTION_WAIT_TIME, vec![pool()]),
+            &DebugValue::Histogram(vec![0.002.into(), 0.004.into()])
+        );
     }
 }
