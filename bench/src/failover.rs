@@ -2,8 +2,9 @@
 //!
 //! Timeline (from the start of the load): at 2 s `stop_replica(0)`; at 4 s (or when the stop is
 //! done, if later) `start_replica(0)`, which returns once the replica streams again; the load runs
-//! until 6 s, and longer if replica 0 has not served a read again by then (at most
-//! [`RETURN_TIMEOUT`] after `start_replica` returned). Each read asks its server for its port
+//! until 6 s, and at least [`AFTER_RETURN`] after replica 0 served a read again (waiting for that
+//! at most [`RETURN_TIMEOUT`] after `start_replica` returned), so that the timeline shows it
+//! back. Each read asks its server for its port
 //! (`inet_server_port()`), so a read served by replica 0 is known for certain; a sampler reads
 //! `RoutedPool::status()` every 10 ms for the statements routed to replica 0.
 
@@ -31,6 +32,8 @@ pub(crate) const STOP_AT: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AT: Duration = Duration::from_secs(4);
 /// How long after `start_replica` returned the load waits for replica 0 to serve again.
 pub(crate) const RETURN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the load goes on after replica 0 served again.
+pub(crate) const AFTER_RETURN: Duration = Duration::from_secs(1);
 /// How often the router's status is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// The width of one bucket of the timeline.
@@ -193,7 +196,7 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
     {
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
-    let end = (start + RUN).max(Instant::now() + Duration::from_millis(100));
+    let end = (start + RUN).max(Instant::now() + AFTER_RETURN);
     tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
     let ended = start.elapsed();
