@@ -23,8 +23,8 @@ mod tests;
 /// statements learned for the primary. Every request reads the status anew; nothing is sent to
 /// the servers.
 ///
-/// Mount it on a route of its own, outside any authentication-free area you would not show
-/// server addresses in (URLs are shown with their password redacted):
+/// It shows the servers' addresses (passwords redacted): mount it where only operators reach
+/// it.
 ///
 /// ```
 /// use axum::Router;
