@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
 //!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool] [--no-scenarios]
+//!     [--systems baseline,routed,pgpool] [--no-scenarios] [--charts DIR]
 //! ```
 //!
 //! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
@@ -12,12 +12,14 @@
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
 //! installed). Then it measures the primary's share of a read-only workload's transactions
 //! through the router, and the router's behaviour while a replica stops and starts again. The
-//! results go to stdout as Markdown (and to `--markdown FILE`); progress goes to stderr.
+//! results go to stdout as Markdown (and to `--markdown FILE`), and as SVG charts to `--charts
+//! DIR`; progress goes to stderr.
 //!
 //! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
 //! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
-//! cluster, [`machine`] and [`report`] the output.
+//! cluster, [`machine`], [`report`] and [`charts`] the output.
 
+mod charts;
 mod cost;
 mod failover;
 mod machine;
@@ -99,6 +101,11 @@ struct Args {
     /// Skip the primary offload and failover scenarios.
     #[arg(long)]
     no_scenarios: bool,
+
+    /// Also draw SVG charts into DIR (created if missing): `<workload>.svg` (throughput and
+    /// p50/p99 per system and client count) and `failover.svg` (the failover timeline).
+    #[arg(long, value_name = "DIR")]
+    charts: Option<PathBuf>,
 }
 
 impl Args {
@@ -263,6 +270,11 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         failover,
         costs,
     };
+    if let Some(dir) = &args.charts {
+        for path in charts::write(dir, &report)? {
+            eprintln!("chart written to {}", path.display());
+        }
+    }
     let text = report.markdown();
     if let Some((path, file)) = &mut markdown {
         file.write_all(text.as_bytes())

@@ -361,12 +361,13 @@ fn write_failover(out: &mut String, failover: &Result<Failover, String>) {
         "\n## Failover\n\n`routed`, workload `point` (each read also selects \
          `inet_server_port()`), {} clients, default health check (1 s probe). \
          `stop_replica(0)` at {}, `start_replica(0)` at {} (it returns once the replica streams \
-         again); the load runs {} or until replica 0 served again. The router's statements \
-         routed to replica 0 are sampled every 10 ms.\n",
+         again); the load runs {}, and at least {} after replica 0 served again. The router's \
+         statements routed to replica 0 are sampled every 10 ms.\n",
         failover::CLIENTS,
         secs(failover::STOP_AT),
         secs(failover::RESTART_AT),
         secs(failover::RUN),
+        secs(failover::AFTER_RETURN),
     );
     let f = match failover {
         Ok(f) => f,

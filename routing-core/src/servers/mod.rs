@@ -10,6 +10,7 @@ mod learned;
 pub(crate) mod probe;
 mod server;
 mod status;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod tokens;
 mod topology;

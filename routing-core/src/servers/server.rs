@@ -1,13 +1,14 @@
 //! One server: its connection pool, its health, and what a failed checkout means.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{HookError, Pool, PoolError, TimeoutType};
 
 use super::PooledConn;
 use super::connect::Manager;
 use super::health::Health;
+use super::telemetry::PoolMetrics;
 use crate::config::Config;
 use crate::error::{BuildError, CheckoutError, ConnectError, Error, Role};
 use crate::url::{DatabaseUrl, RedactedUrl};
@@ -53,6 +54,7 @@ pub(crate) struct Server {
     weight: u32,
     pool: Pool<Manager>,
     health: Arc<Health>,
+    metrics: PoolMetrics,
 }
 
 impl Server {
@@ -100,6 +102,7 @@ impl Server {
             weight,
             pool,
             health: Arc::new(Health::new(role)),
+            metrics: PoolMetrics::new(role),
         })
     }
 
@@ -132,7 +135,14 @@ impl Server {
         self.pool.status()
     }
 
-    /// Checks a connection out of this server's pool.
+    /// Sets the pool's connection gauges (`db.client.connection.count`, `.max`,
+    /// `.pending_requests`) from its status now.
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(&self.pool.status());
+    }
+
+    /// Checks a connection out of this server's pool, recording how long it took
+    /// (`db.client.connection.wait_time`) or that it timed out (`db.client.connection.timeouts`).
     ///
     /// # Errors
     ///
@@ -140,7 +150,19 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        self.pool.get().await.map_err(|e| self.checkout_error(e))
+        let began = Instant::now();
+        match self.pool.get().await {
+            Ok(conn) => {
+                self.metrics.checked_out(began.elapsed());
+                Ok(conn)
+            }
+            Err(error) => {
+                if matches!(error, PoolError::Timeout(_)) {
+                    self.metrics.timed_out();
+                }
+                Err(self.checkout_error(error))
+            }
+        }
     }
 
     fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {

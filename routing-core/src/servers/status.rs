@@ -1,14 +1,20 @@
-//! What the router knows of each server now, as a value and as a table.
+//! What the router knows of each server now, as a value and as a table (and, with the `serde`
+//! feature, as whatever a serializer makes of it).
+
+#[cfg(feature = "serde")]
+mod serialize;
 
 use std::fmt;
 use std::time::Duration;
 
 use super::{RoutedPool, Server};
 use crate::error::Role;
+use crate::reason::Reason;
 use crate::url::RedactedUrl;
 
 /// A snapshot of a pool's servers, the equivalent of pgpool-II's `SHOW POOL NODES`; its
-/// `Display` is a table.
+/// `Display` is a table. With the `serde` feature (on with `tower`) it implements `Serialize`,
+/// in the shape the status endpoint (`web::StatusService`, feature `tower`) serves as JSON.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolStatus {
@@ -58,6 +64,9 @@ pub struct ServerStatus {
     pub max_size: usize,
     /// Statements sent to this server so far (attempts, including failed ones).
     pub queries_routed: u64,
+    /// The same statements by the reason they were sent here, in the order of
+    /// [`Reason::ALL`]; reasons that sent none are left out.
+    pub queries_by_reason: Vec<(Reason, u64)>,
     /// Failures seen: failed checkouts, broken connections, failed probes.
     pub failures: u64,
     /// Times the server was taken out of rotation.
@@ -66,7 +75,8 @@ pub struct ServerStatus {
 
 impl RoutedPool {
     /// What the router knows of each server now: health, ban reason, lag, connections, queries
-    /// routed.
+    /// routed. Also refreshes the pools' connection gauges (`db.client.connection.count`,
+    /// `.max`, `.pending_requests`), which the health probe otherwise refreshes every interval.
     ///
     /// ```no_run
     /// # fn show(pool: &routing_core::RoutedPool) {
@@ -75,6 +85,9 @@ impl RoutedPool {
     /// ```
     pub fn status(&self) -> PoolStatus {
         let primary = self.shared.primary_node();
+        for server in self.shared.servers() {
+            server.refresh_metrics();
+        }
         PoolStatus {
             servers: self
                 .shared
@@ -114,6 +127,11 @@ fn server_status(server: &Server, primary_node: Option<usize>) -> ServerStatus {
         waiting: pool.waiting,
         max_size: pool.max_size,
         queries_routed: health.routed(),
+        queries_by_reason: Reason::ALL
+            .iter()
+            .map(|reason| (*reason, health.routed_for(*reason)))
+            .filter(|(_, count)| *count > 0)
+            .collect(),
         failures: health.failures(),
         bans: health.bans(),
     }

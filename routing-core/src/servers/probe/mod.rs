@@ -1,6 +1,7 @@
 //! The background health probe: every interval it asks the primary for its WAL position and each
 //! replica whether it answers, is in recovery, and how far it has replayed; it bans and admits
-//! replicas and records their lag and latency in their [`Health`](super::Health).
+//! replicas and records their lag and latency in their [`Health`](super::Health), and refreshes
+//! every pool's connection gauges.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -158,6 +159,10 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
                 join_all(probes).await;
             }
             None => nodes::probe(&shared, &mut sessions, &mut history, schedule.timeout).await,
+        }
+        // The pools' gauges follow the probe's rhythm, off the statements' path.
+        for server in shared.servers() {
+            server.refresh_metrics();
         }
         drop(shared);
         // A burst of requests to look again costs at most one round per this pause.
