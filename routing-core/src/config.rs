@@ -60,8 +60,10 @@ pub(crate) struct Config {
     max_lag: Option<Duration>,
     max_lag_bytes: Option<u64>,
     read_your_writes: ReadYourWrites,
-    max_size: usize,
-    checkout_timeout: Duration,
+    primary_max_size: usize,
+    replica_max_size: usize,
+    primary_checkout_timeout: Duration,
+    replica_checkout_timeout: Duration,
     connect_timeout: Duration,
     fallback_to_primary: bool,
     retry_refused_writes: bool,
@@ -85,8 +87,10 @@ impl Config {
             max_lag: Some(Duration::from_secs(30)),
             max_lag_bytes: None,
             read_your_writes: ReadYourWrites::default(),
-            max_size: 16,
-            checkout_timeout: Duration::from_secs(5),
+            primary_max_size: 16,
+            replica_max_size: 16,
+            primary_checkout_timeout: Duration::from_secs(5),
+            replica_checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             fallback_to_primary: true,
             retry_refused_writes: true,
@@ -110,11 +114,19 @@ impl Config {
                 expected,
             })
         };
-        if self.max_size == 0 {
-            return invalid("max_size", "0".to_owned(), "at least one connection");
+        for (setting, size) in [
+            // Both zero: `max_size(0)`, most likely.
+            ("max_size", self.primary_max_size.max(self.replica_max_size)),
+            ("primary_max_size", self.primary_max_size),
+            ("replica_max_size", self.replica_max_size),
+        ] {
+            if size == 0 {
+                return invalid(setting, "0".to_owned(), "at least one connection");
+            }
         }
         for (setting, value) in [
-            ("checkout_timeout", self.checkout_timeout),
+            ("primary_checkout_timeout", self.primary_checkout_timeout),
+            ("replica_checkout_timeout", self.replica_checkout_timeout),
             ("connect_timeout", self.connect_timeout),
             ("health_check.interval", self.health_check.interval),
             ("health_check.timeout", self.health_check.timeout),
@@ -171,12 +183,22 @@ impl Config {
         self.read_your_writes
     }
 
-    pub(crate) fn max_size(&self) -> usize {
-        self.max_size
+    /// The most connections of the primary's pool (`true`) or of each replica's.
+    pub(crate) fn max_size(&self, primary: bool) -> usize {
+        if primary {
+            self.primary_max_size
+        } else {
+            self.replica_max_size
+        }
     }
 
-    pub(crate) fn checkout_timeout(&self) -> Duration {
-        self.checkout_timeout
+    /// How long a checkout from the primary's pool (`true`) or a replica's waits.
+    pub(crate) fn checkout_timeout(&self, primary: bool) -> Duration {
+        if primary {
+            self.primary_checkout_timeout
+        } else {
+            self.replica_checkout_timeout
+        }
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -212,10 +234,10 @@ impl Config {
         self.primary_wait.unwrap_or(self.health_check.interval * 2)
     }
 
-    /// The configured bound, else a quarter of a server's pool (at least one).
+    /// The configured bound, else a quarter of a replica's pool (at least one).
     pub(crate) fn max_causal_waits(&self) -> usize {
         self.max_causal_waits
-            .unwrap_or_else(|| (self.max_size / 4).max(1))
+            .unwrap_or_else(|| (self.replica_max_size / 4).max(1))
     }
 
     #[cfg(feature = "rustls")]
@@ -241,7 +263,15 @@ mod tests {
             "invalid setting max_size = 0: expected at least one connection"
         );
         assert!(
-            build_error(builder().checkout_timeout(Duration::ZERO)).contains("checkout_timeout")
+            build_error(builder().max_size(4).replica_max_size(0)).contains("replica_max_size")
+        );
+        assert!(
+            build_error(builder().checkout_timeout(Duration::ZERO))
+                .contains("primary_checkout_timeout")
+        );
+        assert!(
+            build_error(builder().replica_checkout_timeout(Duration::ZERO))
+                .contains("replica_checkout_timeout")
         );
         assert!(
             build_error(

@@ -10,6 +10,7 @@ mod events;
 mod failover;
 mod faults;
 mod migrations;
+mod pools;
 mod refusals;
 mod routing;
 mod session_state;

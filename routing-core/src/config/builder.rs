@@ -138,15 +138,47 @@ impl RoutedPoolBuilder {
         self
     }
 
-    /// The most connections each server's pool opens. Default: 16.
-    pub fn max_size(mut self, max_size: usize) -> Self {
-        self.config.max_size = max_size;
+    /// The most connections each server's pool opens: sets both
+    /// [`primary_max_size`](Self::primary_max_size) and
+    /// [`replica_max_size`](Self::replica_max_size). Default: 16.
+    pub fn max_size(self, max_size: usize) -> Self {
+        self.primary_max_size(max_size).replica_max_size(max_size)
+    }
+
+    /// The most connections the primary's pool opens. In a pool that discovers its primary (a
+    /// multi-host URL), the node that is the primary gets this size. Default: 16.
+    pub fn primary_max_size(mut self, max_size: usize) -> Self {
+        self.config.primary_max_size = max_size;
         self
     }
 
-    /// How long a checkout waits for a free pooled connection. Default: 5 s.
-    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
-        self.config.checkout_timeout = timeout;
+    /// The most connections each replica's pool opens (every replica has a pool of its own).
+    /// In a pool that discovers its primary, every node that is not the primary gets this
+    /// size. Default: 16.
+    pub fn replica_max_size(mut self, max_size: usize) -> Self {
+        self.config.replica_max_size = max_size;
+        self
+    }
+
+    /// How long a checkout waits for a free pooled connection: sets both
+    /// [`primary_checkout_timeout`](Self::primary_checkout_timeout) and
+    /// [`replica_checkout_timeout`](Self::replica_checkout_timeout). Default: 5 s.
+    pub fn checkout_timeout(self, timeout: Duration) -> Self {
+        self.primary_checkout_timeout(timeout)
+            .replica_checkout_timeout(timeout)
+    }
+
+    /// How long a checkout from the primary's pool waits for a free connection; past it, the
+    /// statement fails with [`Error::PoolExhausted`](crate::Error::PoolExhausted). Default: 5 s.
+    pub fn primary_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.primary_checkout_timeout = timeout;
+        self
+    }
+
+    /// How long a checkout from a replica's pool waits for a free connection; past it, a read
+    /// tries the next replica (the busy one is not banned), then the primary. Default: 5 s.
+    pub fn replica_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.replica_checkout_timeout = timeout;
         self
     }
 
@@ -204,7 +236,7 @@ impl RoutedPoolBuilder {
     /// How many reads of the pool may wait at once for a replica to replay their causal token
     /// (with [`ReadYourWrites::Lsn`] and a non-zero `wait`); the others go to the primary at
     /// once, so that waiting reads (or forged tokens) never starve the replica pools. Default:
-    /// a quarter of `max_size`, at least one.
+    /// a quarter of `replica_max_size`, at least one.
     pub fn max_causal_waits(mut self, max: usize) -> Self {
         self.config.max_causal_waits = Some(max);
         self

@@ -1,9 +1,10 @@
 //! One server: its connection pool, its health, and what a failed checkout means.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool::managed::{HookError, Pool, PoolError, TimeoutType};
+use deadpool::managed::{HookError, Pool, PoolError, TimeoutType, Timeouts};
 
 use super::PooledConn;
 use super::connect::Manager;
@@ -19,6 +20,13 @@ pub(crate) struct Server {
     weight: u32,
     pool: Pool<Manager>,
     health: Arc<Health>,
+    /// The pool's limits as the primary, then as a replica: a node of a discovering pool takes
+    /// those of the role it has now.
+    sizes: [usize; 2],
+    timeouts: [Timeouts; 2],
+    /// Whether the server serves as the primary now: its configured role, or, for a node,
+    /// what the probe found last.
+    as_primary: AtomicBool,
 }
 
 impl Server {
@@ -47,11 +55,19 @@ impl Server {
             config.verify_roles(),
             verify_checkouts,
         );
+        let timeouts = |primary| Timeouts {
+            wait: Some(config.checkout_timeout(primary)),
+            create: Some(config.connect_timeout()),
+            recycle: Some(config.connect_timeout()),
+        };
+        let timeouts = [timeouts(true), timeouts(false)];
+        let sizes = [config.max_size(true), config.max_size(false)];
+        // A node starts as a replica, until the probe finds it is the primary.
+        let as_primary = role == Role::Primary;
+        let duty = usize::from(!as_primary);
         let pool = Pool::builder(manager)
-            .max_size(config.max_size())
-            .wait_timeout(Some(config.checkout_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.connect_timeout()))
+            .max_size(sizes[duty])
+            .timeouts(timeouts[duty])
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|source| BuildError::Pool {
@@ -65,7 +81,18 @@ impl Server {
             weight,
             pool,
             health: Arc::new(Health::new(role)),
+            sizes,
+            timeouts,
+            as_primary: AtomicBool::new(as_primary),
         })
+    }
+
+    /// Gives a node of a discovering pool the pool size and checkout timeout of the role the
+    /// probe found it in: the primary's, or a replica's.
+    pub(super) fn serve_as(&self, primary: bool) {
+        if self.as_primary.swap(primary, Ordering::AcqRel) != primary {
+            self.pool.resize(self.sizes[usize::from(!primary)]);
+        }
     }
 
     pub(crate) fn role(&self) -> Role {
@@ -100,11 +127,19 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        self.pool.get().await.map_err(|e| self.checkout_error(e))
+        let timeouts = self.timeouts();
+        self.pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|e| self.checkout_error(e, timeouts))
     }
 
-    fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {
-        let timeouts = self.pool.timeouts();
+    /// The checkout's timeouts for the role the server serves in now.
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts[usize::from(!self.as_primary.load(Ordering::Relaxed))]
+    }
+
+    fn checkout_error(&self, error: PoolError<ConnectError>, timeouts: Timeouts) -> Error {
         let timeout = |t: Option<Duration>| t.unwrap_or_default();
         let source = match error {
             PoolError::Timeout(TimeoutType::Wait) => {

@@ -55,6 +55,11 @@ pub(super) async fn probe(
         .ok()
         .and_then(|node| answers[*node].as_ref().ok())
         .and_then(|(_, lsn, _)| *lsn);
+    // Pool sizes first: writers woken by the new primary check out at its size.
+    let primary_node = found.as_ref().ok().copied();
+    for (node, server) in shared.replicas().iter().enumerate() {
+        server.serve_as(primary_node == Some(node));
+    }
     let topology = shared.topology();
     let previous = topology.primary();
     if topology.set(found) {
