@@ -20,6 +20,7 @@ pub struct ClusterBuilder {
     pub(crate) timeout: Duration,
     pub(crate) tls: bool,
     pub(crate) pgbouncer: Option<PoolMode>,
+    pub(crate) password_auth: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -30,6 +31,7 @@ impl Default for ClusterBuilder {
             timeout: DEFAULT_TIMEOUT,
             tls: false,
             pgbouncer: None,
+            password_auth: false,
         }
     }
 }
@@ -65,6 +67,16 @@ impl ClusterBuilder {
     /// logins stay open.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// Makes TCP logins of every user but `postgres` need their password, checked with
+    /// `scram-sha-256` (default off: every login is trusted). `postgres` stays trusted, so the
+    /// cluster's URLs work as before; a role made with `CREATE ROLE app LOGIN PASSWORD '...'`
+    /// then logs in with its password only, and `ALTER ROLE app PASSWORD '...'` rotates it (the
+    /// replicas replay the change).
+    pub fn password_auth(mut self, on: bool) -> Self {
+        self.password_auth = on;
         self
     }
 

@@ -110,7 +110,7 @@ impl LocalCluster {
             dir: Some(dir),
             watchdog: Some(watchdog),
         };
-        cluster.boot().await?;
+        cluster.boot(options.password_auth).await?;
         if let Some(mode) = options.pgbouncer {
             cluster.start_bouncers(mode).await?;
         }
@@ -125,9 +125,9 @@ impl LocalCluster {
     }
 
     /// Creates and starts the primary, then every replica in parallel.
-    async fn boot(&mut self) -> Result<(), ClusterError> {
+    async fn boot(&mut self, password_auth: bool) -> Result<(), ClusterError> {
         let ctx = &self.ctx;
-        setup::init_primary(&self.primary, ctx, self.replicas.len()).await?;
+        setup::init_primary(&self.primary, ctx, self.replicas.len(), password_auth).await?;
         if let Some(tls) = &self.tls {
             tls.configure_primary(&self.primary, ctx).await?;
         }
