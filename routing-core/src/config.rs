@@ -4,9 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+
 use crate::causal::ReadYourWrites;
 use crate::classify::Classifier;
-use crate::error::BuildError;
+use crate::credentials::Provider;
+use crate::error::{BuildError, Role};
 #[allow(unused_imports)] // named in the docs
 use crate::policy::{LeastOutstanding, LowestLatency, Random};
 use crate::policy::{Policy, ReplicaPolicy, RoundRobin};
@@ -42,6 +47,20 @@ impl HealthCheck {
     }
 }
 
+/// What runs on every new server connection of a pool, after the router's own setup.
+pub(crate) type HookFn =
+    dyn for<'c> Fn(&'c mut AsyncPgConnection, Role) -> BoxFuture<'c, QueryResult<()>> + Send + Sync;
+
+/// A pool's `on_connect` hook.
+#[derive(Clone)]
+pub(crate) struct OnConnect(pub(crate) Arc<HookFn>);
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnConnect")
+    }
+}
+
 /// A replica as configured.
 #[derive(Clone, Debug)]
 pub(crate) struct ReplicaConfig {
@@ -73,6 +92,9 @@ pub(crate) struct Config {
     first_row_timeout: Option<Duration>,
     max_causal_waits: Option<usize>,
     primary_wait: Option<Duration>,
+    credentials: Option<Provider>,
+    on_connect: Option<OnConnect>,
+    transaction_pooler: bool,
     #[cfg(feature = "rustls")]
     tls_config: Option<Arc<rustls::ClientConfig>>,
 }
@@ -100,6 +122,9 @@ impl Config {
             first_row_timeout: None,
             max_causal_waits: None,
             primary_wait: None,
+            credentials: None,
+            on_connect: None,
+            transaction_pooler: false,
             #[cfg(feature = "rustls")]
             tls_config: None,
         }
@@ -144,6 +169,14 @@ impl Config {
         }
         if self.max_causal_waits == Some(0) {
             return invalid("max_causal_waits", "0".to_owned(), "at least one read");
+        }
+        if self.transaction_pooler && self.on_connect.is_some() {
+            return invalid(
+                "on_connect",
+                "a hook, with transaction_pooler(true)".to_owned(),
+                "no on_connect hook: a transaction pooler gives each transaction any server \
+                 connection, so there is no session to set up",
+            );
         }
         if let Some(index) = self.replicas.iter().position(|r| r.weight == 0) {
             return invalid(
@@ -238,6 +271,18 @@ impl Config {
     pub(crate) fn max_causal_waits(&self) -> usize {
         self.max_causal_waits
             .unwrap_or_else(|| (self.replica_max_size / 4).max(1))
+    }
+
+    pub(crate) fn credentials(&self) -> Option<&Provider> {
+        self.credentials.as_ref()
+    }
+
+    pub(crate) fn on_connect(&self) -> Option<&OnConnect> {
+        self.on_connect.as_ref()
+    }
+
+    pub(crate) fn transaction_pooler(&self) -> bool {
+        self.transaction_pooler
     }
 
     #[cfg(feature = "rustls")]

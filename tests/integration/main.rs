@@ -9,6 +9,7 @@ mod custom_types;
 mod events;
 mod failover;
 mod faults;
+mod hooks;
 mod migrations;
 mod pools;
 mod refusals;

@@ -30,11 +30,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// A server in `role`, whose connections come from `url`.
-    ///
-    /// A configured replica's sessions are read-only and, with `verify_roles`, every session
-    /// checks that its server is in its configured role. A node of a discovering pool has no
-    /// fixed role: its sessions are neither.
+    /// A server in `role`, whose connections come from `url` (see [`Manager`] for their setup).
     pub(super) fn new(
         config: &Config,
         role: Role,
@@ -45,16 +41,7 @@ impl Server {
         // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
         let verify_checkouts =
             matches!(role, Role::Primary | Role::Node(_)) && config.verify_primary_checkouts();
-        let fixed_role = match role {
-            Role::Node(_) => None,
-            role => Some(role),
-        };
-        let manager = Manager::new(
-            fixed_role,
-            url.clone(),
-            config.verify_roles(),
-            verify_checkouts,
-        );
+        let manager = Manager::new(role, url.clone(), config, verify_checkouts);
         let timeouts = |primary| Timeouts {
             wait: Some(config.checkout_timeout(primary)),
             create: Some(config.connect_timeout()),
