@@ -21,6 +21,7 @@ pub struct ClusterBuilder {
     pub(crate) tls: bool,
     pub(crate) pgbouncer: Option<PoolMode>,
     pub(crate) password_auth: bool,
+    pub(crate) pgbouncer_pool_size: u32,
 }
 
 impl Default for ClusterBuilder {
@@ -32,6 +33,7 @@ impl Default for ClusterBuilder {
             tls: false,
             pgbouncer: None,
             password_auth: false,
+            pgbouncer_pool_size: crate::pgbouncer::DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -83,13 +85,22 @@ impl ClusterBuilder {
     /// Starts a PgBouncer in `mode` in front of the primary and of each replica, on free
     /// loopback ports (default: none); see [`LocalCluster::bouncer_primary_url`] and
     /// [`LocalCluster::bouncer_replica_urls`]. The bouncers trust the `postgres` user, give each
-    /// database a pool of 4 server connections and accept 500 clients; with
+    /// database a pool of 4 server connections (see
+    /// [`pgbouncer_pool_size`](Self::pgbouncer_pool_size)) and accept 500 clients; with
     /// [`tls`](Self::tls) on, they require TLS from clients and verify the servers.
     ///
     /// Needs the `pgbouncer` program (`$PGBOUNCER`, `PATH` or `/usr/sbin`); without it,
     /// [`start`](Self::start) fails with [`ClusterError::PgBouncerNotFound`].
     pub fn pgbouncer(mut self, mode: PoolMode) -> Self {
         self.pgbouncer = Some(mode);
+        self
+    }
+
+    /// The server connections each bouncer keeps per user and database (its
+    /// `default_pool_size`; default 4). In session mode every client holds one for as long as
+    /// it is connected: make it at least the clients' pool size plus one for a health probe.
+    pub fn pgbouncer_pool_size(mut self, size: u32) -> Self {
+        self.pgbouncer_pool_size = size;
         self
     }
 

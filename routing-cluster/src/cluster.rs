@@ -112,7 +112,11 @@ impl LocalCluster {
         };
         cluster.boot(options.password_auth).await?;
         if let Some(mode) = options.pgbouncer {
-            cluster.start_bouncers(mode).await?;
+            let pooling = crate::pgbouncer::Pooling {
+                mode,
+                size: options.pgbouncer_pool_size,
+            };
+            cluster.start_bouncers(pooling).await?;
         }
         tracing::info!(
             dir = %cluster.ctx.root.display(),

@@ -11,6 +11,7 @@ mod failover;
 mod faults;
 mod hooks;
 mod migrations;
+mod pgbouncer;
 mod pools;
 mod refusals;
 mod routing;
