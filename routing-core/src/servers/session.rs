@@ -45,6 +45,7 @@ impl ServerSession {
     }
 
     /// diesel-async's connection, unless the session runs unnamed statements.
+    #[cfg(feature = "migrations")]
     pub(crate) fn into_prepared(self) -> Option<AsyncPgConnection> {
         match self {
             ServerSession::Prepared(conn) => Some(conn),
