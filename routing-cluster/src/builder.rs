@@ -22,6 +22,7 @@ pub struct ClusterBuilder {
     pub(crate) pgbouncer: Option<PoolMode>,
     pub(crate) password_auth: bool,
     pub(crate) pgbouncer_pool_size: u32,
+    pub(crate) tls_only: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -34,6 +35,7 @@ impl Default for ClusterBuilder {
             pgbouncer: None,
             password_auth: false,
             pgbouncer_pool_size: crate::pgbouncer::DEFAULT_POOL_SIZE,
+            tls_only: true,
         }
     }
 }
@@ -69,6 +71,14 @@ impl ClusterBuilder {
     /// logins stay open.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// With [`tls`](Self::tls) on, whether TCP logins without TLS are refused (default `true`).
+    /// `false` keeps TLS on and plain TCP open too (`sslmode=disable` in a URL), to compare the
+    /// two on the same servers.
+    pub fn tls_only(mut self, only: bool) -> Self {
+        self.tls_only = only;
         self
     }
 
