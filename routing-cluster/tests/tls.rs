@@ -1,5 +1,6 @@
 //! A TLS-only cluster: verify-full logins work on every server and are encrypted, plain TCP
-//! logins and an untrusted CA are refused.
+//! logins and an untrusted CA are refused; with `tls_only(false)`, plain TCP stays open beside
+//! TLS.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

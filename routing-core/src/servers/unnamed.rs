@@ -313,3 +313,35 @@ impl DatabaseErrorInformation for ServerError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::IntoSql;
+    use diesel::sql_types::{Integer, Nullable, Text};
+    use routing_fixtures::OrderStatus;
+
+    use super::*;
+
+    #[test]
+    fn statements_carry_binary_binds_and_their_types() {
+        let query = diesel::select((
+            7_i32.into_sql::<Integer>(),
+            None::<String>.into_sql::<Nullable<Text>>(),
+        ));
+        let statement = Statement::of(&query).unwrap();
+        assert_eq!(statement.sql, "SELECT $1, $2");
+        let types: Vec<_> = statement.params().map(|(_, ty)| ty).collect();
+        assert_eq!(types, vec![Type::INT4, Type::TEXT]);
+        assert_eq!(statement.binds[0].0.0.as_deref(), Some(&[0, 0, 0, 7][..]));
+        assert_eq!(statement.binds[1].0.0, None);
+    }
+
+    #[test]
+    fn custom_types_must_be_looked_up_first() {
+        let query = diesel::select(
+            OrderStatus::Paid.into_sql::<routing_fixtures::sql_types::OrderStatus>(),
+        );
+        let error = Statement::of(&query).err().expect("an unresolved type");
+        assert!(error.to_string().contains("order_status"), "{error}");
+    }
+}
