@@ -3,27 +3,31 @@
 //! ```text
 //! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
 //!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool] [--no-scenarios] [--charts DIR]
+//!     [--systems baseline,routed,pgpool] [--paths tls,pgbouncer] [--no-paths] [--no-scenarios]
+//!     [--charts DIR]
 //! ```
 //!
 //! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
 //! systems with pools of the same size over the same servers, at every workload and client
 //! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
-//! installed). Then it measures the primary's share of a read-only workload's transactions
+//! installed). Then the baseline and the router again on two connection paths, each on a
+//! cluster of its own: over TLS, and through PgBouncer. Then it measures the primary's share of a read-only workload's transactions
 //! through the router, and the router's behaviour while a replica stops and starts again. The
 //! results go to stdout as Markdown (and to `--markdown FILE`), and as SVG charts to `--charts
 //! DIR`; progress goes to stderr.
 //!
 //! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
-//! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
-//! cluster, [`machine`], [`report`] and [`charts`] the output.
+//! pgpool-II's process, [`paths`] TLS and PgBouncer, [`offload`] and [`failover`] the two router
+//! scenarios, [`setup`] the cluster, [`cost`] the cost per request, [`machine`], [`report`] and
+//! [`charts`] the output.
 
 mod charts;
 mod cost;
 mod failover;
 mod machine;
 mod offload;
+mod paths;
 mod pgpool;
 mod report;
 mod setup;
@@ -97,6 +101,21 @@ struct Args {
         default_value = "baseline,routed,pgpool"
     )]
     systems: Vec<SystemKind>,
+
+    /// Connection paths to measure the baseline and the router on, each on a cluster of its
+    /// own, comma-separated: `tls` (every connection over TLS) and `pgbouncer` (through
+    /// PgBouncer in session mode).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tls,pgbouncer"
+    )]
+    paths: Vec<paths::Path>,
+
+    /// Skip the connection paths.
+    #[arg(long)]
+    no_paths: bool,
 
     /// Skip the primary offload and failover scenarios.
     #[arg(long)]
@@ -191,7 +210,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     eprintln!(
         "starting a throwaway cluster (a primary and two streaming replicas), seeding it ..."
     );
-    let (cluster, ids) = setup::start().await?;
+    let (cluster, ids) = setup::start(LocalCluster::builder()).await?;
     eprintln!(
         "  primary on port {}, replicas on ports {} and {}",
         cluster.primary_port(),
@@ -209,6 +228,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         primary: cluster.primary_url(),
         replicas: cluster.replica_urls(),
         pgpool: pgpool.as_ref().map(Pgpool::url),
+        tls: None,
     };
 
     let systems: Vec<SystemKind> = SystemKind::ALL
@@ -257,7 +277,28 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     eprintln!("stopping the cluster ...");
     drop(cluster);
 
+    let mut path_runs = Vec::new();
+    if !args.no_paths {
+        for path in &args.paths {
+            if path_runs
+                .iter()
+                .any(|run: &paths::PathRun| run.path == *path)
+            {
+                continue;
+            }
+            path_runs.push(paths::measure(*path, &settings).await);
+        }
+    }
+
+    let path_cells_ok = path_runs.iter().all(|run| {
+        run.cells.as_ref().is_ok_and(|cells| {
+            cells
+                .iter()
+                .all(|c| c.outcome.as_ref().is_ok_and(|m| m.errors == 0))
+        })
+    });
     let all_ok = (args.no_scenarios || (offload.is_ok() && failover.is_ok()))
+        && path_cells_ok
         && cells
             .iter()
             .all(|c| c.outcome.as_ref().is_ok_and(|m| m.errors == 0));
@@ -269,6 +310,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         offload,
         failover,
         costs,
+        paths: path_runs,
     };
     if let Some(dir) = &args.charts {
         for path in charts::write(dir, &report)? {

@@ -57,6 +57,8 @@ pub(crate) struct Report {
     pub(crate) failover: Result<Failover, String>,
     /// The client-side cost per request, by system and operation.
     pub(crate) costs: Vec<Costs>,
+    /// The connection paths measured (TLS, PgBouncer).
+    pub(crate) paths: Vec<crate::paths::PathRun>,
 }
 
 /// The cost per request of one operation on one system (see [`crate::cost`]).
@@ -79,6 +81,7 @@ impl Report {
             self.write_workload(&mut out, *workload);
         }
         self.write_costs(&mut out);
+        crate::paths::markdown(&mut out, &self.paths, &self.settings);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
         out
@@ -450,12 +453,12 @@ fn write_failover(out: &mut String, failover: &Result<Failover, String>) {
 }
 
 /// `d` in milliseconds.
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// A latency: three decimals of a millisecond.
-fn opt_ms(d: Option<Duration>) -> String {
+pub(crate) fn opt_ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "–".to_owned(), |d| format!("{:.3} ms", millis(d)))
 }
 
@@ -481,7 +484,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// `value / baseline` as `1.23×`, or a dash when either is missing or zero.
-fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
+pub(crate) fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
     match (baseline, value) {
         (Some(b), Some(v)) if b > 0.0 => format!("{:.2}×", v / b),
         _ => "–".to_owned(),
@@ -489,7 +492,7 @@ fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
 }
 
 /// Text safe inside a Markdown table cell or list item: one line, no column breaks.
-fn cell_text(text: &str) -> String {
+pub(crate) fn cell_text(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")

@@ -6,8 +6,7 @@ use diesel::pg::Pg;
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel_async::{
-    AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
-    TransactionManager,
+    AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -15,33 +14,35 @@ use tracing::Instrument;
 
 use super::dispatch::Runners;
 use super::read::AfterRows;
-use super::{PgRow, PgStream, RoutedConnection, RoutedTransactionManager, log_route};
+use super::{RoutedConnection, RoutedTransactionManager, log_route};
 use crate::causal::now_ms;
 use crate::classify::operation_name;
 use crate::context::ReadNeeds;
 use crate::error::Error;
 use crate::owned::{Identity, NoId, OwnedQuery, StaticId};
 use crate::route::{self, Statement, Target};
-use crate::servers::RoutedPool;
+use crate::servers::{Outcome, RoutedPool, RoutedRow, RowStream, ServerSession};
 
 /// The stream again, with its first row (or its end) already received, and its later errors
 /// checked by `after`; its first error instead.
-fn first_row(stream: PgStream, after: AfterRows) -> BoxFuture<'static, QueryResult<PgStream>> {
+fn first_row(stream: RowStream, after: AfterRows) -> BoxFuture<'static, QueryResult<RowStream>> {
     use futures_util::StreamExt;
     async move {
         let mut stream = stream;
         match stream.next().await {
-            None => Ok(futures_util::stream::empty().boxed()),
+            None => Ok(RowStream::boxed(futures_util::stream::empty().boxed())),
             Some(Err(e)) => Err(e),
-            Some(Ok(row)) => Ok(futures_util::stream::once(std::future::ready(Ok(row)))
-                .chain(stream.map(move |item| item.map_err(|error| after.check(error))))
-                .boxed()),
+            Some(Ok(row)) => Ok(RowStream::boxed(
+                futures_util::stream::once(std::future::ready(Ok(row)))
+                    .chain(stream.map(move |item| item.map_err(|error| after.check(error))))
+                    .boxed(),
+            )),
         }
     }
     .boxed()
 }
 
-impl<Id: 'static> Runners<Id, PgStream> {
+impl<Id: 'static> Runners<Id, RowStream> {
     fn load() -> Self {
         Runners {
             with_static_id: load_owned::<StaticId<Id>>,
@@ -60,16 +61,16 @@ impl<Id: 'static> Runners<Id, usize> {
 }
 
 fn load_owned<'c, I: Identity>(
-    conn: &'c mut AsyncPgConnection,
+    conn: &'c mut ServerSession,
     query: &'c OwnedQuery<I>,
-) -> BoxFuture<'c, QueryResult<PgStream>> {
+) -> <RowStream as Outcome>::Future<'c> {
     AsyncConnectionCore::load(conn, query)
 }
 
 fn execute_owned<'c, I: Identity>(
-    conn: &'c mut AsyncPgConnection,
+    conn: &'c mut ServerSession,
     query: &'c OwnedQuery<I>,
-) -> BoxFuture<'c, QueryResult<usize>> {
+) -> <usize as Outcome>::Future<'c> {
     AsyncConnectionCore::execute_returning_count(conn, query)
 }
 
@@ -108,6 +109,9 @@ impl RoutedConnection {
             self.checkout_primary().await.map_err(Error::into_diesel)?;
         }
         if self.shared().config().classifier().changes_session(query) {
+            if self.pinned.is_none() && self.shared().config().transaction_pooler() {
+                return Err(Error::SessionStateWithTransactionPooler.into_diesel());
+            }
             self.mark_session_changed(route.target);
         }
         self.count(route);
@@ -134,8 +138,8 @@ impl RoutedConnection {
 impl AsyncConnectionCore for RoutedConnection {
     type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
     type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
-    type Stream<'conn, 'query> = PgStream;
-    type Row<'conn, 'query> = PgRow;
+    type Stream<'conn, 'query> = RowStream;
+    type Row<'conn, 'query> = RoutedRow;
     type Backend = Pg;
 
     fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>

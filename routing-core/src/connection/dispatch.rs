@@ -9,7 +9,6 @@ use diesel::QueryResult;
 use diesel::connection::{DynInstrumentation, InstrumentationEvent, StrQueryHelper};
 use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
-use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
@@ -24,7 +23,7 @@ use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
 use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
 use crate::servers::tokens::Verdict;
-use crate::servers::{Shared, catalog};
+use crate::servers::{Outcome, ServerSession, Shared, catalog};
 
 /// A statement, classified, and its route when the routing context does not matter.
 pub(super) struct Prepared {
@@ -146,17 +145,20 @@ impl RoutedConnection {
 
     /// Sends `query` to its server: straight to a held connection when its route does not
     /// depend on the scope (a write, or anything inside a transaction or after a write), else
-    /// through the owned form, routed when the future first runs.
+    /// through the owned form, routed when the future first runs. Behind a transaction pooler,
+    /// always through the owned form, whose custom types are looked up before it runs (an
+    /// unnamed session cannot look them up while it renders); and a statement that changes
+    /// the session outside a transaction is refused.
     pub(super) fn dispatch<'conn, Q, R>(
         &'conn mut self,
         query: Q,
-        direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
+        direct: impl FnOnce(&'conn mut ServerSession, Q) -> R::Future<'conn>,
         run: Runners<Q::QueryId, R>,
         first_row: Option<FirstRow<R>>,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
         Q: QueryFragment<Pg> + QueryId,
-        R: Send + 'conn,
+        R: Outcome,
     {
         self.settle();
         if self.pinned.is_some() && self.transaction_lost {
@@ -169,6 +171,11 @@ impl RoutedConnection {
             Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
+        let pooler = self.shared().config().transaction_pooler();
+        if pooler && prepared.changes_session && self.pinned.is_none() {
+            let refused = Error::SessionStateWithTransactionPooler.into_diesel();
+            return futures_util::future::ready(Err(refused)).boxed();
+        }
         if self.shared().config().record_query_text() {
             let text = prepared.rendered.clone().map_or_else(
                 || classified::rendered(self.shared(), &query, Q::query_id()),
@@ -179,7 +186,10 @@ impl RoutedConnection {
         } else {
             self.trace.start(prepared.operation, None);
         }
-        if let Some(route) = prepared.fixed.filter(|route| self.held.holds(route.target)) {
+        if let Some(route) = prepared
+            .fixed
+            .filter(|route| !pooler && self.held.holds(route.target))
+        {
             self.count(route);
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
@@ -232,7 +242,7 @@ impl RoutedConnection {
     }
 
     /// The future of a statement sent through its owned form: routed when it first runs.
-    fn run_later<'conn, I: Identity, R: Send + 'conn>(
+    fn run_later<'conn, I: Identity, R: Outcome>(
         &'conn mut self,
         query: &dyn QueryFragment<Pg>,
         rendered: Rendered,
@@ -273,7 +283,7 @@ impl RoutedConnection {
     }
 
     /// Routes an owned statement (a read by the context of the task running it) and runs it.
-    async fn route_owned<I: Identity, R>(
+    async fn route_owned<I: Identity, R: Outcome>(
         &mut self,
         prepared: Prepared,
         owned: OwnedQuery<I>,
@@ -296,7 +306,7 @@ impl RoutedConnection {
     }
 
     /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
-    pub(super) async fn run_on<I: Identity, R>(
+    pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
         mut owned: OwnedQuery<I>,
@@ -343,7 +353,7 @@ async fn primary_position(shared: &Shared) -> Result<u64, Error> {
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.
-pub(super) struct Runners<Id: 'static, R> {
+pub(super) struct Runners<Id: 'static, R: Outcome> {
     pub(super) with_static_id: RunFn<StaticId<Id>, R>,
     pub(super) without_id: RunFn<NoId, R>,
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::Error as DieselError;
-use diesel_async::pooled_connection::PoolableConnection;
 use smallvec::SmallVec;
 
 use super::{FirstRow, RoutedConnection, RunFn, Target, log_route};
@@ -21,7 +20,7 @@ use crate::failure::{self, Failure};
 use crate::owned::{Identity, OwnedQuery};
 use crate::reason::Reason;
 use crate::route::{self, Exclusions, Pick, ReplicaView, Route};
-use crate::servers::{Shared, StatementKey, catalog};
+use crate::servers::{Outcome, Shared, StatementKey, catalog};
 
 /// How one attempt to serve a read on one replica ended.
 enum Attempt<R> {
@@ -212,7 +211,7 @@ impl RoutedConnection {
     /// replica that fails moves the read to the next one, and the primary serves the read when
     /// no replica is eligible (lag, causal token) and, unless fallback is off, when none can be
     /// reached. A statement a replica refuses as a write runs on the primary.
-    pub(super) async fn read_on_replica<I: Identity, R>(
+    pub(super) async fn read_on_replica<I: Identity, R: Outcome>(
         &mut self,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
@@ -260,7 +259,7 @@ impl RoutedConnection {
     /// (by the health probe, or by another read that found it down): the statement is cancelled
     /// there and its connection closed. With a `first_row_timeout`, also given up (without a
     /// ban) when the replica has not started answering in time.
-    async fn try_replica<I: Identity, R>(
+    async fn try_replica<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -304,7 +303,7 @@ impl RoutedConnection {
     /// The steps of [`RoutedConnection::try_replica`]: holds a connection to the replica,
     /// checks the causal token when the probe does not know (`verify_token`), looks up custom
     /// type OIDs, runs the statement and, for a `load`, waits for its first row.
-    async fn attempt<I: Identity, R>(
+    async fn attempt<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -416,7 +415,7 @@ impl RoutedConnection {
     /// A statement that replica `index` refused as a write (SQLSTATE 25006) before any row
     /// reached the caller: the pool learns it, and it runs on the primary unless the pool says
     /// not to.
-    async fn refused<I: Identity, R>(
+    async fn refused<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         owned: OwnedQuery<I>,

@@ -1,9 +1,10 @@
 //! One server: its connection pool, its health, and what a failed checkout means.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{HookError, Pool, PoolError, TimeoutType};
+use deadpool::managed::{HookError, Pool, PoolError, TimeoutType, Timeouts};
 
 use super::PooledConn;
 use super::connect::Manager;
@@ -55,14 +56,17 @@ pub(crate) struct Server {
     pool: Pool<Manager>,
     health: Arc<Health>,
     metrics: PoolMetrics,
+    /// The pool's limits as the primary, then as a replica: a node of a discovering pool takes
+    /// those of the role it has now.
+    sizes: [usize; 2],
+    timeouts: [Timeouts; 2],
+    /// Whether the server serves as the primary now: its configured role, or, for a node,
+    /// what the probe found last.
+    as_primary: AtomicBool,
 }
 
 impl Server {
-    /// A server in `role`, whose connections come from `url`.
-    ///
-    /// A configured replica's sessions are read-only and, with `verify_roles`, every session
-    /// checks that its server is in its configured role. A node of a discovering pool has no
-    /// fixed role: its sessions are neither.
+    /// A server in `role`, whose connections come from `url` (see [`Manager`] for their setup).
     pub(super) fn new(
         config: &Config,
         role: Role,
@@ -73,21 +77,20 @@ impl Server {
         // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
         let verify_checkouts =
             matches!(role, Role::Primary | Role::Node(_)) && config.verify_primary_checkouts();
-        let fixed_role = match role {
-            Role::Node(_) => None,
-            role => Some(role),
+        let manager = Manager::new(role, url.clone(), config, verify_checkouts);
+        let timeouts = |primary| Timeouts {
+            wait: Some(config.checkout_timeout(primary)),
+            create: Some(config.connect_timeout()),
+            recycle: Some(config.connect_timeout()),
         };
-        let manager = Manager::new(
-            fixed_role,
-            url.clone(),
-            config.verify_roles(),
-            verify_checkouts,
-        );
+        let timeouts = [timeouts(true), timeouts(false)];
+        let sizes = [config.max_size(true), config.max_size(false)];
+        // A node starts as a replica, until the probe finds it is the primary.
+        let as_primary = role == Role::Primary;
+        let duty = usize::from(!as_primary);
         let pool = Pool::builder(manager)
-            .max_size(config.max_size())
-            .wait_timeout(Some(config.checkout_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.connect_timeout()))
+            .max_size(sizes[duty])
+            .timeouts(timeouts[duty])
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|source| BuildError::Pool {
@@ -103,7 +106,18 @@ impl Server {
             pool,
             health: Arc::new(Health::new(role)),
             metrics: PoolMetrics::new(role),
+            sizes,
+            timeouts,
+            as_primary: AtomicBool::new(as_primary),
         })
+    }
+
+    /// Gives a node of a discovering pool the pool size and checkout timeout of the role the
+    /// probe found it in: the primary's, or a replica's.
+    pub(super) fn serve_as(&self, primary: bool) {
+        if self.as_primary.swap(primary, Ordering::AcqRel) != primary {
+            self.pool.resize(self.sizes[usize::from(!primary)]);
+        }
     }
 
     pub(crate) fn role(&self) -> Role {
@@ -150,8 +164,9 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
+        let timeouts = self.timeouts();
         let began = Instant::now();
-        match self.pool.get().await {
+        match self.pool.timeout_get(&timeouts).await {
             Ok(conn) => {
                 self.metrics.checked_out(began.elapsed());
                 Ok(conn)
@@ -160,13 +175,17 @@ impl Server {
                 if matches!(error, PoolError::Timeout(_)) {
                     self.metrics.timed_out();
                 }
-                Err(self.checkout_error(error))
+                Err(self.checkout_error(error, timeouts))
             }
         }
     }
 
-    fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {
-        let timeouts = self.pool.timeouts();
+    /// The checkout's timeouts for the role the server serves in now.
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts[usize::from(!self.as_primary.load(Ordering::Relaxed))]
+    }
+
+    fn checkout_error(&self, error: PoolError<ConnectError>, timeouts: Timeouts) -> Error {
         let timeout = |t: Option<Duration>| t.unwrap_or_default();
         let source = match error {
             PoolError::Timeout(TimeoutType::Wait) => {

@@ -54,13 +54,16 @@ pub struct ServerStatus {
     pub lag_bytes: Option<u64>,
     /// The round trip of its health probe (replicas only).
     pub latency: Option<Duration>,
+    /// Connections of its pool open now, in use or idle.
+    pub size: usize,
     /// Pooled connections checked out now.
     pub in_use: usize,
     /// Pooled connections open and idle.
     pub idle: usize,
     /// Tasks waiting for a pooled connection.
     pub waiting: usize,
-    /// The pool's maximum size.
+    /// The pool's limit: `primary_max_size` for the primary, `replica_max_size` for each
+    /// replica (a node of a discovering pool has the limit of the role it has now).
     pub max_size: usize,
     /// Statements sent to this server so far (attempts, including failed ones).
     pub queries_routed: u64,
@@ -122,6 +125,7 @@ fn server_status(server: &Server, primary_node: Option<usize>) -> ServerStatus {
         lag: health.lag(),
         lag_bytes: health.lag_bytes(),
         latency: health.latency(),
+        size: pool.size,
         in_use: pool.size - pool.available,
         idle: pool.available,
         waiting: pool.waiting,
@@ -141,13 +145,14 @@ impl fmt::Display for PoolStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  url / ban reason",
+            "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  url / ban reason",
             "server",
             "health",
             "weight",
             "lag",
             "lag bytes",
             "latency",
+            "pool",
             "in use",
             "idle",
             "waiting",
@@ -163,7 +168,7 @@ impl fmt::Display for PoolStatus {
             };
             writeln!(
                 f,
-                "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
+                "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
                 if server.primary && server.role != Role::Primary {
                     format!("{} (P)", server.role)
                 } else {
@@ -176,6 +181,7 @@ impl fmt::Display for PoolStatus {
                     .lag_bytes
                     .map_or_else(|| "-".to_owned(), |b| b.to_string()),
                 millis(server.latency),
+                format!("{}/{}", server.size, server.max_size),
                 server.in_use,
                 server.idle,
                 server.waiting,
