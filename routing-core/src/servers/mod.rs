@@ -264,4 +264,39 @@ impl Shared {
     pub(crate) fn enter_test_transaction(&self) {
         self.test_transaction.store(true, Ordering::Relaxed);
     }
+
+    /// `error` of a statement on the primary (node `node` of a discovering pool), with the
+    /// errors that mean the primary is gone told apart: a broken connection is
+    /// [`Error::PrimaryLost`], and a refusal as a write from a node of a discovering pool is
+    /// [`Error::NoPrimary`] (it was demoted); either makes the probe look again at once.
+    pub(crate) fn primary_error(
+        &self,
+        node: Option<usize>,
+        error: diesel::result::Error,
+    ) -> diesel::result::Error {
+        use crate::failure::Failure;
+        let url = || match node {
+            Some(node) => self.replicas[node].url().clone(),
+            None => self.config.primary().redacted(),
+        };
+        match Failure::of(&error, false) {
+            Failure::Unreachable => {
+                self.topology.look_again();
+                Error::PrimaryLost {
+                    url: url(),
+                    source: error,
+                }
+                .into_diesel()
+            }
+            Failure::RefusedAsWrite if self.discovers() => {
+                self.topology.look_again();
+                Error::NoPrimary {
+                    reason: format!("{} refused the write as a standby: it was demoted", url()),
+                    waited: std::time::Duration::ZERO,
+                }
+                .into_diesel()
+            }
+            _ => error,
+        }
+    }
 }

@@ -136,6 +136,22 @@ impl Server {
         }
     }
 
+    /// Notes that checking a connection out of this server failed with `error`: the server is
+    /// banned, unless only its pool was busy (no sign of a sick server).
+    pub(crate) fn note_checkout_failure(&self, error: &Error) {
+        if !matches!(error, Error::PoolExhausted { .. }) {
+            self.health.ban(error.to_string());
+        }
+    }
+
+    /// The error of a read that waited on this server while it was banned.
+    pub(crate) fn banned_error(&self) -> Error {
+        Error::Banned {
+            role: self.role,
+            ban_reason: self.health.ban_reason(),
+        }
+    }
+
     /// The error for this server found in the other role than configured.
     pub(crate) fn wrong_role(&self) -> Error {
         match self.role {
