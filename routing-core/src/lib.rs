@@ -27,6 +27,8 @@ mod reads;
 // The connection, its transactions, and the pool that hands it out.
 mod connection;
 mod pool;
+#[cfg(feature = "sync")]
+pub mod sync;
 // Integrations.
 #[cfg(feature = "migrations")]
 mod migrate;

@@ -28,6 +28,8 @@ use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
 use held::Held;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
+#[cfg(feature = "sync")]
+pub(crate) use transaction_builder::TransactionOptions;
 
 /// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;

@@ -28,7 +28,7 @@ use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
-pub(crate) use server::Server;
+pub(crate) use server::{Server, wrong_role};
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;
@@ -216,14 +216,42 @@ impl Shared {
         }
         match self.topology.wait(failed, deadline).await {
             Some(node) => Ok((&self.replicas[node], Some(node))),
-            None => Err(Error::NoPrimary {
-                reason: match (self.topology.missing(), failed) {
-                    (Some(why), _) => why,
-                    (None, Some(node)) => format!("node {node}, the primary, cannot be reached"),
-                    (None, None) => String::new(),
-                },
-                waited: began.elapsed(),
-            }),
+            None => Err(self.no_primary(failed, began)),
+        }
+    }
+
+    /// [`Shared::primary_other_than`] for a thread that may block: the primary's node index
+    /// (`None` for a configured primary).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPrimary`] when none appears in time.
+    #[cfg(feature = "sync")]
+    pub(crate) fn primary_other_than_blocking(
+        &self,
+        failed: Option<usize>,
+        began: Instant,
+        deadline: Instant,
+    ) -> Result<Option<usize>, Error> {
+        if self.primary.is_some() {
+            return Ok(None);
+        }
+        match self.topology.wait_blocking(failed, deadline) {
+            Some(node) => Ok(Some(node)),
+            None => Err(self.no_primary(failed, began)),
+        }
+    }
+
+    /// The error of a statement that found no primary (none other than node `failed`), waiting
+    /// since `began`.
+    fn no_primary(&self, failed: Option<usize>, began: Instant) -> Error {
+        Error::NoPrimary {
+            reason: match (self.topology.missing(), failed) {
+                (Some(why), _) => why,
+                (None, Some(node)) => format!("node {node}, the primary, cannot be reached"),
+                (None, None) => String::new(),
+            },
+            waited: began.elapsed(),
         }
     }
 

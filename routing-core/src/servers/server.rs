@@ -154,15 +154,7 @@ impl Server {
 
     /// The error for this server found in the other role than configured.
     pub(crate) fn wrong_role(&self) -> Error {
-        match self.role {
-            Role::Primary => Error::PrimaryIsStandby {
-                url: self.url().clone(),
-            },
-            role => Error::ReplicaIsPrimary {
-                role,
-                url: self.url().clone(),
-            },
-        }
+        wrong_role(self.role, self.url())
     }
 
     /// Whether this server has a role of its own (a configured primary or replica) rather than
@@ -170,5 +162,16 @@ impl Server {
     #[cfg(feature = "migrations")]
     pub(crate) fn has_fixed_role(&self) -> bool {
         !matches!(self.role, Role::Node(_))
+    }
+}
+
+/// The error for the server at `url`, configured in `role`, found in the other role.
+pub(crate) fn wrong_role(role: Role, url: &RedactedUrl) -> Error {
+    match role {
+        Role::Primary => Error::PrimaryIsStandby { url: url.clone() },
+        role => Error::ReplicaIsPrimary {
+            role,
+            url: url.clone(),
+        },
     }
 }
