@@ -9,6 +9,7 @@ mod custom_types;
 mod events;
 mod failover;
 mod faults;
+mod kinds;
 mod migrations;
 mod refusals;
 mod routing;

@@ -2,7 +2,7 @@
 //! of the shared state, the sessions those pools hold, and what a failed checkout means.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::r2d2::{self, ManageConnection, R2D2Connection};
@@ -18,9 +18,8 @@ use crate::url::RedactedUrl;
 /// A pooled connection of the synchronous pool.
 pub(super) type Pooled = r2d2::PooledConnection<Manager>;
 
-/// How long one wait of a checkout lasts before it looks whether connecting failed meanwhile:
-/// a server that refuses connections fails the checkout within this, not the checkout timeout.
-const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How long a checkout woken by a new session waits for r2d2 to put it in the pool.
+const SETTLE: Duration = Duration::from_millis(2);
 
 /// A pooled server session and what the router knows of it.
 pub(crate) struct SyncConn {
@@ -89,6 +88,33 @@ impl Failures {
     }
 }
 
+/// Counts the sessions a pool finished opening (or failed to), and wakes the checkouts that wait
+/// for one: r2d2's own wait cannot tell that opening failed before its timeout.
+#[derive(Debug, Default)]
+struct Opened {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Opened {
+    fn bump(&self) {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout` for a session to be opened (or fail) after `seen`.
+    fn wait(&self, seen: u64, timeout: Duration) {
+        let generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(generation, timeout, |generation| *generation == seen);
+    }
+}
+
 /// Makes and checks the sessions of one server's r2d2 pool.
 pub(crate) struct Manager {
     /// The server's configured role; `None` for a node whose role the probe discovers.
@@ -98,6 +124,7 @@ pub(crate) struct Manager {
     url: RedactedUrl,
     verify_role: bool,
     failures: Arc<Failures>,
+    opened: Arc<Opened>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -135,10 +162,12 @@ impl ManageConnection for Manager {
     /// A new session: a configured replica's is read-only on the server, and with
     /// `verify_roles` the server must be in its configured role.
     fn connect(&self) -> Result<SyncConn, ConnectError> {
-        self.open().inspect_err(|error| {
+        let opened = self.open().inspect_err(|error| {
             tracing::debug!(target: "routing_core", url = %self.url, %error, "cannot open a session");
             self.failures.note(error);
-        })
+        });
+        self.opened.bump();
+        opened
     }
 
     /// Asked at checkout only when the pool verifies its checkouts (the primary's, by default).
@@ -157,6 +186,7 @@ pub(super) struct SyncServer {
     url: RedactedUrl,
     pool: r2d2::Pool<Manager>,
     failures: Arc<Failures>,
+    opened: Arc<Opened>,
     checkout_timeout: Duration,
 }
 
@@ -165,6 +195,7 @@ impl SyncServer {
     fn new(config: &Config, server: &Server) -> Self {
         let role = server.role();
         let failures = Arc::new(Failures::default());
+        let opened = Arc::new(Opened::default());
         let manager = Manager {
             role: match role {
                 Role::Node(_) => None,
@@ -174,6 +205,7 @@ impl SyncServer {
             url: server.url().clone(),
             verify_role: config.verify_roles(),
             failures: Arc::clone(&failures),
+            opened: Arc::clone(&opened),
         };
         // As the async pools: replica checkouts never ask (a read that meets a dead connection
         // runs again elsewhere); the primary's do unless told not to.
@@ -192,6 +224,7 @@ impl SyncServer {
             url: server.url().clone(),
             pool,
             failures,
+            opened,
             checkout_timeout: config.checkout_timeout(),
         }
     }
@@ -208,20 +241,21 @@ impl SyncServer {
         if let Some(conn) = self.pool.try_get() {
             return Ok(conn);
         }
-        let seen = self.failures.count();
+        let failures = self.failures.count();
         let deadline = Instant::now() + self.checkout_timeout;
+        // The generation of opened sessions when this checkout last asked for a new one: it asks
+        // again only after a session was opened (and, maybe, taken by another checkout).
+        let mut asked: Option<u64> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Ok(conn) = self
-                .pool
-                .get_timeout(left.clamp(Duration::from_millis(1), CHECK_EVERY))
-            {
+            let generation = self.opened.generation();
+            if let Some(conn) = self.take(asked.is_some_and(|asked| asked != generation)) {
                 return Ok(conn);
             }
-            if self.failures.count() != seen {
+            if self.failures.count() != failures {
                 return Err(self.failed());
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(Error::PoolExhausted {
                     role: self.role,
                     url: self.url.clone(),
@@ -229,6 +263,36 @@ impl SyncServer {
                     max_size: self.pool.max_size() as usize,
                 });
             }
+            if self.pool.state().connections >= self.pool.max_size() {
+                // Every session is in use: r2d2 wakes this when one comes back (and opens none).
+                if let Ok(conn) = self.pool.get_timeout(left) {
+                    return Ok(conn);
+                }
+            } else if asked != Some(generation) {
+                // Asks r2d2 to open a session, without waiting on its wait, which would open
+                // another each time it woke without one.
+                asked = Some(generation);
+                if let Ok(conn) = self.pool.get_timeout(Duration::ZERO) {
+                    return Ok(conn);
+                }
+            } else {
+                self.opened.wait(generation, left);
+            }
+        }
+    }
+
+    /// An idle session; with `settle`, just after a session was opened, waiting briefly for r2d2
+    /// to put it in the pool.
+    fn take(&self, settle: bool) -> Option<Pooled> {
+        let until = Instant::now() + if settle { SETTLE } else { Duration::ZERO };
+        loop {
+            if let Some(conn) = self.pool.try_get() {
+                return Some(conn);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
