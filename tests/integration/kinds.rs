@@ -60,8 +60,8 @@ pub(crate) use on_both_kinds;
 /// each connection kind: a module that glob-imports diesel's prelude cannot use [`on!`].
 pub(crate) mod prelude {
     pub(crate) use diesel::prelude::{
-        AsChangeset, ExpressionMethods, Identifiable, NullableExpressionMethods, OptionalExtension,
-        QueryDsl, QueryResult, Queryable, QueryableByName, Selectable, SelectableHelper,
+        AsChangeset, ExpressionMethods, Identifiable, NullableExpressionMethods, QueryDsl,
+        QueryResult, Queryable, QueryableByName, Selectable, SelectableHelper,
         TextExpressionMethods,
     };
 }

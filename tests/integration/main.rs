@@ -17,6 +17,7 @@ mod session_state;
 mod slow_reads;
 mod support;
 mod survival;
+mod sync_faults;
 mod tls;
 mod tokens;
 mod transactions;
