@@ -3,21 +3,24 @@
 //! ```text
 //! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
 //!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool] [--no-scenarios]
+//!     [--systems baseline,routed,pgpool,sync-baseline,sync-routed] [--no-scenarios]
 //! ```
 //!
 //! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
-//! systems with pools of the same size over the same servers, at every workload and client
+//! async systems with pools of the same size over the same servers, at every workload and client
 //! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
-//! installed). Then it measures the primary's share of a read-only workload's transactions
-//! through the router, and the router's behaviour while a replica stops and starts again. The
+//! installed), and two synchronous ones: `sync-baseline` (hand-written round robin over plain
+//! r2d2 pools of `diesel::PgConnection`) and `sync-routed` (`routing_core::sync::RoutedPool`).
+//! Then it measures the primary's share of a read-only workload's transactions through the
+//! router, and the router's behaviour while a replica stops and starts again. The
 //! results go to stdout as Markdown (and to `--markdown FILE`); progress goes to stderr.
 //!
 //! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
 //! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
 //! cluster, [`machine`] and [`report`] the output.
 
+mod blocking;
 mod failover;
 mod machine;
 mod offload;
@@ -86,12 +89,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Recycling::Fast)]
     plain_recycling: Recycling,
 
-    /// Systems to measure, comma-separated (the baseline is needed for the ratios).
+    /// Systems to measure, comma-separated (the baselines are needed for the ratios:
+    /// `baseline` for `routed` and `pgpool`, `sync-baseline` for `sync-routed`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "baseline,routed,pgpool"
+        default_value = "baseline,routed,pgpool,sync-baseline,sync-routed"
     )]
     systems: Vec<SystemKind>,
 
