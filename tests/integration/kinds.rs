@@ -96,8 +96,10 @@ impl Pool {
     /// A routed connection (no server session yet).
     pub(crate) async fn get(&self) -> Conn {
         match self {
-            Pool::Async(pool) => Conn::Async(pool.get().await.expect("a routed connection")),
-            Pool::Sync(pool) => Conn::Sync(pool.get().expect("a routed sync connection")),
+            Pool::Async(pool) => {
+                Conn::Async(Box::new(pool.get().await.expect("a routed connection")))
+            }
+            Pool::Sync(pool) => Conn::Sync(Box::new(pool.get().expect("a routed sync connection"))),
         }
     }
 }
@@ -105,8 +107,8 @@ impl Pool {
 /// A routed connection of either kind.
 #[derive(Debug)]
 pub(crate) enum Conn {
-    Async(RoutedConnection),
-    Sync(sync::RoutedConnection),
+    Async(Box<RoutedConnection>),
+    Sync(Box<sync::RoutedConnection>),
 }
 
 impl Conn {

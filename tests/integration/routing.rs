@@ -554,19 +554,19 @@ async fn execute_of_a_select_is_a_read(kind: Kind) {
 async fn routed_connection_establish_talks_to_its_primary(kind: Kind) {
     let servers = servers().await;
     let mut conn = match kind {
-        Kind::Async => Conn::Async(
+        Kind::Async => Conn::Async(Box::new(
             <routing_core::RoutedConnection as diesel_async::AsyncConnection>::establish(
                 &servers.primary_url,
             )
             .await
             .unwrap(),
-        ),
-        Kind::Sync => Conn::Sync(crate::kinds::blocking(|| {
+        )),
+        Kind::Sync => Conn::Sync(Box::new(crate::kinds::blocking(|| {
             <routing_core::sync::RoutedConnection as diesel::Connection>::establish(
                 &servers.primary_url,
             )
             .unwrap()
-        })),
+        }))),
     };
     let id = with_read_replica(true, conn.where_ran()).await;
     assert!(servers.is_primary(&id), "no replica configured: {id:?}");

@@ -28,7 +28,9 @@ use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
-pub(crate) use server::{Server, wrong_role};
+pub(crate) use server::Server;
+#[cfg(feature = "sync")]
+pub(crate) use server::wrong_role;
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;
