@@ -4,8 +4,12 @@
 //! threads ([`System::request_blocking`]).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use diesel::ConnectionError;
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -14,8 +18,12 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use routing_core::rustls::pki_types::CertificateDer;
+use routing_core::rustls::pki_types::pem::PemObject;
+use routing_core::rustls::{self, ClientConfig, RootCertStore};
 use routing_core::{RoutedPool, with_read_replica};
 use routing_fixtures::products;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::BoxError;
 use crate::blocking::SyncBaseline;
@@ -33,6 +41,12 @@ pub(crate) enum SystemKind {
     Routed,
     /// pgpool-II in front of the cluster, one plain deadpool pool to it.
     Pgpool,
+    /// `RoutedPool` with `transaction_pooler(true)`: every statement unnamed, none cached.
+    RoutedUnnamed,
+    /// The baseline over TLS (the servers' TLS URLs).
+    BaselineTls,
+    /// The router over TLS.
+    RoutedTls,
     /// Synchronous diesel, hand-written: one r2d2 pool of `PgConnection`s per server, round
     /// robin over the replica pools.
     SyncBaseline,
@@ -42,10 +56,13 @@ pub(crate) enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order; each baseline before the systems compared with it.
-    pub(crate) const ALL: [SystemKind; 5] = [
+    pub(crate) const ALL: [SystemKind; 8] = [
         SystemKind::Baseline,
         SystemKind::Routed,
         SystemKind::Pgpool,
+        SystemKind::RoutedUnnamed,
+        SystemKind::BaselineTls,
+        SystemKind::RoutedTls,
         SystemKind::SyncBaseline,
         SystemKind::SyncRouted,
     ];
@@ -66,6 +83,9 @@ impl fmt::Display for SystemKind {
             SystemKind::Baseline => "baseline",
             SystemKind::Routed => "routed",
             SystemKind::Pgpool => "pgpool",
+            SystemKind::RoutedUnnamed => "routed-unnamed",
+            SystemKind::BaselineTls => "baseline-tls",
+            SystemKind::RoutedTls => "routed-tls",
             SystemKind::SyncBaseline => "sync-baseline",
             SystemKind::SyncRouted => "sync-routed",
         })
@@ -117,6 +137,17 @@ pub(crate) struct Servers {
     pub(crate) replicas: Vec<String>,
     /// pgpool-II's URL, when it runs.
     pub(crate) pgpool: Option<String>,
+    /// The same servers over TLS, for the `-tls` systems.
+    pub(crate) tls: Option<TlsServers>,
+}
+
+/// Servers' TLS URLs (`sslmode=verify-full`) and the CA that signed their certificates: the
+/// plain pools connect over rustls with it, verifying chain and host name as the router does.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsServers {
+    pub(crate) primary: String,
+    pub(crate) replicas: Vec<String>,
+    pub(crate) ca: PathBuf,
 }
 
 /// A system under test, with pools of `max_size` connections per server.
@@ -153,30 +184,39 @@ impl System {
         if servers.replicas.is_empty() {
             return Err("the systems under test need at least one replica".into());
         }
+        let over_tls = matches!(kind, SystemKind::BaselineTls | SystemKind::RoutedTls);
+        let (primary, replicas, tls) = match (&servers.tls, over_tls) {
+            (_, false) => (&servers.primary, &servers.replicas, None),
+            (Some(tls), true) => (&tls.primary, &tls.replicas, Some(tls_config(&tls.ca)?)),
+            (None, true) => return Err("the servers have no TLS URLs".into()),
+        };
+        let plain = |url: &str| plain_pool(url, max_size, recycling, tls.clone());
+        let routed = |unnamed: bool| {
+            RoutedPool::builder(primary.clone())
+                .replicas(replicas.iter().cloned())
+                .max_size(max_size)
+                // The primary's checkouts as the plain pools' (replica checkouts never ask).
+                .verify_primary_checkouts(recycling == Recycling::Verified)
+                .transaction_pooler(unnamed)
+                .build()
+        };
         Ok(match kind {
-            SystemKind::Baseline => System::Baseline(Baseline {
-                primary: plain_pool(&servers.primary, max_size, recycling)?,
-                replicas: servers
-                    .replicas
+            SystemKind::Baseline | SystemKind::BaselineTls => System::Baseline(Baseline {
+                primary: plain(primary)?,
+                replicas: replicas
                     .iter()
-                    .map(|url| plain_pool(url, max_size, recycling))
+                    .map(|url| plain(url))
                     .collect::<Result<_, _>>()?,
                 next: AtomicUsize::new(0),
             }),
-            SystemKind::Routed => System::Routed(
-                RoutedPool::builder(servers.primary.clone())
-                    .replicas(servers.replicas.iter().cloned())
-                    .max_size(max_size)
-                    // The primary's checkouts as the plain pools' (replica checkouts never ask).
-                    .verify_primary_checkouts(recycling == Recycling::Verified)
-                    .build()?,
-            ),
+            SystemKind::Routed | SystemKind::RoutedTls => System::Routed(routed(false)?),
+            SystemKind::RoutedUnnamed => System::Routed(routed(true)?),
             SystemKind::Pgpool => {
                 let url = servers
                     .pgpool
                     .as_deref()
                     .ok_or("pgpool-II is not running")?;
-                System::Pgpool(plain_pool(url, max_size, recycling)?)
+                System::Pgpool(plain(url)?)
             }
             SystemKind::SyncBaseline => {
                 System::SyncBaseline(SyncBaseline::new(servers, max_size, recycling))
@@ -264,17 +304,35 @@ impl System {
     }
 }
 
-/// A plain diesel-async deadpool pool for `url`, as an application builds it by hand.
+/// A plain diesel-async deadpool pool for `url`, as an application builds it by hand: over
+/// rustls with `tls`, as diesel-async's documentation shows (`try_from_client_and_connection`).
 fn plain_pool(
     url: &str,
     max_size: usize,
     recycling: Recycling,
+    tls: Option<Arc<ClientConfig>>,
 ) -> Result<Pool<AsyncPgConnection>, BoxError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.recycling_method = match recycling {
         Recycling::Verified => RecyclingMethod::Verified,
         Recycling::Fast => RecyclingMethod::Fast,
     };
+    if let Some(tls) = tls {
+        config.custom_setup = Box::new(move |url| {
+            // The URL's `sslrootcert` and `verify-full` are libpq's, unknown to tokio-postgres.
+            let parsed = routing_core::__private::connection_config(url);
+            let tls = MakeRustlsConnect::new((*tls).clone());
+            Box::pin(async move {
+                let parsed = parsed
+                    .ok_or_else(|| ConnectionError::InvalidConnectionUrl("invalid URL".into()))?;
+                let (client, connection) = parsed
+                    .connect(tls)
+                    .await
+                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+                AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            })
+        });
+    }
     let manager = AsyncDieselConnectionManager::new_with_config(url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -283,6 +341,21 @@ fn plain_pool(
         .recycle_timeout(Some(POOL_TIMEOUT))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?)
+}
+
+/// A rustls client configuration that trusts the CA in the PEM file `ca`.
+fn tls_config(ca: &Path) -> Result<Arc<ClientConfig>, BoxError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// `SELECT id, name, price_cents FROM products WHERE id = $1`.

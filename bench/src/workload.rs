@@ -82,6 +82,19 @@ impl Measurement {
         percentile(&self.latencies, p)
     }
 
+    /// A measurement of `requests` in `elapsed` with these latencies, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(elapsed: Duration, mut latencies: Vec<Duration>) -> Measurement {
+        latencies.sort_unstable();
+        Measurement {
+            requests: latencies.len(),
+            errors: 0,
+            first_error: None,
+            elapsed,
+            latencies,
+        }
+    }
+
     /// Both runs as one: requests, errors and time add up, latencies pool.
     pub(crate) fn merge(mut self, other: Measurement) -> Measurement {
         self.requests += other.requests;

@@ -12,7 +12,7 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::QueryFragment;
 
-use crate::classify::Classification;
+use crate::classify::{Classification, operation_name};
 use crate::owned::Rendered;
 use crate::route::{self, Route, State, Statement};
 use crate::servers::Shared;
@@ -24,6 +24,8 @@ pub(crate) struct Class {
     pub(crate) write: Option<Arc<Classification>>,
     /// Whether the statement may change its session's state (only writes can).
     pub(crate) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(crate) operation: Option<&'static str>,
 }
 
 impl Class {
@@ -31,12 +33,17 @@ impl Class {
     fn of(shared: &Shared, sql: &str) -> Self {
         let classifier = shared.config().classifier();
         let class = classifier.classify(sql);
+        let operation = operation_name(sql);
         if class.is_read() {
-            return Class::default();
+            return Class {
+                operation,
+                ..Class::default()
+            };
         }
         Class {
             write: Some(Arc::new(class)),
             changes_session: classifier.changes_session(sql),
+            operation,
         }
     }
 }
@@ -135,6 +142,8 @@ pub(crate) struct Prepared {
     pub(crate) rendered: Option<Rendered>,
     /// Whether the statement may change its session's state.
     pub(crate) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(crate) operation: Option<&'static str>,
     /// Whether the statement writes (or must run on the primary as if it did): the connection
     /// notes a write.
     pub(crate) writes: bool,
@@ -172,6 +181,7 @@ pub(crate) fn prepare(
         fixed,
         rendered,
         changes_session: class.changes_session,
+        operation: class.operation,
         writes: fixed.is_some_and(|route| {
             matches!(
                 route.reason,

@@ -6,6 +6,7 @@ mod causal;
 mod classify;
 mod config;
 mod control;
+mod credentials;
 pub mod dsl;
 mod env;
 mod error;
@@ -44,6 +45,7 @@ pub use context::{
     with_causal_token, with_max_lag, with_primary, with_read_replica, with_read_replica_sync,
 };
 pub use control::ReadReplicaControl;
+pub use credentials::{Credentials, CredentialsError, Login};
 pub use error::{BuildError, CheckoutError, ConnectError, Error, Role, TlsError};
 #[cfg(feature = "migrations")]
 pub use migrate::{Migrator, MigratorBuilder};

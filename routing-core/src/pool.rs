@@ -4,7 +4,8 @@ use crate::causal::{CausalToken, ReadYourWrites};
 use crate::config::RoutedPoolBuilder;
 use crate::connection::RoutedConnection;
 use crate::error::{BuildError, Error, Role};
-use crate::servers::{RoutedPool, catalog, connect, probe};
+use crate::servers::connect::{self, Open};
+use crate::servers::{RoutedPool, catalog, probe};
 use crate::url::RedactedUrl;
 
 impl RoutedPool {
@@ -93,18 +94,18 @@ impl RoutedPool {
         let timeout = shared.config().connect_timeout();
         let mut primaries = Vec::new();
         for server in shared.servers() {
-            let mut conn =
-                tokio::time::timeout(timeout, connect::open(server.database_url(), None))
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        what: "connecting to a server",
-                        timeout,
-                    })?
-                    .map_err(|source| Error::Connect {
-                        role: server.role(),
-                        url: server.url().clone(),
-                        source,
-                    })?;
+            let how = Open::of(shared.config());
+            let mut conn = tokio::time::timeout(timeout, connect::open(server.database_url(), how))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connecting to a server",
+                    timeout,
+                })?
+                .map_err(|source| Error::Connect {
+                    role: server.role(),
+                    url: server.url().clone(),
+                    source,
+                })?;
             let in_recovery =
                 catalog::in_recovery(&mut conn)
                     .await

@@ -26,12 +26,19 @@ pub(crate) enum Target {
     Replica,
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Target {
+    /// `primary` or `replica`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
             Target::Primary => "primary",
             Target::Replica => "replica",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 

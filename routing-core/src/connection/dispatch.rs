@@ -8,10 +8,11 @@ use diesel::QueryResult;
 use diesel::connection::{DynInstrumentation, InstrumentationEvent, StrQueryHelper};
 use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
-use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
 
+use super::trace::Traced;
 use super::{FirstRow, RoutedConnection, RunFn, log_route, lost_connection};
 use crate::causal::now_ms;
 use crate::classified::{self, Prepared};
@@ -20,7 +21,7 @@ use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
 use crate::reads::{self, TokenCheck};
 use crate::route::{self, Route, Statement, Target};
-use crate::servers::{Shared, catalog};
+use crate::servers::{Outcome, ServerSession, Shared, catalog};
 
 impl RoutedConnection {
     /// Classifies `query` and fixes its route where the routing context does not matter (see
@@ -76,17 +77,20 @@ impl RoutedConnection {
 
     /// Sends `query` to its server: straight to a held connection when its route does not
     /// depend on the scope (a write, or anything inside a transaction or after a write), else
-    /// through the owned form, routed when the future first runs.
+    /// through the owned form, routed when the future first runs. Behind a transaction pooler,
+    /// always through the owned form, whose custom types are looked up before it runs (an
+    /// unnamed session cannot look them up while it renders); and a statement that changes
+    /// the session outside a transaction is refused.
     pub(super) fn dispatch<'conn, Q, R>(
         &'conn mut self,
         query: Q,
-        direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
+        direct: impl FnOnce(&'conn mut ServerSession, Q) -> R::Future<'conn>,
         run: Runners<Q::QueryId, R>,
         first_row: Option<FirstRow<R>>,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
         Q: QueryFragment<Pg> + QueryId,
-        R: Send + 'conn,
+        R: Outcome,
     {
         self.settle();
         if self.pinned.is_some() && self.transaction_lost {
@@ -99,18 +103,41 @@ impl RoutedConnection {
             Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
-        if let Some(route) = prepared.fixed.filter(|route| self.held.holds(route.target)) {
+        let pooler = self.shared().config().transaction_pooler();
+        if pooler && prepared.changes_session && self.pinned.is_none() {
+            let refused = Error::SessionStateWithTransactionPooler.into_diesel();
+            return futures_util::future::ready(Err(refused)).boxed();
+        }
+        if self.shared().config().record_query_text() {
+            let text = prepared.rendered.clone().map_or_else(
+                || classified::rendered(self.shared(), &query, Q::query_id()),
+                Ok,
+            );
+            let text = text.as_ref().ok().map(|rendered| &*rendered.sql);
+            self.trace.start(prepared.operation, text);
+        } else {
+            self.trace.start(prepared.operation, None);
+        }
+        if let Some(route) = prepared
+            .fixed
+            .filter(|route| !pooler && self.held.holds(route.target))
+        {
             self.count(route);
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
             }
+            let index = self.held.index(route.target);
+            self.trace
+                .sent(self.pool.shared(), route.target, index, route.reason);
             let watched = self
                 .held
                 .watched(route.target, self.pool.shared(), |conn| direct(conn, query));
             let Some(watched) = watched else {
-                return futures_util::future::ready(Err(lost_connection())).boxed();
+                let error = Err(lost_connection());
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
             };
-            let fut = Box::pin(watched);
+            let fut = Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
             return match debug_sql {
                 None => fut,
                 Some(sql) => instrument(&mut self.instrumentation, sql, fut),
@@ -147,7 +174,7 @@ impl RoutedConnection {
     }
 
     /// The future of a statement sent through its owned form: routed when it first runs.
-    fn run_later<'conn, I: Identity, R: Send + 'conn>(
+    fn run_later<'conn, I: Identity, R: Outcome>(
         &'conn mut self,
         query: &dyn QueryFragment<Pg>,
         rendered: Rendered,
@@ -158,28 +185,37 @@ impl RoutedConnection {
     ) -> BoxFuture<'conn, QueryResult<R>> {
         let owned = match OwnedQuery::<I>::new(query, rendered, self.shared().types()) {
             Ok(owned) => owned,
-            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+            Err(e) => {
+                let error = Err(e);
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
+            }
         };
+        let span = self.trace.span().clone();
         async move {
-            let Some(sql) = debug_sql else {
-                return self.route_owned(prepared, owned, run, first_row).await;
-            };
-            let query = StrQueryHelper::new(&sql);
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::start_query(&query));
-            let result = self.route_owned(prepared, owned, run, first_row).await;
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::finish_query(
-                    &query,
-                    result.as_ref().err(),
-                ));
+            let result =
+                match debug_sql {
+                    None => self.route_owned(prepared, owned, run, first_row).await,
+                    Some(sql) => {
+                        let query = StrQueryHelper::new(&sql);
+                        self.instrumentation
+                            .on_connection_event(InstrumentationEvent::start_query(&query));
+                        let result = self.route_owned(prepared, owned, run, first_row).await;
+                        self.instrumentation.on_connection_event(
+                            InstrumentationEvent::finish_query(&query, result.as_ref().err()),
+                        );
+                        result
+                    }
+                };
+            self.trace.finish(self.pool.shared(), &result);
             result
         }
+        .instrument(span)
         .boxed()
     }
 
     /// Routes an owned statement (a read by the context of the task running it) and runs it.
-    async fn route_owned<I: Identity, R>(
+    async fn route_owned<I: Identity, R: Outcome>(
         &mut self,
         prepared: Prepared,
         owned: OwnedQuery<I>,
@@ -202,7 +238,7 @@ impl RoutedConnection {
     }
 
     /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
-    pub(super) async fn run_on<I: Identity, R>(
+    pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
         mut owned: OwnedQuery<I>,
@@ -217,6 +253,9 @@ impl RoutedConnection {
             self.mark_session_changed(route.target);
         }
         self.count(route);
+        let index = self.held.index(route.target);
+        self.trace
+            .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
@@ -246,7 +285,7 @@ async fn primary_position(shared: &Shared) -> Result<u64, Error> {
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.
-pub(super) struct Runners<Id: 'static, R> {
+pub(super) struct Runners<Id: 'static, R: Outcome> {
     pub(super) with_static_id: RunFn<StaticId<Id>, R>,
     pub(super) without_id: RunFn<NoId, R>,
 }

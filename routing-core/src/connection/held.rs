@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use deadpool::managed::Object;
 use diesel::QueryResult;
-use diesel_async::AsyncPgConnection;
 use pin_project_lite::pin_project;
 
 use crate::route::Target;
 use crate::servers::connect::{self, Canceller, ServerConn};
-use crate::servers::{Lease, PooledConn, Shared};
+use crate::servers::{Lease, PooledConn, ServerSession, Shared};
 
 /// How long a cancel request may take before it is given up (a frozen server never answers).
 const CANCEL_PATIENCE: Duration = Duration::from_secs(5);
@@ -55,9 +54,18 @@ impl Held {
         }
     }
 
-    /// The diesel-async connection held for `target`.
-    pub(super) fn conn(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+    /// The server session held for `target`.
+    pub(super) fn conn(&mut self, target: Target) -> Option<&mut ServerSession> {
         self.session(target).map(ServerConn::pg)
+    }
+
+    /// The index among the pool's replicas (or nodes) of `target`'s server: the held replica,
+    /// or the node of a discovering pool's primary; `None` for a configured primary.
+    pub(super) fn index(&self, target: Target) -> Option<usize> {
+        match target {
+            Target::Primary => self.primary_node,
+            Target::Replica => self.replica_index(),
+        }
     }
 
     /// The index of the replica held.
@@ -70,7 +78,7 @@ impl Held {
         &mut self,
         conn: PooledConn,
         node: Option<usize>,
-    ) -> &mut AsyncPgConnection {
+    ) -> &mut ServerSession {
         self.primary_node = node;
         self.primary.insert(conn).pg()
     }
@@ -149,7 +157,7 @@ impl Held {
         &'c mut self,
         target: Target,
         shared: &Arc<Shared>,
-        run: impl FnOnce(&'c mut AsyncPgConnection) -> F,
+        run: impl FnOnce(&'c mut ServerSession) -> F,
     ) -> Option<Watched<'c, F>> {
         let on_primary =
             (target == Target::Primary).then(|| (Arc::clone(shared), self.primary_node));

@@ -5,6 +5,7 @@ mod diesel_impls;
 mod dispatch;
 mod held;
 mod read;
+mod trace;
 mod transaction;
 mod transaction_builder;
 
@@ -15,25 +16,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::QueryResult;
 use diesel::connection::{CacheSize, DynInstrumentation, TransactionManagerStatus};
 use diesel::result::Error as DieselError;
-use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 
 use crate::causal::{CausalToken, ReadYourWrites, now_ms};
 use crate::context::{ReadNeeds, record_write};
 use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target, log as log_route};
-use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
+use crate::servers::{Lease, Outcome, PooledConn, RoutedPool, ServerSession, Shared, catalog};
 use held::Held;
+use trace::Trace;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
 #[cfg(feature = "sync")]
 pub(crate) use transaction_builder::TransactionOptions;
-
-/// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
-pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
-type PgStream = BoxStream<'static, QueryResult<PgRow>>;
 
 /// Waits for the first item of a result, so that a read that fails before its first row (a
 /// replica that refuses it, a connection that breaks) can still be retried elsewhere; the rows
@@ -42,7 +39,7 @@ type FirstRow<R> = fn(R, read::AfterRows) -> BoxFuture<'static, QueryResult<R>>;
 
 /// Runs an owned statement on a server connection.
 type RunFn<I, R> =
-    for<'c> fn(&'c mut AsyncPgConnection, &'c OwnedQuery<I>) -> BoxFuture<'c, QueryResult<R>>;
+    for<'c> fn(&'c mut ServerSession, &'c OwnedQuery<I>) -> <R as Outcome>::Future<'c>;
 
 /// A connection that sends each statement to the primary or a replica.
 ///
@@ -86,6 +83,8 @@ pub struct RoutedConnection {
     instrumentation: DynInstrumentation,
     instrumented: bool,
     cache_size: Option<CacheSize>,
+    /// The telemetry of the statement running.
+    trace: Trace,
 }
 
 impl fmt::Debug for RoutedConnection {
@@ -112,6 +111,7 @@ impl RoutedConnection {
             instrumentation: DynInstrumentation::none(),
             instrumented: false,
             cache_size: None,
+            trace: Trace::default(),
         }
     }
 
@@ -128,9 +128,17 @@ impl RoutedConnection {
     ///
     /// # Errors
     ///
-    /// The primary cannot be checked out.
+    /// The primary cannot be checked out; [`Error::NotWithTransactionPooler`] with
+    /// [`transaction_pooler(true)`](crate::RoutedPoolBuilder::transaction_pooler).
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
         self.settle();
+        if self.shared().config().transaction_pooler() {
+            return Err(Error::NotWithTransactionPooler {
+                what: "RoutedConnection::primary",
+                why: "a diesel-async connection prepares named statements, which a transaction \
+                      pooler loses",
+            });
+        }
         let route = route::decide(
             &self.state(),
             Statement::Forced,
@@ -141,7 +149,11 @@ impl RoutedConnection {
         self.mark_written();
         log_route(route, None);
         self.count(route);
-        self.checkout_primary().await
+        let session = self.checkout_primary().await?;
+        session.prepared().ok_or(Error::NotWithTransactionPooler {
+            what: "RoutedConnection::primary",
+            why: "the pool's sessions run unnamed statements",
+        })
     }
 
     /// A token for this connection's writes, to hand to a later request (see [`CausalToken`]):
@@ -204,13 +216,13 @@ impl RoutedConnection {
     }
 
     /// The connection held for `target`.
-    fn held(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+    fn held(&mut self, target: Target) -> Option<&mut ServerSession> {
         self.held.conn(target)
     }
 
     /// The primary's connection, checked out if not held; in a pool that discovers its
     /// primary, waiting for one during a failover.
-    async fn checkout_primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
+    async fn checkout_primary(&mut self) -> Result<&mut ServerSession, Error> {
         if self.held.holds(Target::Primary) && !self.primary_moved() {
             return self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
                 role: Role::Primary,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::Error as DieselError;
-use diesel_async::pooled_connection::PoolableConnection;
 
 use super::{FirstRow, RoutedConnection, RunFn, Target};
 use crate::causal::ReadYourWrites;
@@ -21,7 +20,7 @@ use crate::owned::{Identity, OwnedQuery};
 use crate::reads::{self, Attempt, ReadAttempts, Step};
 use crate::reason::Reason;
 use crate::route::{self, Pick};
-use crate::servers::{Shared, StatementKey, catalog};
+use crate::servers::{Outcome, Shared, StatementKey, catalog};
 
 /// What a `load` served by a replica needs to turn a refusal that comes after its first rows
 /// into a clear error, and to learn the statement.
@@ -56,13 +55,16 @@ impl RoutedConnection {
 
     /// The routing decision for a statement without running it: the replica a read would try
     /// first, or `None` for the primary. For the benchmarks of the decision's cost; like a real
-    /// statement, a write marks the connection.
+    /// statement, a write marks the connection, and the statement's telemetry (span and
+    /// duration) is made and finished.
     pub(crate) fn decide_only(
         &mut self,
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
-        let (route, needs) = match self.prepare(query, query_id)?.fixed {
+        let prepared = self.prepare(query, query_id)?;
+        self.trace.start(prepared.operation, None);
+        let (route, needs) = match prepared.fixed {
             Some(route) => (route, ReadNeeds::default()),
             None => {
                 let needs = crate::context::read_needs();
@@ -76,21 +78,29 @@ impl RoutedConnection {
                 (route, needs)
             }
         };
-        if route.target == Target::Primary {
-            return Ok(None);
-        }
-        let pick = route::pick(
-            reads::replica_views(self.shared()),
-            &[],
-            self.held.replica_index(),
-            &needs,
-            self.shared().config(),
-            true,
-        );
-        match pick {
-            Pick::Replica { index, .. } => Ok(Some(index)),
-            Pick::None(_) => Ok(None),
-        }
+        let decision = match route.target {
+            Target::Primary => None,
+            Target::Replica => match route::pick(
+                reads::replica_views(self.shared()),
+                &[],
+                self.held.replica_index(),
+                &needs,
+                self.shared().config(),
+                true,
+            ) {
+                Pick::Replica { index, .. } => Some(index),
+                Pick::None(_) => None,
+            },
+        };
+        let (target, index) = match decision {
+            Some(index) => (Target::Replica, Some(index)),
+            None => (Target::Primary, None),
+        };
+        self.trace
+            .sent(self.pool.shared(), target, index, route.reason);
+        self.trace
+            .finish(self.pool.shared(), &Ok::<(), DieselError>(()));
+        Ok(decision)
     }
 
     /// Holds a connection to an eligible replica for a read-only transaction (the held one when
@@ -114,7 +124,7 @@ impl RoutedConnection {
     /// replica that fails moves the read to the next one, and the primary serves the read when
     /// no replica is eligible (lag, causal token) and, unless fallback is off, when none can be
     /// reached. A statement a replica refuses as a write runs on the primary.
-    pub(super) async fn read_on_replica<I: Identity, R>(
+    pub(super) async fn read_on_replica<I: Identity, R: Outcome>(
         &mut self,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
@@ -140,6 +150,7 @@ impl RoutedConnection {
             }
         }
         let route = attempts.fallback(&shared).map_err(Error::into_diesel)?;
+        self.trace.fell_back();
         Box::pin(self.run_on(route, owned, run, false)).await
     }
 
@@ -147,7 +158,7 @@ impl RoutedConnection {
     /// (by the health probe, or by another read that found it down): the statement is cancelled
     /// there and its connection closed. With a `first_row_timeout`, also given up (without a
     /// ban) when the replica has not started answering in time.
-    async fn try_replica<I: Identity, R>(
+    async fn try_replica<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -191,7 +202,7 @@ impl RoutedConnection {
     /// The steps of [`RoutedConnection::try_replica`]: holds a connection to the replica,
     /// checks the causal token when the probe does not know (`verify_token`), looks up custom
     /// type OIDs, runs the statement and, for a `load`, waits for its first row.
-    async fn attempt<I: Identity, R>(
+    async fn attempt<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -200,6 +211,12 @@ impl RoutedConnection {
         needs: &ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> Attempt<R> {
+        self.trace.sent(
+            self.pool.shared(),
+            Target::Replica,
+            Some(index),
+            Reason::ScopeAllowsReplica,
+        );
         if let Err(error) = self.hold_replica(index).await {
             return Attempt::Next(error);
         }
@@ -273,7 +290,7 @@ impl RoutedConnection {
     /// A statement that replica `index` refused as a write (SQLSTATE 25006) before any row
     /// reached the caller: the pool learns it, and it runs on the primary unless the pool says
     /// not to.
-    async fn refused<I: Identity, R>(
+    async fn refused<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         owned: OwnedQuery<I>,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Bool, Nullable, Oid, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
+
+use super::ServerSession;
 
 use crate::causal::CausalToken;
 
@@ -32,7 +34,7 @@ const REPLAY_POLL: Duration = Duration::from_millis(5);
 pub(crate) type TypeCache = Mutex<HashMap<(Option<String>, String), (u32, u32)>>;
 
 /// Whether the server is a standby.
-pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+pub(crate) async fn in_recovery(conn: &mut ServerSession) -> QueryResult<bool> {
     diesel::select(diesel::dsl::sql::<Bool>(IN_RECOVERY))
         .get_result(conn)
         .await
@@ -40,10 +42,7 @@ pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> QueryResult<boo
 
 /// Prepares a new session: a replica's is made read-only on the server. Returns whether the
 /// server is in recovery, in the same round trip.
-pub(crate) async fn set_up_session(
-    conn: &mut AsyncPgConnection,
-    read_only: bool,
-) -> QueryResult<bool> {
+pub(crate) async fn set_up_session(conn: &mut ServerSession, read_only: bool) -> QueryResult<bool> {
     if !read_only {
         return in_recovery(conn).await;
     }
@@ -53,17 +52,17 @@ pub(crate) async fn set_up_session(
 }
 
 /// The primary's WAL insert position: every write committed before is behind it.
-pub(crate) async fn wal_insert_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
+pub(crate) async fn wal_insert_position(conn: &mut ServerSession) -> QueryResult<u64> {
     lsn(conn, WAL_INSERT_POSITION).await
 }
 
 /// The primary's flushed WAL position: all that replicas can replay. (The insert position can
 /// sit a page header past it on an idle primary, which no replica ever reaches.)
-pub(crate) async fn wal_flush_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
+pub(crate) async fn wal_flush_position(conn: &mut ServerSession) -> QueryResult<u64> {
     lsn(conn, "(pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").await
 }
 
-async fn lsn(conn: &mut AsyncPgConnection, sql: &'static str) -> QueryResult<u64> {
+async fn lsn(conn: &mut ServerSession, sql: &'static str) -> QueryResult<u64> {
     let lsn: i64 = diesel::select(diesel::dsl::sql::<BigInt>(sql))
         .get_result(conn)
         .await?;
@@ -71,9 +70,7 @@ async fn lsn(conn: &mut AsyncPgConnection, sql: &'static str) -> QueryResult<u64
 }
 
 /// A standby's state for the health probe: whether it is in recovery, and its replay position.
-pub(crate) async fn replica_state(
-    conn: &mut AsyncPgConnection,
-) -> QueryResult<(bool, Option<u64>)> {
+pub(crate) async fn replica_state(conn: &mut ServerSession) -> QueryResult<(bool, Option<u64>)> {
     let (in_recovery, replay) = diesel::select((
         diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
         diesel::dsl::sql::<Nullable<BigInt>>("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"),
@@ -85,7 +82,7 @@ pub(crate) async fn replica_state(
 
 /// A node's state for the health probe of a discovering pool: whether it is in recovery, and
 /// its WAL position: the replay position of a standby, the flushed position of a primary.
-pub(crate) async fn node_state(conn: &mut AsyncPgConnection) -> QueryResult<(bool, Option<u64>)> {
+pub(crate) async fn node_state(conn: &mut ServerSession) -> QueryResult<(bool, Option<u64>)> {
     let (in_recovery, lsn) = diesel::select((
         diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
         diesel::dsl::sql::<Nullable<BigInt>>(
@@ -100,7 +97,7 @@ pub(crate) async fn node_state(conn: &mut AsyncPgConnection) -> QueryResult<(boo
 
 /// Whether the standby on `conn` has replayed `token`, asking again for up to `wait`.
 pub(crate) async fn replayed(
-    conn: &mut AsyncPgConnection,
+    conn: &mut ServerSession,
     token: CausalToken,
     wait: Duration,
 ) -> QueryResult<bool> {
@@ -123,7 +120,7 @@ pub(crate) async fn replayed(
 
 /// The OIDs of the type `name` (in `schema`, or found by the search path).
 pub(crate) async fn lookup_type(
-    conn: &mut AsyncPgConnection,
+    conn: &mut ServerSession,
     schema: Option<&str>,
     name: &str,
 ) -> QueryResult<(u32, u32)> {

@@ -8,11 +8,15 @@ pub(crate) mod connect;
 mod health;
 mod learned;
 pub(crate) mod probe;
+mod row;
 mod server;
+mod session;
 mod status;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod tokens;
 mod topology;
+mod unnamed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,9 +32,11 @@ use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
+pub(crate) use row::{RoutedRow, RowStream};
 pub(crate) use server::Server;
 #[cfg(feature = "sync")]
 pub(crate) use server::wrong_role;
+pub(crate) use session::{Outcome, ServerSession};
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;

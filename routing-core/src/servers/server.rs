@@ -1,32 +1,72 @@
 //! One server: its connection pool, its health, and what a failed checkout means.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use deadpool::managed::{HookError, Pool, PoolError, TimeoutType};
+use deadpool::managed::{HookError, Pool, PoolError, TimeoutType, Timeouts};
 
 use super::PooledConn;
 use super::connect::Manager;
 use super::health::Health;
+use super::telemetry::PoolMetrics;
 use crate::config::Config;
 use crate::error::{BuildError, CheckoutError, ConnectError, Error, Role};
 use crate::url::{DatabaseUrl, RedactedUrl};
+
+/// Where a server is, as telemetry names it: `server.address`, `server.port` and
+/// `db.namespace` of the OpenTelemetry database conventions.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The host name, IP address or Unix socket directory.
+    pub(crate) address: Box<str>,
+    /// The port.
+    pub(crate) port: u16,
+    /// The database name.
+    pub(crate) namespace: Box<str>,
+}
+
+impl Peer {
+    fn of(url: &DatabaseUrl) -> Self {
+        let config = url.config();
+        let address = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.as_str().into(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string().into(),
+            None => "localhost".into(),
+        };
+        let namespace = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres")
+            .into();
+        Peer {
+            address,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            namespace,
+        }
+    }
+}
 
 /// One server and its connection pool.
 pub(crate) struct Server {
     role: Role,
     url: DatabaseUrl,
+    peer: Peer,
     weight: u32,
     pool: Pool<Manager>,
     health: Arc<Health>,
+    metrics: PoolMetrics,
+    /// The pool's limits as the primary, then as a replica: a node of a discovering pool takes
+    /// those of the role it has now.
+    sizes: [usize; 2],
+    timeouts: [Timeouts; 2],
+    /// Whether the server serves as the primary now: its configured role, or, for a node,
+    /// what the probe found last.
+    as_primary: AtomicBool,
 }
 
 impl Server {
-    /// A server in `role`, whose connections come from `url`.
-    ///
-    /// A configured replica's sessions are read-only and, with `verify_roles`, every session
-    /// checks that its server is in its configured role. A node of a discovering pool has no
-    /// fixed role: its sessions are neither.
+    /// A server in `role`, whose connections come from `url` (see [`Manager`] for their setup).
     pub(super) fn new(
         config: &Config,
         role: Role,
@@ -37,21 +77,20 @@ impl Server {
         // pools skip the `SELECT 1` per checkout; the primary's writes are not retried.
         let verify_checkouts =
             matches!(role, Role::Primary | Role::Node(_)) && config.verify_primary_checkouts();
-        let fixed_role = match role {
-            Role::Node(_) => None,
-            role => Some(role),
+        let manager = Manager::new(role, url.clone(), config, verify_checkouts);
+        let timeouts = |primary| Timeouts {
+            wait: Some(config.checkout_timeout(primary)),
+            create: Some(config.connect_timeout()),
+            recycle: Some(config.connect_timeout()),
         };
-        let manager = Manager::new(
-            fixed_role,
-            url.clone(),
-            config.verify_roles(),
-            verify_checkouts,
-        );
+        let timeouts = [timeouts(true), timeouts(false)];
+        let sizes = [config.max_size(true), config.max_size(false)];
+        // A node starts as a replica, until the probe finds it is the primary.
+        let as_primary = role == Role::Primary;
+        let duty = usize::from(!as_primary);
         let pool = Pool::builder(manager)
-            .max_size(config.max_size())
-            .wait_timeout(Some(config.checkout_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.connect_timeout()))
+            .max_size(sizes[duty])
+            .timeouts(timeouts[duty])
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|source| BuildError::Pool {
@@ -61,11 +100,24 @@ impl Server {
             })?;
         Ok(Server {
             role,
+            peer: Peer::of(&url),
             url,
             weight,
             pool,
             health: Arc::new(Health::new(role)),
+            metrics: PoolMetrics::new(role),
+            sizes,
+            timeouts,
+            as_primary: AtomicBool::new(as_primary),
         })
+    }
+
+    /// Gives a node of a discovering pool the pool size and checkout timeout of the role the
+    /// probe found it in: the primary's, or a replica's.
+    pub(super) fn serve_as(&self, primary: bool) {
+        if self.as_primary.swap(primary, Ordering::AcqRel) != primary {
+            self.pool.resize(self.sizes[usize::from(!primary)]);
+        }
     }
 
     pub(crate) fn role(&self) -> Role {
@@ -80,6 +132,11 @@ impl Server {
         &self.url
     }
 
+    /// Where the server is, for telemetry.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     pub(crate) fn weight(&self) -> u32 {
         self.weight
     }
@@ -92,7 +149,14 @@ impl Server {
         self.pool.status()
     }
 
-    /// Checks a connection out of this server's pool.
+    /// Sets the pool's connection gauges (`db.client.connection.count`, `.max`,
+    /// `.pending_requests`) from its status now.
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(&self.pool.status());
+    }
+
+    /// Checks a connection out of this server's pool, recording how long it took
+    /// (`db.client.connection.wait_time`) or that it timed out (`db.client.connection.timeouts`).
     ///
     /// # Errors
     ///
@@ -100,11 +164,28 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        self.pool.get().await.map_err(|e| self.checkout_error(e))
+        let timeouts = self.timeouts();
+        let began = Instant::now();
+        match self.pool.timeout_get(&timeouts).await {
+            Ok(conn) => {
+                self.metrics.checked_out(began.elapsed());
+                Ok(conn)
+            }
+            Err(error) => {
+                if matches!(error, PoolError::Timeout(_)) {
+                    self.metrics.timed_out();
+                }
+                Err(self.checkout_error(error, timeouts))
+            }
+        }
     }
 
-    fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {
-        let timeouts = self.pool.timeouts();
+    /// The checkout's timeouts for the role the server serves in now.
+    fn timeouts(&self) -> Timeouts {
+        self.timeouts[usize::from(!self.as_primary.load(Ordering::Relaxed))]
+    }
+
+    fn checkout_error(&self, error: PoolError<ConnectError>, timeouts: Timeouts) -> Error {
         let timeout = |t: Option<Duration>| t.unwrap_or_default();
         let source = match error {
             PoolError::Timeout(TimeoutType::Wait) => {

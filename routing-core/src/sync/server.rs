@@ -211,10 +211,12 @@ impl SyncServer {
         // runs again elsewhere); the primary's do unless told not to.
         let verify_checkouts =
             matches!(role, Role::Primary | Role::Node(_)) && config.verify_primary_checkouts();
+        // A node of a discovering pool may become the primary: it takes the primary's limits.
+        let primary = !matches!(role, Role::Replica(_));
         let pool = r2d2::Pool::builder()
-            .max_size(u32::try_from(config.max_size()).unwrap_or(u32::MAX))
+            .max_size(u32::try_from(config.max_size(primary)).unwrap_or(u32::MAX))
             .min_idle(Some(0))
-            .connection_timeout(config.checkout_timeout())
+            .connection_timeout(config.checkout_timeout(primary))
             .test_on_check_out(verify_checkouts)
             // Failures are kept in `failures` and logged by the manager.
             .error_handler(Box::new(r2d2::NopErrorHandler))
@@ -225,7 +227,7 @@ impl SyncServer {
             pool,
             failures,
             opened,
-            checkout_timeout: config.checkout_timeout(),
+            checkout_timeout: config.checkout_timeout(primary),
         }
     }
 
@@ -354,6 +356,24 @@ impl SyncServers {
                 value: "a rustls::ClientConfig".to_owned(),
                 expected: "none for a sync pool: libpq makes its TLS connections from the URL's \
                            sslmode, sslrootcert, sslcert and sslkey",
+            });
+        }
+        let async_only = [
+            (
+                config.credentials().is_some(),
+                "credentials",
+                "a credentials provider",
+            ),
+            (config.on_connect().is_some(), "on_connect", "a hook"),
+            (config.transaction_pooler(), "transaction_pooler", "true"),
+        ];
+        if let Some((_, setting, value)) = async_only.into_iter().find(|(set, ..)| *set) {
+            return Err(BuildError::InvalidSetting {
+                setting,
+                value: value.to_owned(),
+                expected: "the async pool's: a sync pool's libpq connections take their \
+                           credentials from the URLs, and their session setup from the URLs' \
+                           options",
             });
         }
         let mut primary = None;
