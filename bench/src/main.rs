@@ -3,25 +3,28 @@
 //! ```text
 //! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
 //!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool] [--paths tls,pgbouncer] [--no-paths] [--no-scenarios]
-//!     [--charts DIR]
+//!     [--systems baseline,routed,pgpool,sync-baseline,sync-routed] [--paths tls,pgbouncer]
+//!     [--no-paths] [--no-scenarios] [--charts DIR]
 //! ```
 //!
 //! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
-//! systems with pools of the same size over the same servers, at every workload and client
+//! async systems with pools of the same size over the same servers, at every workload and client
 //! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
-//! installed). Then the baseline and the router again on two connection paths, each on a
-//! cluster of its own: over TLS, and through PgBouncer. Then it measures the primary's share of a read-only workload's transactions
-//! through the router, and the router's behaviour while a replica stops and starts again. The
-//! results go to stdout as Markdown (and to `--markdown FILE`), and as SVG charts to `--charts
-//! DIR`; progress goes to stderr.
+//! installed), and two synchronous ones: `sync-baseline` (hand-written round robin over plain
+//! r2d2 pools of `diesel::PgConnection`) and `sync-routed` (`routing_core::sync::RoutedPool`).
+//! Then the baseline and the router again on two connection paths, each on a cluster of its
+//! own: over TLS, and through PgBouncer. Then it measures the primary's share of a read-only
+//! workload's transactions through the router, and the router's behaviour while a replica stops
+//! and starts again. The results go to stdout as Markdown (and to `--markdown FILE`), and as SVG
+//! charts to `--charts DIR`; progress goes to stderr.
 //!
 //! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
 //! pgpool-II's process, [`paths`] TLS and PgBouncer, [`offload`] and [`failover`] the two router
 //! scenarios, [`setup`] the cluster, [`cost`] the cost per request, [`machine`], [`report`] and
 //! [`charts`] the output.
 
+mod blocking;
 mod charts;
 mod cost;
 mod failover;
@@ -93,12 +96,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Recycling::Fast)]
     plain_recycling: Recycling,
 
-    /// Systems to measure, comma-separated (the baseline is needed for the ratios).
+    /// Systems to measure, comma-separated (the baselines are needed for the ratios:
+    /// `baseline` for `routed` and `pgpool`, `sync-baseline` for `sync-routed`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "baseline,routed,pgpool"
+        default_value = "baseline,routed,pgpool,sync-baseline,sync-routed"
     )]
     systems: Vec<SystemKind>,
 

@@ -160,8 +160,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- Ratios divide a system's figure by the baseline's in the same cell: above 1 for \
-             req/s is faster, below 1 for p50 is faster."
+            "- `sync-baseline`: synchronous diesel, plain r2d2 pools of `PgConnection` (libpq), one \
+             per server, opened on demand, a `SELECT 1` at checkout only with `verified` \
+             recycling: reads pick a replica pool round robin, writes use the primary's pool. \
+             `sync-routed`: `sync::RoutedPool` over the same servers, each request in \
+             `with_read_replica_sync(true, ..)`. Their clients are threads (tokio's blocking \
+             pool), one per client."
+        );
+        let _ = writeln!(
+            out,
+            "- Ratios divide a system's figure by its baseline's in the same cell (`baseline` for \
+             the async systems, `sync-baseline` for the synchronous ones): above 1 for req/s is \
+             faster, below 1 for p50 is faster."
         );
     }
 
@@ -183,14 +193,17 @@ impl Report {
                 .iter()
                 .filter(|c| c.workload == workload && c.clients == *clients)
                 .collect();
-            let baseline = cells
-                .iter()
-                .find(|c| c.system == SystemKind::Baseline)
-                .and_then(|c| c.outcome.as_ref().ok());
+            let baseline_of = |kind: SystemKind| {
+                cells
+                    .iter()
+                    .find(|c| c.system == kind.baseline())
+                    .and_then(|c| c.outcome.as_ref().ok())
+            };
             for cell in SystemKind::ALL
                 .iter()
                 .filter_map(|kind| cells.iter().find(|c| c.system == *kind))
             {
+                let baseline = baseline_of(cell.system);
                 match &cell.outcome {
                     Ok(m) => {
                         let _ = writeln!(

@@ -1,5 +1,7 @@
-//! The three systems under test, behind one enum: each serves `read(id)` and `write(id)`, taking a
+//! The systems under test, behind one enum: each serves `read(id)` and `write(id)`, taking a
 //! fresh connection from its pool per request and returning it afterwards, as a web handler does.
+//! Three are async (diesel-async); two are synchronous diesel, whose requests run on blocking
+//! threads ([`System::request_blocking`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,10 +26,11 @@ use routing_fixtures::products;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::BoxError;
+use crate::blocking::SyncBaseline;
 
 /// How long a checkout may wait for a free connection, or a new connection take, in every pool:
 /// the `RoutedPool` defaults, applied to the plain pools too.
-const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which system, for the command line and the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -44,18 +47,34 @@ pub(crate) enum SystemKind {
     BaselineTls,
     /// The router over TLS.
     RoutedTls,
+    /// Synchronous diesel, hand-written: one r2d2 pool of `PgConnection`s per server, round
+    /// robin over the replica pools.
+    SyncBaseline,
+    /// `routing_core::sync::RoutedPool`, reads in a `with_read_replica_sync(true, ..)` scope.
+    SyncRouted,
 }
 
 impl SystemKind {
-    /// Every system, in report order; the baseline first.
-    pub(crate) const ALL: [SystemKind; 6] = [
+    /// Every system, in report order; each baseline before the systems compared with it.
+    pub(crate) const ALL: [SystemKind; 8] = [
         SystemKind::Baseline,
         SystemKind::Routed,
         SystemKind::Pgpool,
         SystemKind::RoutedUnnamed,
         SystemKind::BaselineTls,
         SystemKind::RoutedTls,
+        SystemKind::SyncBaseline,
+        SystemKind::SyncRouted,
     ];
+
+    /// The system this one's ratios are measured against: the synchronous baseline for the
+    /// synchronous systems, the async one for the others.
+    pub(crate) fn baseline(self) -> SystemKind {
+        match self {
+            SystemKind::SyncBaseline | SystemKind::SyncRouted => SystemKind::SyncBaseline,
+            _ => SystemKind::Baseline,
+        }
+    }
 }
 
 impl fmt::Display for SystemKind {
@@ -67,6 +86,8 @@ impl fmt::Display for SystemKind {
             SystemKind::RoutedUnnamed => "routed-unnamed",
             SystemKind::BaselineTls => "baseline-tls",
             SystemKind::RoutedTls => "routed-tls",
+            SystemKind::SyncBaseline => "sync-baseline",
+            SystemKind::SyncRouted => "sync-routed",
         })
     }
 }
@@ -137,6 +158,10 @@ pub(crate) enum System {
     Routed(RoutedPool),
     /// One plain pool to pgpool-II, which routes.
     Pgpool(Pool<AsyncPgConnection>),
+    /// Hand-written routing over plain r2d2 pools.
+    SyncBaseline(SyncBaseline),
+    /// The synchronous router.
+    SyncRouted(routing_core::sync::RoutedPool),
 }
 
 /// The hand-written baseline: what applications do without a router.
@@ -193,6 +218,16 @@ impl System {
                     .ok_or("pgpool-II is not running")?;
                 System::Pgpool(plain(url)?)
             }
+            SystemKind::SyncBaseline => {
+                System::SyncBaseline(SyncBaseline::new(servers, max_size, recycling))
+            }
+            SystemKind::SyncRouted => System::SyncRouted(
+                routing_core::sync::RoutedPool::builder(servers.primary.clone())
+                    .replicas(servers.replicas.iter().cloned())
+                    .max_size(max_size)
+                    .verify_primary_checkouts(recycling == Recycling::Verified)
+                    .build_sync()?,
+            ),
         })
     }
 
@@ -233,6 +268,9 @@ impl System {
                 let mut conn = pool.get().await?;
                 point_select(&mut conn, id).await?;
             }
+            System::SyncBaseline(_) | System::SyncRouted(_) => {
+                return Err("a synchronous system: use request_blocking".into());
+            }
         }
         Ok(())
     }
@@ -257,6 +295,9 @@ impl System {
             System::Pgpool(pool) => {
                 let mut conn = pool.get().await?;
                 bump_price(&mut conn, id).await?;
+            }
+            System::SyncBaseline(_) | System::SyncRouted(_) => {
+                return Err("a synchronous system: use request_blocking".into());
             }
         }
         Ok(())

@@ -22,9 +22,14 @@ mod context;
 mod route;
 // Statements in an owned form that can run on any server.
 mod owned;
+// Statements classified, and what a read decides around its I/O: shared by both connections.
+mod classified;
+mod reads;
 // The connection, its transactions, and the pool that hands it out.
 mod connection;
 mod pool;
+#[cfg(feature = "sync")]
+pub mod sync;
 // Integrations.
 #[cfg(feature = "migrations")]
 mod migrate;

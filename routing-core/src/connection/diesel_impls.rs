@@ -128,7 +128,7 @@ impl RoutedConnection {
         match route.target {
             Target::Primary => {
                 let node = self.held.primary_node();
-                result.map_err(|e| super::primary_error(self.pool.shared(), node, e))
+                result.map_err(|e| self.pool.shared().primary_error(node, e))
             }
             Target::Replica => result,
         }

@@ -2,7 +2,6 @@
 //! running it on the chosen server (directly, or through its owned form).
 
 use std::any::TypeId;
-use std::fmt;
 use std::sync::Arc;
 
 use diesel::QueryResult;
@@ -14,73 +13,29 @@ use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 use super::trace::Traced;
-use super::{FirstRow, RoutedConnection, RunFn, classified, log_route, lost_connection};
+use super::{FirstRow, RoutedConnection, RunFn, log_route, lost_connection};
 use crate::causal::now_ms;
-use crate::classify::Classification;
+use crate::classified::{self, Prepared};
 use crate::context::{ReadNeeds, read_needs};
 use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
-use crate::reason::Reason;
+use crate::reads::{self, TokenCheck};
 use crate::route::{self, Route, Statement, Target};
-use crate::servers::tokens::Verdict;
 use crate::servers::{Outcome, ServerSession, Shared, catalog};
 
-/// A statement, classified, and its route when the routing context does not matter.
-pub(super) struct Prepared {
-    /// The route, when the connection's state or the statement fix it (see [`route::fixed`]).
-    pub(super) fixed: Option<Route>,
-    /// The SQL, when classifying rendered it.
-    pub(super) rendered: Option<Rendered>,
-    /// Whether the statement may change its session's state.
-    pub(super) changes_session: bool,
-    /// Its leading statement keyword (`db.operation.name`).
-    pub(super) operation: Option<&'static str>,
-}
-
 impl RoutedConnection {
-    /// Classifies `query` and fixes its route where the routing context does not matter: an
-    /// open transaction, a test transaction, an earlier write, a write, a statement the pool
-    /// learned must run on the primary. A write marks the connection.
+    /// Classifies `query` and fixes its route where the routing context does not matter (see
+    /// [`classified::prepare`]). A write marks the connection.
     pub(super) fn prepare(
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
     ) -> QueryResult<Prepared> {
-        let state = self.state();
-        let (class, rendered) = classified::classify(self.shared(), query, query_id)?;
-        let learned = class.write.is_none()
-            && self
-                .shared()
-                .learned()
-                .contains(query_id, rendered.as_ref().map(|rendered| &*rendered.sql));
-        let fixed = match (&class.write, learned) {
-            (Some(_), _) => route::fixed(&state, Statement::Write),
-            (None, true) => route::fixed(&state, Statement::Write).map(|route| Route {
-                reason: if route.reason == Reason::Write {
-                    Reason::RefusedAsWrite
-                } else {
-                    route.reason
-                },
-                ..route
-            }),
-            (None, false) => route::fixed(&state, Statement::Read),
-        };
-        if let Some(route) = fixed {
-            let detail: Option<&dyn fmt::Display> = match class.write.as_deref() {
-                Some(Classification::Write(why)) => Some(why),
-                _ => None,
-            };
-            if matches!(route.reason, Reason::Write | Reason::RefusedAsWrite) {
-                self.mark_written();
-            }
-            log_route(route, detail);
+        let prepared = classified::prepare(self.shared(), &self.state(), query, query_id)?;
+        if prepared.writes {
+            self.mark_written();
         }
-        Ok(Prepared {
-            fixed,
-            rendered,
-            changes_session: class.changes_session,
-            operation: class.operation,
-        })
+        Ok(prepared)
     }
 
     /// The route of a read, from the routing context of the task running it; a causal token
@@ -108,37 +63,14 @@ impl RoutedConnection {
             return;
         };
         let shared = Arc::clone(self.shared());
-        let tokens = shared.tokens();
-        if tokens.lost_in_failover(&token) {
-            tracing::debug!(
-                target: "routing_core",
-                %token,
-                "dropping a causal token of a write the new primary never received"
-            );
-            needs.causal_token = None;
-            return;
-        }
-        let mut verdict = tokens.check(&token, shared.config().read_your_writes(), now_ms());
-        if verdict == Verdict::Unknown {
-            verdict = match primary_position(&shared).await {
-                Ok(lsn) => {
-                    tokens.note_primary(lsn);
-                    if token.lsn() <= lsn {
-                        Verdict::Plausible
-                    } else {
-                        Verdict::Forged
-                    }
-                }
-                // The primary cannot say: keep the token, the careful choice.
-                Err(error) => {
-                    tracing::debug!(target: "routing_core", %error, "cannot check a causal token");
-                    Verdict::Plausible
-                }
-            };
-        }
-        if verdict == Verdict::Forged {
-            tracing::debug!(target: "routing_core", %token, "ignoring a forged causal token");
-            tokens.count_forged();
+        let keep = match reads::check_token(&shared, &token) {
+            TokenCheck::Keep => true,
+            TokenCheck::Drop => false,
+            TokenCheck::AskPrimary => {
+                reads::keep_token(&shared, &token, primary_position(&shared).await)
+            }
+        };
+        if !keep {
             needs.causal_token = None;
         }
     }
@@ -333,7 +265,7 @@ impl RoutedConnection {
         };
         self.held.finish(guard);
         match route.target {
-            Target::Primary => result.map_err(|e| super::primary_error(&shared, node, e)),
+            Target::Primary => result.map_err(|e| shared.primary_error(node, e)),
             Target::Replica => result,
         }
     }

@@ -152,7 +152,7 @@ impl Held {
 
     /// `run` on `target`'s connection, watched: marked busy until its future finishes, and
     /// cancelled on the server if that future is dropped first. On the primary, errors that
-    /// mean the primary is gone are told apart (see [`super::primary_error`]).
+    /// mean the primary is gone are told apart (see `Shared::primary_error`).
     pub(super) fn watched<'c, F>(
         &'c mut self,
         target: Target,
@@ -235,7 +235,7 @@ where
         }
         **this.busy = None;
         Poll::Ready(match (output, this.primary.take()) {
-            (Err(error), Some((shared, node))) => Err(super::primary_error(&shared, node, error)),
+            (Err(error), Some((shared, node))) => Err(shared.primary_error(node, error)),
             (output, _) => output,
         })
     }

@@ -1,7 +1,6 @@
 //! [`RoutedConnection`]: a diesel-async connection that sends each statement where the routing
 //! rules say, checking server connections out of the pool's servers as it needs them.
 
-mod classified;
 mod diesel_impls;
 mod dispatch;
 mod held;
@@ -24,12 +23,14 @@ use crate::causal::{CausalToken, ReadYourWrites, now_ms};
 use crate::context::{ReadNeeds, record_write};
 use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
-use crate::route::{self, Route, State, Statement, Target};
+use crate::route::{self, Route, State, Statement, Target, log as log_route};
 use crate::servers::{Lease, Outcome, PooledConn, RoutedPool, ServerSession, Shared, catalog};
 use held::Held;
 use trace::Trace;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
+#[cfg(feature = "sync")]
+pub(crate) use transaction_builder::TransactionOptions;
 
 /// Waits for the first item of a result, so that a read that fails before its first row (a
 /// replica that refuses it, a connection that breaks) can still be retried elsewhere; the rows
@@ -325,10 +326,8 @@ impl RoutedConnection {
                     .hold_replica(index, conn, Lease::new(server.health()));
                 Ok(())
             }
-            // A busy pool is no sign of a sick server: try another replica, but do not ban.
-            Err(e @ Error::PoolExhausted { .. }) => Err(e),
             Err(e) => {
-                server.health().ban(e.to_string());
+                server.note_checkout_failure(&e);
                 Err(e)
             }
         }
@@ -366,41 +365,6 @@ impl RoutedConnection {
 /// [`RoutedConnection::abandoned`] when no transaction was abandoned.
 const NOT_ABANDONED: u32 = u32::MAX;
 
-/// `error` of a statement on the primary, with the errors that mean the primary is gone told
-/// apart: a broken connection is [`Error::PrimaryLost`], and a refusal as a write from a node
-/// of a discovering pool is [`Error::NoPrimary`] (it was demoted); either makes the probe look
-/// again at once.
-pub(super) fn primary_error(
-    shared: &Shared,
-    node: Option<usize>,
-    error: DieselError,
-) -> DieselError {
-    use crate::failure::Failure;
-    let url = || match node {
-        Some(node) => shared.replicas()[node].url().clone(),
-        None => shared.config().primary().redacted(),
-    };
-    match Failure::of(&error, false) {
-        Failure::Unreachable => {
-            shared.topology().look_again();
-            Error::PrimaryLost {
-                url: url(),
-                source: error,
-            }
-            .into_diesel()
-        }
-        Failure::RefusedAsWrite if shared.discovers() => {
-            shared.topology().look_again();
-            Error::NoPrimary {
-                reason: format!("{} refused the write as a standby: it was demoted", url()),
-                waited: std::time::Duration::ZERO,
-            }
-            .into_diesel()
-        }
-        _ => error,
-    }
-}
-
 /// The error of a statement whose server connection went missing, which the router's own
 /// bookkeeping should never allow.
 fn lost_connection() -> DieselError {
@@ -408,23 +372,4 @@ fn lost_connection() -> DieselError {
         diesel::result::DatabaseErrorKind::UnableToSendCommand,
         Box::new("routed connection lost its server connection".to_owned()),
     )
-}
-
-/// Logs a decision as a debug event naming the server and the reason (and what made it, for a
-/// write or a read no replica served).
-fn log_route(route: Route, detail: Option<&dyn fmt::Display>) {
-    match detail {
-        Some(detail) => tracing::debug!(
-            target: "routing_core",
-            server = %route.target,
-            reason = %format_args!("{}: {detail}", route.reason),
-            "route"
-        ),
-        None => tracing::debug!(
-            target: "routing_core",
-            server = %route.target,
-            reason = %route.reason,
-            "route"
-        ),
-    }
 }

@@ -316,7 +316,7 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
     match target {
         Target::Primary => {
             let node = conn.held.primary_node();
-            result.map_err(|e| super::primary_error(conn.pool.shared(), node, e))
+            result.map_err(|e| conn.pool.shared().primary_error(node, e))
         }
         Target::Replica => result,
     }

@@ -98,6 +98,10 @@ pub enum ConnectError {
     /// TLS could not be set up, or the server's certificate was refused.
     #[error("cannot connect over TLS: {0}")]
     Tls(#[source] TlsError),
+    /// libpq could not open the session (the server could not be reached, refused the login,
+    /// or TLS failed), for the synchronous pool.
+    #[error("cannot connect: {0}")]
+    Establish(#[source] diesel::ConnectionError),
     /// diesel-async could not set the session up.
     #[error("cannot set up the session: {0}")]
     Session(#[source] diesel::ConnectionError),

@@ -13,13 +13,29 @@ use super::ServerSession;
 
 use crate::causal::CausalToken;
 
+#[cfg(feature = "sync")]
+pub(crate) mod blocking;
+
+/// Whether the server is in recovery.
+const IN_RECOVERY: &str = "pg_is_in_recovery()";
+/// The same, in the round trip that makes the session read-only.
+const READ_ONLY_IN_RECOVERY: &str =
+    "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)";
+/// The primary's WAL insert position, in bytes.
+const WAL_INSERT_POSITION: &str = "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+/// Whether a standby replayed a position: this, the position as text, then [`REPLAYED_END`].
+const REPLAYED_START: &str = "coalesce(pg_last_wal_replay_lsn() >= ";
+const REPLAYED_END: &str = "::pg_lsn, false)";
+/// How often a read that waits for a standby to replay its causal token asks again.
+const REPLAY_POLL: Duration = Duration::from_millis(5);
+
 /// OIDs of custom PostgreSQL types by (schema, name): (type OID, array type OID). Physical
 /// replicas share their primary's.
 pub(crate) type TypeCache = Mutex<HashMap<(Option<String>, String), (u32, u32)>>;
 
 /// Whether the server is a standby.
 pub(crate) async fn in_recovery(conn: &mut ServerSession) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+    diesel::select(diesel::dsl::sql::<Bool>(IN_RECOVERY))
         .get_result(conn)
         .await
 }
@@ -30,20 +46,14 @@ pub(crate) async fn set_up_session(conn: &mut ServerSession, read_only: bool) ->
     if !read_only {
         return in_recovery(conn).await;
     }
-    diesel::select(diesel::dsl::sql::<Bool>(
-        "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)",
-    ))
-    .get_result(conn)
-    .await
+    diesel::select(diesel::dsl::sql::<Bool>(READ_ONLY_IN_RECOVERY))
+        .get_result(conn)
+        .await
 }
 
 /// The primary's WAL insert position: every write committed before is behind it.
 pub(crate) async fn wal_insert_position(conn: &mut ServerSession) -> QueryResult<u64> {
-    lsn(
-        conn,
-        "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
-    )
-    .await
+    lsn(conn, WAL_INSERT_POSITION).await
 }
 
 /// The primary's flushed WAL position: all that replicas can replay. (The insert position can
@@ -94,9 +104,9 @@ pub(crate) async fn replayed(
     let deadline = Instant::now() + wait;
     loop {
         let done: bool = diesel::select(
-            diesel::dsl::sql::<Bool>("coalesce(pg_last_wal_replay_lsn() >= ")
+            diesel::dsl::sql::<Bool>(REPLAYED_START)
                 .bind::<Text, _>(token.lsn_text())
-                .sql("::pg_lsn, false)"),
+                .sql(REPLAYED_END),
         )
         .get_result(conn)
         .await?;
@@ -104,7 +114,7 @@ pub(crate) async fn replayed(
         if done || now >= deadline {
             return Ok(done);
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(5))).await;
+        tokio::time::sleep((deadline - now).min(REPLAY_POLL)).await;
     }
 }
 

@@ -217,17 +217,25 @@ impl Server {
         }
     }
 
+    /// Notes that checking a connection out of this server failed with `error`: the server is
+    /// banned, unless only its pool was busy (no sign of a sick server).
+    pub(crate) fn note_checkout_failure(&self, error: &Error) {
+        if !matches!(error, Error::PoolExhausted { .. }) {
+            self.health.ban(error.to_string());
+        }
+    }
+
+    /// The error of a read that waited on this server while it was banned.
+    pub(crate) fn banned_error(&self) -> Error {
+        Error::Banned {
+            role: self.role,
+            ban_reason: self.health.ban_reason(),
+        }
+    }
+
     /// The error for this server found in the other role than configured.
     pub(crate) fn wrong_role(&self) -> Error {
-        match self.role {
-            Role::Primary => Error::PrimaryIsStandby {
-                url: self.url().clone(),
-            },
-            role => Error::ReplicaIsPrimary {
-                role,
-                url: self.url().clone(),
-            },
-        }
+        wrong_role(self.role, self.url())
     }
 
     /// Whether this server has a role of its own (a configured primary or replica) rather than
@@ -235,5 +243,16 @@ impl Server {
     #[cfg(feature = "migrations")]
     pub(crate) fn has_fixed_role(&self) -> bool {
         !matches!(self.role, Role::Node(_))
+    }
+}
+
+/// The error for the server at `url`, configured in `role`, found in the other role.
+pub(crate) fn wrong_role(role: Role, url: &RedactedUrl) -> Error {
+    match role {
+        Role::Primary => Error::PrimaryIsStandby { url: url.clone() },
+        role => Error::ReplicaIsPrimary {
+            role,
+            url: url.clone(),
+        },
     }
 }

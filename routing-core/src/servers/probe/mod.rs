@@ -32,10 +32,22 @@ const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// timeout measures the servers, not the application's queue. The thread ends within one
 /// interval of the pool's last clone being dropped.
 pub(crate) fn start(shared: &Arc<Shared>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        start_anywhere(shared);
+    }
+}
+
+/// Starts the probe of `shared`'s replicas, once, from any thread: the synchronous pool's
+/// `get`, which runs outside every runtime.
+#[cfg(feature = "sync")]
+pub(crate) fn start_from_any_thread(shared: &Arc<Shared>) {
+    start_anywhere(shared);
+}
+
+fn start_anywhere(shared: &Arc<Shared>) {
     // A plain load first: every `get` passes here, and a swap would contend on the cache line.
     if shared.replicas.is_empty()
         || shared.probe_started.load(Ordering::Acquire)
-        || tokio::runtime::Handle::try_current().is_err()
         || shared.probe_started.swap(true, Ordering::AcqRel)
     {
         return;
