@@ -22,9 +22,11 @@ mod context;
 mod route;
 // Statements in an owned form that can run on any server.
 mod owned;
-// Statements classified, and what a read decides around its I/O: shared by both connections.
+// Statements classified, what a read decides around its I/O, and each statement's telemetry:
+// shared by both connections.
 mod classified;
 mod reads;
+mod trace;
 // The connection, its transactions, and the pool that hands it out.
 mod connection;
 mod pool;

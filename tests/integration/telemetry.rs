@@ -353,3 +353,67 @@ async fn statement_durations_are_recorded_by_server_role_and_outcome() {
     assert_eq!(replica_ok, 3);
     assert_eq!(primary_error, 1);
 }
+
+/// The synchronous pool's statements have the same spans: a replica read, a write, and the
+/// fallback of a read no replica serves, each checked against the server's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_pool_has_the_same_spans() {
+    use routing_core::with_read_replica_sync;
+
+    let servers = servers().await;
+    let pool = servers
+        .pool_builder(&unique("span-sync"))
+        .build_sync()
+        .expect("a sync pool");
+    let unreachable = RoutedPool::builder(servers.primary_url.clone())
+        .replica("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2")
+        .build_sync()
+        .expect("a sync pool");
+    let ask = |conn: &mut routing_core::sync::RoutedConnection| {
+        let query = diesel::select((pg_is_in_recovery(), inet_server_port()));
+        let (in_recovery, port) =
+            diesel::RunQueryDsl::get_result::<(bool, i32)>(query, conn).expect("a read");
+        ServerId { port, in_recovery }
+    };
+    let name = unique("span-sync-product");
+    let [(read, read_on), (write, write_on), (fallback, fallback_on)] =
+        tokio::task::spawn_blocking(move || {
+            // The capture is this thread's: the sync connection makes its spans here.
+            let (spans, _capturing) = capture();
+            let mut conn = pool.get().expect("a connection");
+            let read_on = with_read_replica_sync(true, || ask(&mut conn));
+            let read = only(&spans);
+            let insert = diesel::insert_into(products::table)
+                .values((products::name.eq(&name), products::price_cents.eq(1_i64)))
+                .returning((pg_is_in_recovery(), inet_server_port()));
+            let (in_recovery, port) =
+                diesel::RunQueryDsl::get_result::<(bool, i32)>(insert, &mut conn)
+                    .expect("an insert");
+            let write = only(&spans);
+            let mut conn = unreachable.get().expect("a connection");
+            let fallback_on = with_read_replica_sync(true, || ask(&mut conn));
+            let fallback = only(&spans);
+            [
+                (read, read_on),
+                (write, ServerId { port, in_recovery }),
+                (fallback, fallback_on),
+            ]
+        })
+        .await
+        .expect("the sync statements ran");
+    assert_ran_on(&read, &read_on, "replica");
+    assert_eq!(field(&read, "db.routing.reason"), Some("scope_replica"));
+    assert_eq!(field(&read, "db.routing.attempt"), Some("1"));
+    let index = servers.replica_index(&read_on).expect("a replica");
+    assert_eq!(
+        field(&read, "db.routing.replica"),
+        Some(&*index.to_string())
+    );
+    assert_ran_on(&write, &write_on, "primary");
+    assert_eq!(field(&write, "db.operation.name"), Some("INSERT"));
+    assert_eq!(field(&write, "db.routing.reason"), Some("write"));
+    assert_ran_on(&fallback, &fallback_on, "primary");
+    assert_eq!(field(&fallback, "db.routing.fallback"), Some("true"));
+    assert_eq!(field(&fallback, "db.routing.attempt"), Some("2"));
+    assert_eq!(field(&fallback, "db.routing.reason"), Some("fallback"));
+}

@@ -12,7 +12,6 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use super::trace::Traced;
 use super::{FirstRow, RoutedConnection, RunFn, log_route, lost_connection};
 use crate::causal::now_ms;
 use crate::classified::{self, Prepared};
@@ -22,6 +21,7 @@ use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
 use crate::reads::{self, TokenCheck};
 use crate::route::{self, Route, Statement, Target};
 use crate::servers::{Outcome, ServerSession, Shared, catalog};
+use crate::trace::Traced;
 
 impl RoutedConnection {
     /// Classifies `query` and fixes its route where the routing context does not matter (see

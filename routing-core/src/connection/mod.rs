@@ -5,7 +5,6 @@ mod diesel_impls;
 mod dispatch;
 mod held;
 mod read;
-mod trace;
 mod transaction;
 mod transaction_builder;
 
@@ -25,8 +24,8 @@ use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target, log as log_route};
 use crate::servers::{Lease, Outcome, PooledConn, RoutedPool, ServerSession, Shared, catalog};
+use crate::trace::Trace;
 use held::Held;
-use trace::Trace;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
 #[cfg(feature = "sync")]

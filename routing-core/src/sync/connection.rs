@@ -1,29 +1,26 @@
 //! [`RoutedConnection`]: a synchronous diesel connection that sends each statement where the
 //! routing rules say, checking sessions out of the pool's r2d2 pools as it needs them.
 
-use std::any::TypeId;
 use std::fmt;
 use std::sync::Arc;
 
+use diesel::PgConnection;
 use diesel::connection::{
-    AnsiTransactionManager, CacheSize, Connection, DynInstrumentation, InstrumentationEvent,
-    SimpleConnection, StrQueryHelper, TransactionManager, TransactionManagerStatus,
+    AnsiTransactionManager, CacheSize, Connection, DynInstrumentation, TransactionManager,
+    TransactionManagerStatus,
 };
-use diesel::pg::Pg;
-use diesel::query_builder::QueryFragment;
 use diesel::result::Error as DieselError;
-use diesel::{PgConnection, QueryResult};
+
+mod statement;
 
 use super::RoutedPool;
 use super::server::{Pooled, SyncConn};
 use crate::causal::{CausalToken, ReadYourWrites, now_ms};
-use crate::classified;
-use crate::context::{ReadNeeds, read_needs, record_write};
+use crate::context::{ReadNeeds, record_write};
 use crate::error::{Error, Role};
-use crate::failure::Failure;
-use crate::reads::{self, TokenCheck};
 use crate::route::{self, Route, State, Statement, Target};
 use crate::servers::{Lease, Shared};
+use crate::trace::Trace;
 
 /// A synchronous connection that sends each statement to the primary or a replica.
 ///
@@ -57,6 +54,8 @@ pub struct RoutedConnection {
     instrumentation: DynInstrumentation,
     instrumented: bool,
     cache_size: Option<CacheSize>,
+    /// The telemetry of the statement running.
+    trace: Trace,
 }
 
 /// A session to one replica, counted in its `in_flight` while held.
@@ -91,6 +90,7 @@ impl RoutedConnection {
             instrumentation: DynInstrumentation::none(),
             instrumented: false,
             cache_size: None,
+            trace: Trace::default(),
         }
     }
 
@@ -324,143 +324,6 @@ impl RoutedConnection {
         if let Some(server) = server {
             server.health().count_routed(route.reason);
         }
-    }
-
-    /// Runs a statement (`query`, with static id `query_id`) where the rules say: `exec` runs it
-    /// on a server's session, again on the next one when a replica fails it. Inside diesel's
-    /// query events when the connection is instrumented (`debug_sql`).
-    pub(super) fn run_statement<R>(
-        &mut self,
-        query: &dyn QueryFragment<Pg>,
-        query_id: Option<TypeId>,
-        debug_sql: Option<String>,
-        exec: impl FnMut(&mut PgConnection) -> QueryResult<R>,
-    ) -> QueryResult<R> {
-        let Some(sql) = debug_sql else {
-            return self.route_and_run(query, query_id, exec);
-        };
-        let event = StrQueryHelper::new(&sql);
-        self.instrumentation
-            .on_connection_event(InstrumentationEvent::start_query(&event));
-        let result = self.route_and_run(query, query_id, exec);
-        self.instrumentation
-            .on_connection_event(InstrumentationEvent::finish_query(
-                &event,
-                result.as_ref().err(),
-            ));
-        result
-    }
-
-    fn route_and_run<R>(
-        &mut self,
-        query: &dyn QueryFragment<Pg>,
-        query_id: Option<TypeId>,
-        exec: impl FnMut(&mut PgConnection) -> QueryResult<R>,
-    ) -> QueryResult<R> {
-        self.primary_moved();
-        if self.pinned.is_some() && self.transaction_lost {
-            return Err(Error::TransactionLost.into_diesel());
-        }
-        let prepared = classified::prepare(self.shared(), &self.state(), query, query_id)?;
-        if prepared.writes {
-            self.mark_written();
-        }
-        let (route, needs) = match prepared.fixed {
-            Some(route) => (route, ReadNeeds::default()),
-            None => self.route_read(),
-        };
-        match route.target {
-            Target::Replica if self.pinned.is_none() => {
-                self.read_on_replica(&needs, query, query_id, exec)
-            }
-            _ => self.run_on(route, prepared.changes_session, exec),
-        }
-    }
-
-    /// The route of a read, from the thread's routing context; a causal token that claims what
-    /// the primary has not reached is dropped first.
-    pub(super) fn route_read(&mut self) -> (Route, ReadNeeds) {
-        let mut needs = read_needs();
-        self.vet_token(&mut needs);
-        let route = route::decide(
-            &self.state(),
-            Statement::Read,
-            &needs,
-            self.shared().config(),
-            now_ms,
-        );
-        route::log(route, None);
-        (route, needs)
-    }
-
-    /// Drops the causal token of `needs` when it is forged: a time in the future, or a WAL
-    /// position beyond the primary's (asked once when beyond the last position known).
-    pub(super) fn vet_token(&mut self, needs: &mut ReadNeeds) {
-        let Some(token) = needs.causal_token else {
-            return;
-        };
-        let shared = Arc::clone(self.shared());
-        let keep = match reads::check_token(&shared, &token) {
-            TokenCheck::Keep => true,
-            TokenCheck::Drop => false,
-            TokenCheck::AskPrimary => {
-                reads::keep_token(&shared, &token, self.pool.primary_position())
-            }
-        };
-        if !keep {
-            needs.causal_token = None;
-        }
-    }
-
-    /// Runs `exec` on `route`'s server: a session to the primary is checked out if needed; on
-    /// the primary, errors that mean the primary is gone are told apart.
-    pub(super) fn run_on<R>(
-        &mut self,
-        route: Route,
-        changes_session: bool,
-        exec: impl FnOnce(&mut PgConnection) -> QueryResult<R>,
-    ) -> QueryResult<R> {
-        if route.target == Target::Primary {
-            self.checkout_primary().map_err(Error::into_diesel)?;
-        }
-        self.count(route);
-        let node = self.primary_node;
-        let session = self.session(route.target).ok_or_else(lost_connection)?;
-        if changes_session {
-            session.mark_session_changed();
-        }
-        let result = exec(session.pg());
-        if let Err(error) = &result {
-            // A session the server or the network closed is not reused.
-            if Failure::of(error, false) == Failure::Unreachable {
-                session.discard();
-            }
-        }
-        match route.target {
-            Target::Primary => result.map_err(|e| self.shared().primary_error(node, e)),
-            Target::Replica => result,
-        }
-    }
-
-    /// Runs `batch_execute` where the rules send it: the primary, or the transaction's server.
-    pub(super) fn batch(&mut self, query: &str) -> QueryResult<()> {
-        self.primary_moved();
-        if self.pinned.is_some() && self.transaction_lost {
-            return Err(Error::TransactionLost.into_diesel());
-        }
-        let route = route::decide(
-            &self.state(),
-            Statement::Write,
-            &ReadNeeds::default(),
-            self.shared().config(),
-            now_ms,
-        );
-        if self.pinned.is_none() {
-            self.mark_written();
-        }
-        route::log(route, Some(&"batch_execute"));
-        let changes_session = self.shared().config().classifier().changes_session(query);
-        self.run_on(route, changes_session, |conn| conn.batch_execute(query))
     }
 
     /// Keeps `size` for every session this connection checks out, and sets it on those held.

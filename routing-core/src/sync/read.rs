@@ -49,6 +49,7 @@ impl RoutedConnection {
             }
         }
         let route = attempts.fallback(&shared).map_err(Error::into_diesel)?;
+        self.trace_fallback();
         self.run_on(route, false, exec)
     }
 
@@ -66,6 +67,7 @@ impl RoutedConnection {
         if server.health().is_banned() {
             return Attempt::Next(server.banned_error());
         }
+        self.trace_replica(index);
         if let Err(error) = self.hold_replica(index) {
             return Attempt::Next(error);
         }

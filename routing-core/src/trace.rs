@@ -27,7 +27,7 @@ use crate::servers::{Server, Shared};
 
 /// The telemetry of the statement a connection is running.
 #[derive(Debug)]
-pub(super) struct Trace {
+pub(crate) struct Trace {
     span: Span,
     started: Instant,
     /// The server of the latest attempt: the primary, or a replica's index.
@@ -49,7 +49,7 @@ impl Default for Trace {
 impl Trace {
     /// Starts the telemetry of a statement performing `operation`, with its text when the pool
     /// records it.
-    pub(super) fn start(&mut self, operation: Option<&'static str>, text: Option<&str>) {
+    pub(crate) fn start(&mut self, operation: Option<&'static str>, text: Option<&str>) {
         self.span = tracing::info_span!(
             target: "routing_core::statement",
             "statement",
@@ -76,13 +76,13 @@ impl Trace {
     }
 
     /// The span, to enter while the statement runs.
-    pub(super) fn span(&self) -> &Span {
+    pub(crate) fn span(&self) -> &Span {
         &self.span
     }
 
     /// The statement is sent to `target` for `reason`: the replica or the node of a discovering
     /// pool with index `index`, or the configured primary when `index` is `None`.
-    pub(super) fn sent(
+    pub(crate) fn sent(
         &mut self,
         shared: &Shared,
         target: Target,
@@ -111,13 +111,13 @@ impl Trace {
     }
 
     /// No replica served the read: the primary does.
-    pub(super) fn fell_back(&self) {
+    pub(crate) fn fell_back(&self) {
         self.span.record("db.routing.fallback", true);
     }
 
     /// The statement finished with `result`: its error on the span, its duration in the
     /// server's histogram; the span closes.
-    pub(super) fn finish<T>(&mut self, shared: &Shared, result: &Result<T, DieselError>) {
+    pub(crate) fn finish<T>(&mut self, shared: &Shared, result: &Result<T, DieselError>) {
         let span = std::mem::replace(&mut self.span, Span::none());
         let error = result.as_ref().err().filter(|error| !is_not_found(error));
         if let Some(error) = error.filter(|_| !span.is_disabled()) {
@@ -190,7 +190,7 @@ fn error_type(error: &DieselError) -> (&'static str, Option<&'static str>) {
 
 pin_project! {
     /// A statement's future inside its span; its telemetry is finished with its output.
-    pub(super) struct Traced<'c, F> {
+    pub(crate) struct Traced<'c, F> {
         #[pin]
         future: F,
         trace: &'c mut Trace,
@@ -199,7 +199,7 @@ pin_project! {
 }
 
 impl<'c, F> Traced<'c, F> {
-    pub(super) fn new(future: F, trace: &'c mut Trace, shared: &'c Shared) -> Self {
+    pub(crate) fn new(future: F, trace: &'c mut Trace, shared: &'c Shared) -> Self {
         Traced {
             future,
             trace,
