@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use crate::connection;
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::{AsExpression, IntoSql};

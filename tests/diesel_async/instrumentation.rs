@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use crate::users;
 use crate::TestConnection;
 use assert_matches::assert_matches;

@@ -15,6 +15,8 @@ mod pooling;
 mod sync_wrapper;
 mod transactions;
 mod type_check;
+mod with_router;
+use with_router::tokio;
 
 async fn transaction_test<C: AsyncConnection<Backend = TestBackend>>(
     conn: &mut C,
@@ -90,7 +92,7 @@ struct User {
 #[cfg(feature = "mysql")]
 type TestConnection = AsyncMysqlConnection;
 #[cfg(feature = "postgres")]
-type TestConnection = AsyncPgConnection;
+type TestConnection = with_router::Connection;
 #[cfg(feature = "sqlite")]
 type TestConnection =
     sync_connection_wrapper::SyncConnectionWrapper<diesel::sqlite::SqliteConnection>;
@@ -262,6 +264,9 @@ async fn setup(connection: &mut TestConnection) {
 }
 
 async fn connection() -> TestConnection {
+    if with_router::reads_on_replicas() {
+        return connection_without_transaction().await;
+    }
     let mut conn = connection_without_transaction().await;
     if cfg!(feature = "postgres") {
         // postgres allows to modify the schema inside of a transaction
@@ -278,6 +283,5 @@ async fn connection() -> TestConnection {
 }
 
 async fn connection_without_transaction() -> TestConnection {
-    let db_url = std::env::var("DATABASE_URL").unwrap();
-    TestConnection::establish(&db_url).await.unwrap()
+    with_router::connection_without_transaction().await
 }

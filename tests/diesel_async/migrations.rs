@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use diesel_async::AsyncMigrationHarness;
 use diesel_migrations::MigrationHarness;
 
@@ -22,7 +23,7 @@ async fn pool_connection() {
     use diesel_async::pooled_connection::AsyncDieselConnectionManager;
     let _guard = SEQUENTIAL.lock().unwrap();
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
     let config = AsyncDieselConnectionManager::<super::TestConnection>::new(db_url);
     let pool = Pool::builder(config).build().unwrap();
     let conn = pool.get().await.unwrap();

@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use super::{users, User};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -10,7 +11,7 @@ async fn save_changes_bb8() {
     use diesel_async::pooled_connection::bb8::Pool;
     use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
 
     let config = AsyncDieselConnectionManager::<super::TestConnection>::new(db_url);
     let pool = Pool::builder().max_size(1).build(config).await.unwrap();
@@ -44,7 +45,7 @@ async fn save_changes_deadpool() {
     use diesel_async::pooled_connection::deadpool::Pool;
     use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
 
     let config = AsyncDieselConnectionManager::<super::TestConnection>::new(db_url);
     let pool = Pool::builder(config).max_size(1).build().unwrap();
@@ -78,7 +79,7 @@ async fn save_changes_mobc() {
     use diesel_async::pooled_connection::mobc::Pool;
     use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
 
     let config = AsyncDieselConnectionManager::<super::TestConnection>::new(db_url);
     let pool = Pool::new(config);
@@ -113,7 +114,7 @@ async fn cancel_blocking_task_deadpool() {
     use diesel_async::pooled_connection::AsyncDieselConnectionManager;
     use tokio::sync::oneshot;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
 
     let config = AsyncDieselConnectionManager::<super::TestConnection>::new(db_url);
     let pool = Pool::builder(config).max_size(1).build().unwrap();

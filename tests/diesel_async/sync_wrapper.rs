@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use diesel::migration::Migration;
 use diesel::{Connection, IntoSql};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -17,7 +18,7 @@ fn test_sync_wrapper() {
     #[cfg(feature = "sqlite")]
     let _guard = rt.enter();
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
     let mut conn = AsyncConnectionWrapper::<crate::TestConnection>::establish(&db_url).unwrap();
 
     let res =
@@ -29,7 +30,7 @@ fn test_sync_wrapper() {
 async fn test_sync_wrapper_async_query() {
     use diesel_async::{AsyncConnection, RunQueryDsl};
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
     let conn = crate::TestConnection::establish(&db_url).await.unwrap();
     let mut conn = AsyncConnectionWrapper::<_>::from(conn);
 
@@ -43,7 +44,7 @@ async fn test_sync_wrapper_async_query() {
 async fn test_sync_wrapper_under_runtime() {
     use diesel::RunQueryDsl;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<crate::TestConnection>::establish(&db_url).unwrap();
 
@@ -59,7 +60,7 @@ async fn test_sync_wrapper_under_runtime() {
 fn check_run_migration() {
     use diesel_migrations::MigrationHarness;
 
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
     let migrations: Vec<Box<dyn Migration<crate::TestBackend>>> = Vec::new();
     let mut conn = AsyncConnectionWrapper::<crate::TestConnection>::establish(&db_url).unwrap();
 
@@ -69,7 +70,7 @@ fn check_run_migration() {
 
 #[tokio::test]
 async fn test_sync_wrapper_unwrap() {
-    let db_url = std::env::var("DATABASE_URL").unwrap();
+    let db_url = crate::with_router::database_url();
 
     let conn = tokio::task::spawn_blocking(move || {
         use diesel::RunQueryDsl;

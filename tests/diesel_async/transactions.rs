@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn concurrent_serializable_transactions_behave_correctly() {

@@ -1,3 +1,4 @@
+use crate::with_router::tokio;
 use crate::{connection, TestConnection};
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::{AsExpression, ValidGrouping};
