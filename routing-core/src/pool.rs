@@ -94,7 +94,7 @@ impl RoutedPool {
         let mut primaries = Vec::new();
         for server in shared.servers() {
             let mut conn =
-                tokio::time::timeout(timeout, connect::open(server.database_url(), None))
+                crate::clock::timeout(timeout, connect::open(server.database_url(), None))
                     .await
                     .map_err(|_| Error::Timeout {
                         what: "connecting to a server",
@@ -104,7 +104,8 @@ impl RoutedPool {
                         role: server.role(),
                         url: server.url().clone(),
                         source,
-                    })?;
+                    })
+                    .map(connect::silenced)?;
             let in_recovery =
                 catalog::in_recovery(&mut conn)
                     .await

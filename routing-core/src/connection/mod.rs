@@ -1,10 +1,13 @@
 //! [`RoutedConnection`]: a diesel-async connection that sends each statement where the routing
 //! rules say, checking server connections out of the pool's servers as it needs them.
 
+mod cancel;
 mod classified;
 mod diesel_impls;
 mod dispatch;
 mod held;
+mod instrument;
+mod pg;
 mod read;
 mod transaction;
 mod transaction_builder;
@@ -26,6 +29,7 @@ use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target};
 use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
+pub use cancel::RoutedCancelToken;
 use held::Held;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
@@ -82,8 +86,11 @@ pub struct RoutedConnection {
     abandoned: Option<Arc<AtomicU32>>,
     wrote: bool,
     idle_status: TransactionManagerStatus,
+    /// diesel's instrumentation: the user's, else the default one, else none.
     instrumentation: DynInstrumentation,
     instrumented: bool,
+    /// The session the instrumentation is lent to (see `instrument.rs`).
+    lent: Option<Target>,
     cache_size: Option<CacheSize>,
 }
 
@@ -100,6 +107,7 @@ impl fmt::Debug for RoutedConnection {
 
 impl RoutedConnection {
     pub(crate) fn new(pool: RoutedPool) -> Self {
+        let (instrumentation, instrumented) = instrument::default_instrumentation();
         RoutedConnection {
             pool,
             held: Held::default(),
@@ -108,8 +116,9 @@ impl RoutedConnection {
             abandoned: None,
             wrote: false,
             idle_status: TransactionManagerStatus::default(),
-            instrumentation: DynInstrumentation::none(),
-            instrumented: false,
+            instrumentation,
+            instrumented,
+            lent: None,
             cache_size: None,
         }
     }
@@ -140,7 +149,14 @@ impl RoutedConnection {
         self.mark_written();
         log_route(route, None);
         self.count(route);
-        self.checkout_primary().await
+        self.checkout_primary().await?;
+        // The caller's statements report to this connection's instrumentation, until the next
+        // call on this connection takes it back.
+        self.lend_instrumentation(Target::Primary, false);
+        self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
+            role: Role::Primary,
+            source: lost_connection(),
+        })
     }
 
     /// A token for this connection's writes, to hand to a later request (see [`CausalToken`]):
@@ -259,6 +275,7 @@ impl RoutedConnection {
     /// connection, and later statements run outside it; a transaction that lost its server
     /// connection while it goes on fails its statements until it ends.
     fn settle(&mut self) {
+        self.reclaim_instrumentation();
         if self.held.holds(Target::Primary) {
             self.primary_moved();
         }

@@ -102,6 +102,9 @@ pub enum ConnectError {
     /// The router's own session setup failed.
     #[error("cannot prepare the session: {0}")]
     Setup(#[source] diesel::result::Error),
+    /// Opening and setting up the session took longer than the connect timeout.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
     /// The server is not in the role it is configured for.
     #[error("the server is {}", if *in_recovery { "in recovery (a standby)" } else { "not in recovery (a primary)" })]
     WrongRole {

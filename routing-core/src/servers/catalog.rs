@@ -107,7 +107,7 @@ pub(crate) async fn replayed(
         if done || now >= deadline {
             return Ok(done);
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(5))).await;
+        crate::clock::sleep((deadline - now).min(Duration::from_millis(5))).await;
     }
 }
 

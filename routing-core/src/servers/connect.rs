@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
-use diesel_async::AsyncPgConnection;
+use diesel::connection::{DynInstrumentation, Instrumentation, InstrumentationEvent};
 use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_postgres::CancelToken;
 
 use super::{catalog, tls};
@@ -49,11 +50,82 @@ pub(crate) async fn open(
         .map_err(ConnectError::Session)
 }
 
+/// The instrumentation of the router's sessions: silent, but while a routed connection lends
+/// its own for a statement of its user's, whose events (queries, statement cache, transactions)
+/// then reach it as they happen. The router's own SQL (session setup, health probe, role and
+/// token checks, type lookups) runs with nothing lent, so no user sees it.
+#[derive(Default)]
+pub(crate) struct Relay {
+    lent: Option<DynInstrumentation>,
+    /// Forward only the statement cache's events: the routed connection reports the statement
+    /// itself (its own rendering of it, once, however many servers it tried).
+    cache_only: bool,
+}
+
+impl Instrumentation for Relay {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let Some(lent) = &mut self.lent {
+            if !self.cache_only || matches!(event, InstrumentationEvent::CacheQuery { .. }) {
+                lent.on_connection_event(event);
+            }
+        }
+    }
+}
+
+/// `conn` with the router's silent [`Relay`] instead of the default instrumentation
+/// diesel-async gave it when it opened.
+pub(crate) fn silenced(mut conn: AsyncPgConnection) -> AsyncPgConnection {
+    conn.set_instrumentation(Relay::default());
+    conn
+}
+
+/// Lends `instrumentation` to the session of `conn`, whose [`Relay`] forwards events to it until
+/// [`reclaim`]; gives it back when `conn` has no relay.
+pub(crate) fn lend(
+    conn: &mut AsyncPgConnection,
+    instrumentation: DynInstrumentation,
+    cache_only: bool,
+) -> Result<(), DynInstrumentation> {
+    match conn.instrumentation().downcast_mut::<Relay>() {
+        Some(relay) => {
+            relay.lent = Some(instrumentation);
+            relay.cache_only = cache_only;
+            Ok(())
+        }
+        None => Err(instrumentation),
+    }
+}
+
+/// Takes back what [`lend`] lent to the session of `conn`.
+pub(crate) fn reclaim(conn: &mut AsyncPgConnection) -> Option<DynInstrumentation> {
+    conn.instrumentation()
+        .downcast_mut::<Relay>()
+        .and_then(|relay| relay.lent.take())
+}
+
 /// What cancels the statement a session runs: its cancel key, and the connector its cancel
 /// request goes through (TLS as for the session itself).
 pub(crate) struct Canceller {
     token: CancelToken,
     connector: Option<tls::Connector>,
+}
+
+impl Canceller {
+    /// Asks the server to cancel whatever the session is running, connecting as `tls` says.
+    pub(crate) async fn cancel_with<T>(&self, tls: T) -> Result<(), tokio_postgres::Error>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    {
+        self.token.cancel_query(tls).await
+    }
+
+    /// Asks the server to cancel whatever the session is running, over TLS as the session is.
+    pub(crate) async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
+        match &self.connector {
+            Some(connector) => self.token.cancel_query(connector.clone()).await,
+            None => self.token.cancel_query(tokio_postgres::NoTls).await,
+        }
+    }
 }
 
 /// Asks the server behind `canceller` to cancel whatever its session is running, in the
@@ -64,13 +136,8 @@ pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
     };
     let canceller = Arc::clone(canceller);
     runtime.spawn(async move {
-        let request = async {
-            match &canceller.connector {
-                Some(connector) => canceller.token.cancel_query(connector.clone()).await,
-                None => canceller.token.cancel_query(tokio_postgres::NoTls).await,
-            }
-        };
-        let cancelled = tokio::time::timeout(patience, Box::pin(request));
+        let request = canceller.cancel();
+        let cancelled = crate::clock::timeout(patience, Box::pin(request));
         match cancelled.await {
             Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
             outcome => {
@@ -93,6 +160,7 @@ pub(crate) struct ServerConn {
 
 impl ServerConn {
     fn new(conn: AsyncPgConnection, connector: Option<tls::Connector>) -> Self {
+        let conn = silenced(conn);
         let cancel = Arc::new(Canceller {
             token: conn.cancel_token(),
             connector,
@@ -112,6 +180,12 @@ impl ServerConn {
     /// What cancels the statement this session runs.
     pub(crate) fn canceller(&self) -> &Arc<Canceller> {
         &self.cancel
+    }
+
+    /// Drops anything lent to the session's [`Relay`]: nothing of one routed connection's
+    /// reaches the next.
+    pub(crate) fn clear_relay(&mut self) {
+        let _ = reclaim(&mut self.conn);
     }
 
     /// Notes that a statement changed the session's state.
@@ -136,6 +210,8 @@ pub(crate) struct Manager {
     verify_role: bool,
     /// Whether a pooled connection answers a `SELECT 1` before each checkout hands it out.
     verify_checkouts: bool,
+    /// How long opening a session, or checking a pooled one, may take.
+    timeout: Duration,
 }
 
 impl Manager {
@@ -144,12 +220,14 @@ impl Manager {
         url: DatabaseUrl,
         verify_role: bool,
         verify_checkouts: bool,
+        timeout: Duration,
     ) -> Self {
         Manager {
             role,
             url,
             verify_role,
             verify_checkouts,
+            timeout,
         }
     }
 }
@@ -162,6 +240,32 @@ impl deadpool::managed::Manager for Manager {
     /// `verify_role` the server must be in its configured role. A discovered node's session is
     /// left as it is: the node may be promoted.
     async fn create(&self) -> Result<ServerConn, ConnectError> {
+        crate::clock::timeout(self.timeout, self.open_session())
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(self.timeout)))
+    }
+
+    /// A connection goes back into use only when it is open, outside every transaction, with
+    /// its session state untouched (and, with `verify_checkouts`, answers in time).
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ConnectError> {
+        if std::thread::panicking() || !conn.reusable() {
+            return Err(RecycleError::message(
+                "the connection is closed, inside a transaction or its session state changed",
+            ));
+        }
+        if self.verify_checkouts {
+            crate::clock::timeout(self.timeout, conn.pg().ping(&RecyclingMethod::Verified))
+                .await
+                .map_err(|_| RecycleError::message("the connection did not answer in time"))?
+                .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Manager {
+    /// Opens a session and sets it up.
+    async fn open_session(&self) -> Result<ServerConn, ConnectError> {
         let mut conn = open(&self.url, None).await?;
         if let Some(role) = self.role {
             let replica = matches!(role, Role::Replica(_));
@@ -173,22 +277,5 @@ impl deadpool::managed::Manager for Manager {
             }
         }
         Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
-    }
-
-    /// A connection goes back into use only when it is open, outside every transaction, with
-    /// its session state untouched (and, with `verify_checkouts`, answers).
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ConnectError> {
-        if std::thread::panicking() || !conn.reusable() {
-            return Err(RecycleError::message(
-                "the connection is closed, inside a transaction or its session state changed",
-            ));
-        }
-        if self.verify_checkouts {
-            conn.pg()
-                .ping(&RecyclingMethod::Verified)
-                .await
-                .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;
-        }
-        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::managed::{HookError, Pool, PoolError, TimeoutType};
+use deadpool::managed::{HookError, Pool, PoolError, TimeoutType, Timeouts};
 
 use super::PooledConn;
 use super::connect::Manager;
@@ -18,6 +18,8 @@ pub(crate) struct Server {
     url: DatabaseUrl,
     weight: u32,
     pool: Pool<Manager>,
+    /// How long a checkout waits for a free connection.
+    wait: Duration,
     health: Arc<Health>,
 }
 
@@ -46,13 +48,13 @@ impl Server {
             url.clone(),
             config.verify_roles(),
             verify_checkouts,
+            config.connect_timeout(),
         );
+        // No deadpool timeouts: they would take the caller's runtime's timers, which a runtime
+        // may lack. The checkout's wait is timed here, connecting and recycling in `Manager`,
+        // all on the router's clock.
         let pool = Pool::builder(manager)
             .max_size(config.max_size())
-            .wait_timeout(Some(config.checkout_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.connect_timeout()))
-            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|source| BuildError::Pool {
                 role,
@@ -64,6 +66,7 @@ impl Server {
             url,
             weight,
             pool,
+            wait: config.checkout_timeout(),
             health: Arc::new(Health::new(role)),
         })
     }
@@ -100,28 +103,43 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        self.pool.get().await.map_err(|e| self.checkout_error(e))
+        // A free connection first, without a timer; else wait for one, on the clock.
+        let free = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..Timeouts::new()
+        };
+        let checked_out = match self.pool.timeout_get(&free).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                crate::clock::timeout(self.wait, self.pool.timeout_get(&Timeouts::new()))
+                    .await
+                    .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)))
+            }
+            checked_out => checked_out,
+        };
+        checked_out.map_err(|e| self.checkout_error(e))
     }
 
     fn checkout_error(&self, error: PoolError<ConnectError>) -> Error {
-        let timeouts = self.pool.timeouts();
-        let timeout = |t: Option<Duration>| t.unwrap_or_default();
         let source = match error {
             PoolError::Timeout(TimeoutType::Wait) => {
                 return Error::PoolExhausted {
                     role: self.role,
                     url: self.url().clone(),
-                    timeout: timeout(timeouts.wait),
+                    timeout: self.wait,
                     max_size: self.pool.status().max_size,
                 };
             }
             PoolError::Backend(ConnectError::WrongRole { .. }) => return self.wrong_role(),
+            PoolError::Backend(ConnectError::Timeout(timeout)) => {
+                CheckoutError::ConnectTimeout(timeout)
+            }
             PoolError::Backend(e) => CheckoutError::Connect(e),
+            // `Manager` times these itself.
             PoolError::Timeout(TimeoutType::Create) => {
-                CheckoutError::ConnectTimeout(timeout(timeouts.create))
+                CheckoutError::ConnectTimeout(Duration::ZERO)
             }
             PoolError::Timeout(TimeoutType::Recycle) => {
-                CheckoutError::RecycleTimeout(timeout(timeouts.recycle))
+                CheckoutError::RecycleTimeout(Duration::ZERO)
             }
             PoolError::Closed => CheckoutError::Closed,
             PoolError::NoRuntimeSpecified => CheckoutError::NoRuntime,

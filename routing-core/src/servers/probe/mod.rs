@@ -181,7 +181,7 @@ pub(super) async fn session<'c>(
 ) -> Result<&'c mut AsyncPgConnection, ProbeError> {
     let session = match conn.take() {
         Some(session) => session,
-        None => connect::open(url, Some(APPLICATION_NAME)).await?,
+        None => connect::silenced(connect::open(url, Some(APPLICATION_NAME)).await?),
     };
     Ok(conn.insert(session))
 }

@@ -1,0 +1,47 @@
+//! What `AsyncPgConnection` offers besides diesel-async's connection traits, on a
+//! [`RoutedConnection`]: cancel tokens, LISTEN/NOTIFY, and a place in diesel-async's pools.
+
+use diesel::QueryResult;
+use diesel::pg::PgNotification;
+use diesel_async::TransactionManager;
+use diesel_async::pooled_connection::PoolableConnection;
+use futures_util::Stream;
+use futures_util::future::Either;
+
+use super::cancel::RoutedCancelToken;
+use super::{RoutedConnection, RoutedTransactionManager};
+use crate::route::Target;
+
+impl RoutedConnection {
+    /// A token that cancels the statement this connection is running, on whichever server runs
+    /// it, as `AsyncPgConnection::cancel_token` does for its one session. Tokens stay valid as
+    /// the connection moves between servers: each cancels what runs when it is used.
+    pub fn cancel_token(&self) -> RoutedCancelToken {
+        RoutedCancelToken::new(self.held.running())
+    }
+
+    /// The notifications of the channels this connection listens to, as
+    /// `AsyncPgConnection::notifications_stream`.
+    ///
+    /// `LISTEN` runs on the primary, and the primary's session is held as long as this
+    /// connection lives, so the notifications arrive here; the session is closed, not pooled,
+    /// when this connection is dropped. Without a primary session (nothing has run on the
+    /// primary) the stream stays pending. A discovering pool's failover closes the session: its
+    /// stream ends, and `LISTEN` must run again on the new primary.
+    pub fn notifications_stream(&mut self) -> impl Stream<Item = QueryResult<PgNotification>> + '_ {
+        self.settle();
+        match self.held.conn(Target::Primary) {
+            Some(primary) => Either::Left(primary.notifications_stream()),
+            None => Either::Right(futures_util::stream::pending()),
+        }
+    }
+}
+
+/// A routed connection can sit in diesel-async's bb8, deadpool and mobc pools: it is broken
+/// when its transaction state is, or a server session it holds is closed.
+impl PoolableConnection for RoutedConnection {
+    fn is_broken(&mut self) -> bool {
+        <RoutedTransactionManager as TransactionManager<Self>>::is_broken_transaction_manager(self)
+            || self.held.any_broken()
+    }
+}
