@@ -1,5 +1,5 @@
-use crate::with_router::tokio;
 use crate::connection;
+use crate::with_router::tokio;
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::{AsExpression, IntoSql};
 use diesel::pg::{Pg, PgValue};

@@ -1,5 +1,5 @@
-use crate::with_router::tokio;
 use crate::users;
+use crate::with_router::tokio;
 use crate::TestConnection;
 use assert_matches::assert_matches;
 use diesel::connection::InstrumentationEvent;

@@ -1,5 +1,5 @@
-use crate::with_router::tokio;
 use super::{users, User};
+use crate::with_router::tokio;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 #[cfg(not(feature = "sqlite"))]
