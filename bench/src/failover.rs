@@ -2,8 +2,9 @@
 //!
 //! Timeline (from the start of the load): at 2 s `stop_replica(0)`; at 4 s (or when the stop is
 //! done, if later) `start_replica(0)`, which returns once the replica streams again; the load runs
-//! until 6 s, and longer if replica 0 has not served a read again by then (at most
-//! [`RETURN_TIMEOUT`] after `start_replica` returned). Each read asks its server for its port
+//! until 6 s, and at least [`AFTER_RETURN`] after replica 0 served a read again (waiting for that
+//! at most [`RETURN_TIMEOUT`] after `start_replica` returned), so that the timeline shows it
+//! back. Each read asks its server for its port
 //! (`inet_server_port()`), so a read served by replica 0 is known for certain; a sampler reads
 //! `RoutedPool::status()` every 10 ms for the statements routed to replica 0.
 
@@ -31,8 +32,65 @@ pub(crate) const STOP_AT: Duration = Duration::from_secs(2);
 pub(crate) const RESTART_AT: Duration = Duration::from_secs(4);
 /// How long after `start_replica` returned the load waits for replica 0 to serve again.
 pub(crate) const RETURN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the load goes on after replica 0 served again.
+pub(crate) const AFTER_RETURN: Duration = Duration::from_secs(1);
 /// How often the router's status is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// The width of one bucket of the timeline.
+pub(crate) const BUCKET: Duration = Duration::from_millis(100);
+
+/// Reads per bucket of [`BUCKET`] from the start of the load: served by each server, and failed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Timeline {
+    /// The servers' names (`primary`, `replica 0`, ...), in the order of `served`'s columns.
+    pub(crate) servers: Vec<String>,
+    /// Per bucket, the reads each server answered.
+    pub(crate) served: Vec<Vec<u64>>,
+    /// Per bucket, the reads that failed.
+    pub(crate) failed: Vec<u64>,
+}
+
+impl Timeline {
+    fn new(servers: Vec<String>) -> Self {
+        Timeline {
+            servers,
+            ..Timeline::default()
+        }
+    }
+
+    fn bucket(&mut self, at: Duration) -> usize {
+        let index = usize::try_from(at.as_millis() / BUCKET.as_millis()).unwrap_or(usize::MAX);
+        let index = index.min(100_000);
+        if self.failed.len() <= index {
+            self.failed.resize(index + 1, 0);
+            self.served.resize(index + 1, vec![0; self.servers.len()]);
+        }
+        index
+    }
+
+    /// Counts a read completed at `at`, answered by server `server` (an index of `servers`) or
+    /// failed (`None`).
+    fn count(&mut self, at: Duration, server: Option<usize>) {
+        let bucket = self.bucket(at);
+        match server {
+            Some(server) if server < self.servers.len() => self.served[bucket][server] += 1,
+            Some(_) => {}
+            None => self.failed[bucket] += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        if let Some(last) = other.failed.len().checked_sub(1) {
+            self.bucket(BUCKET * u32::try_from(last).unwrap_or(u32::MAX));
+        }
+        for (bucket, (served, failed)) in other.served.iter().zip(&other.failed).enumerate() {
+            for (mine, theirs) in self.served[bucket].iter_mut().zip(served) {
+                *mine += theirs;
+            }
+            self.failed[bucket] += failed;
+        }
+    }
+}
 
 /// What the failover run saw. Times are from the start of the load.
 #[derive(Clone, Debug)]
@@ -65,6 +123,8 @@ pub(crate) struct Failover {
     pub(crate) first_answer_after_restart: Option<Duration>,
     /// Times the router banned replica 0.
     pub(crate) bans: u64,
+    /// Reads per server and failed reads over time.
+    pub(crate) timeline: Timeline,
 }
 
 /// Sets the flag when dropped: the readers stop on every way out, errors included.
@@ -84,6 +144,8 @@ struct ReaderLog {
     first_error: Option<String>,
     /// When each read answered by replica 0 completed.
     victim_answers: Vec<Duration>,
+    /// Every read, over time.
+    timeline: Timeline,
 }
 
 /// Runs the failover scenario on replica 0 of `cluster`, through a `RoutedPool` with the
@@ -94,7 +156,10 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
         .max_size(CLIENTS)
         .build()?;
     pool.check().await?;
-    let victim_port = i32::from(cluster.replica_port(0));
+    let ports: Arc<[i32]> = std::iter::once(cluster.primary_port())
+        .chain((0..cluster.replica_count()).map(|i| cluster.replica_port(i)))
+        .map(i32::from)
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_readers = StopOnDrop(Arc::clone(&stop));
     // Nanoseconds from `start` of the latest read answered by replica 0.
@@ -108,7 +173,7 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
                 ids,
                 Arc::clone(&stop),
                 start,
-                victim_port,
+                Arc::clone(&ports),
                 Arc::clone(&victim_last),
             ))
         })
@@ -131,12 +196,15 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
     {
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
-    let end = (start + RUN).max(Instant::now() + Duration::from_millis(100));
+    let end = (start + RUN).max(Instant::now() + AFTER_RETURN);
     tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
     let ended = start.elapsed();
 
-    let mut log = ReaderLog::default();
+    let mut log = ReaderLog {
+        timeline: Timeline::new(server_names(ports.len())),
+        ..ReaderLog::default()
+    };
     for reader in readers {
         match reader.await {
             Ok(one) => {
@@ -146,6 +214,7 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
                     log.first_error = one.first_error;
                 }
                 log.victim_answers.extend(one.victim_answers);
+                log.timeline.merge(&one.timeline);
             }
             Err(join) => {
                 log.failed += 1;
@@ -188,7 +257,15 @@ pub(crate) async fn measure(cluster: &LocalCluster, ids: IdRange) -> Result<Fail
             .filter(|t| *t >= restart_began)
             .min(),
         bans,
+        timeline: log.timeline,
     })
+}
+
+/// `primary`, `replica 0`, ... for `count` servers.
+fn server_names(count: usize) -> Vec<String> {
+    std::iter::once("primary".to_owned())
+        .chain((1..count).map(|i| format!("replica {}", i - 1)))
+        .collect()
 }
 
 fn nanos(value: u64) -> Duration {
@@ -201,23 +278,34 @@ fn is_set(flag: &AtomicBool) -> bool {
 }
 
 /// One reader: point reads in a replica scope, each on a fresh routed connection, until `stop`.
+/// `ports` are the servers' ports: the primary's, then the replicas'; replica 0 is the victim.
 async fn reader(
     pool: RoutedPool,
     ids: IdRange,
     stop: Arc<AtomicBool>,
     start: Instant,
-    victim_port: i32,
+    ports: Arc<[i32]>,
     victim_last: Arc<AtomicU64>,
 ) -> ReaderLog {
     let mut rng = fastrand::Rng::new();
-    let mut log = ReaderLog::default();
+    let mut log = ReaderLog {
+        timeline: Timeline::new(server_names(ports.len())),
+        ..ReaderLog::default()
+    };
+    let victim_port = ports.get(1).copied().unwrap_or_default();
     while !is_set(&stop) {
         let id = ids.random(&mut rng);
-        match read_port(&pool, id).await {
+        let outcome = read_port(&pool, id).await;
+        let at = start.elapsed();
+        let server = outcome
+            .as_ref()
+            .ok()
+            .map(|port| ports.iter().position(|p| p == port).unwrap_or(usize::MAX));
+        log.timeline.count(at, server);
+        match outcome {
             Ok(port) => {
                 log.reads += 1;
                 if port == victim_port {
-                    let at = start.elapsed();
                     log.victim_answers.push(at);
                     let at = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
                     victim_last.fetch_max(at, Ordering::Relaxed);
@@ -225,9 +313,8 @@ async fn reader(
             }
             Err(error) => {
                 log.failed += 1;
-                log.first_error.get_or_insert_with(|| {
-                    format!("read of id {id} at {:?}: {error}", start.elapsed())
-                });
+                log.first_error
+                    .get_or_insert_with(|| format!("read of id {id} at {at:?}: {error}"));
             }
         }
     }
@@ -289,5 +376,31 @@ mod tests {
         let samples = [(ms(0), 5), (ms(10), 7), (ms(20), 7), (ms(30), 8)];
         assert_eq!(growth_times(&samples), vec![ms(10), ms(30)]);
         assert!(growth_times(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_timeline_counts_reads_per_bucket_and_merges() {
+        let ms = Duration::from_millis;
+        let names = server_names(3);
+        assert_eq!(names, ["primary", "replica 0", "replica 1"]);
+        let mut one = Timeline::new(names.clone());
+        one.count(ms(50), Some(1));
+        one.count(ms(150), Some(2));
+        one.count(ms(160), None);
+        one.count(ms(170), Some(usize::MAX));
+        let mut other = Timeline::new(names);
+        other.count(ms(420), Some(1));
+        one.merge(&other);
+        assert_eq!(
+            one.served,
+            vec![
+                vec![0, 1, 0],
+                vec![0, 0, 1],
+                vec![0, 0, 0],
+                vec![0, 0, 0],
+                vec![0, 1, 0]
+            ]
+        );
+        assert_eq!(one.failed, vec![0, 1, 0, 0, 0]);
     }
 }

@@ -3,24 +3,34 @@
 //! ```text
 //! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
 //!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool] [--no-scenarios]
+//!     [--systems baseline,routed,pgpool,sync-baseline,sync-routed] [--paths tls,pgbouncer]
+//!     [--no-paths] [--no-scenarios] [--charts DIR]
 //! ```
 //!
 //! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
-//! systems with pools of the same size over the same servers, at every workload and client
+//! async systems with pools of the same size over the same servers, at every workload and client
 //! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
-//! installed). Then it measures the primary's share of a read-only workload's transactions
-//! through the router, and the router's behaviour while a replica stops and starts again. The
-//! results go to stdout as Markdown (and to `--markdown FILE`); progress goes to stderr.
+//! installed), and two synchronous ones: `sync-baseline` (hand-written round robin over plain
+//! r2d2 pools of `diesel::PgConnection`) and `sync-routed` (`routing_core::sync::RoutedPool`).
+//! Then the baseline and the router again on two connection paths, each on a cluster of its
+//! own: over TLS, and through PgBouncer. Then it measures the primary's share of a read-only
+//! workload's transactions through the router, and the router's behaviour while a replica stops
+//! and starts again. The results go to stdout as Markdown (and to `--markdown FILE`), and as SVG
+//! charts to `--charts DIR`; progress goes to stderr.
 //!
 //! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
-//! pgpool-II's process, [`offload`] and [`failover`] the two router scenarios, [`setup`] the
-//! cluster, [`machine`] and [`report`] the output.
+//! pgpool-II's process, [`paths`] TLS and PgBouncer, [`offload`] and [`failover`] the two router
+//! scenarios, [`setup`] the cluster, [`cost`] the cost per request, [`machine`], [`report`] and
+//! [`charts`] the output.
 
+mod blocking;
+mod charts;
+mod cost;
 mod failover;
 mod machine;
 mod offload;
+mod paths;
 mod pgpool;
 mod report;
 mod setup;
@@ -37,9 +47,9 @@ use clap::Parser;
 use routing_cluster::LocalCluster;
 
 use crate::pgpool::Pgpool;
-use crate::report::{Cell, Report, Settings};
+use crate::report::{Cell, Costs, Report, Settings};
 use crate::setup::IdRange;
-use crate::systems::{Recycling, Servers, System, SystemKind};
+use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;
 
 /// The error type of the run's steps.
@@ -86,18 +96,39 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Recycling::Fast)]
     plain_recycling: Recycling,
 
-    /// Systems to measure, comma-separated (the baseline is needed for the ratios).
+    /// Systems to measure, comma-separated (the baselines are needed for the ratios:
+    /// `baseline` for `routed` and `pgpool`, `sync-baseline` for `sync-routed`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "baseline,routed,pgpool"
+        default_value = "baseline,routed,pgpool,sync-baseline,sync-routed"
     )]
     systems: Vec<SystemKind>,
+
+    /// Connection paths to measure the baseline and the router on, each on a cluster of its
+    /// own, comma-separated: `tls` (every connection over TLS) and `pgbouncer` (through
+    /// PgBouncer in session mode).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tls,pgbouncer"
+    )]
+    paths: Vec<paths::Path>,
+
+    /// Skip the connection paths.
+    #[arg(long)]
+    no_paths: bool,
 
     /// Skip the primary offload and failover scenarios.
     #[arg(long)]
     no_scenarios: bool,
+
+    /// Also draw SVG charts into DIR (created if missing): `<workload>.svg` (throughput and
+    /// p50/p99 per system and client count) and `failover.svg` (the failover timeline).
+    #[arg(long, value_name = "DIR")]
+    charts: Option<PathBuf>,
 }
 
 impl Args {
@@ -183,7 +214,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     eprintln!(
         "starting a throwaway cluster (a primary and two streaming replicas), seeding it ..."
     );
-    let (cluster, ids) = setup::start().await?;
+    let (cluster, ids) = setup::start(LocalCluster::builder()).await?;
     eprintln!(
         "  primary on port {}, replicas on ports {} and {}",
         cluster.primary_port(),
@@ -201,6 +232,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         primary: cluster.primary_url(),
         replicas: cluster.replica_urls(),
         pgpool: pgpool.as_ref().map(Pgpool::url),
+        tls: None,
     };
 
     let systems: Vec<SystemKind> = SystemKind::ALL
@@ -216,6 +248,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             );
         }
     }
+    let costs = measure_costs(&servers, &settings, &systems, ids).await;
     let pgpool_note = match &pgpool {
         Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
         None => pgpool_note,
@@ -248,7 +281,28 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     eprintln!("stopping the cluster ...");
     drop(cluster);
 
+    let mut path_runs = Vec::new();
+    if !args.no_paths {
+        for path in &args.paths {
+            if path_runs
+                .iter()
+                .any(|run: &paths::PathRun| run.path == *path)
+            {
+                continue;
+            }
+            path_runs.push(paths::measure(*path, &settings).await);
+        }
+    }
+
+    let path_cells_ok = path_runs.iter().all(|run| {
+        run.cells.as_ref().is_ok_and(|cells| {
+            cells
+                .iter()
+                .all(|c| c.outcome.as_ref().is_ok_and(|m| m.errors == 0))
+        })
+    });
     let all_ok = (args.no_scenarios || (offload.is_ok() && failover.is_ok()))
+        && path_cells_ok
         && cells
             .iter()
             .all(|c| c.outcome.as_ref().is_ok_and(|m| m.errors == 0));
@@ -259,7 +313,14 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         cells,
         offload,
         failover,
+        costs,
+        paths: path_runs,
     };
+    if let Some(dir) = &args.charts {
+        for path in charts::write(dir, &report)? {
+            eprintln!("chart written to {}", path.display());
+        }
+    }
     let text = report.markdown();
     if let Some((path, file)) = &mut markdown {
         file.write_all(text.as_bytes())
@@ -271,6 +332,34 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         .write_all(text.as_bytes())
         .map_err(|e| format!("cannot write the report to stdout: {e}"))?;
     Ok(all_ok)
+}
+
+/// The client-side cost per request of each system but pgpool-II (whose work is in its own
+/// processes), for a read and for a write.
+async fn measure_costs(
+    servers: &Servers,
+    settings: &Settings,
+    systems: &[SystemKind],
+    ids: IdRange,
+) -> Vec<Costs> {
+    let mut rows = Vec::new();
+    for op in [Op::Read, Op::Write] {
+        for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
+            eprintln!("cost per request: {system}, {op} ...");
+            let per_request = match System::build(system, servers, 1, settings.recycling) {
+                Ok(pools) => cost::per_request(&pools, op, ids)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            rows.push(Costs {
+                system,
+                op,
+                per_request,
+            });
+        }
+    }
+    rows
 }
 
 /// Starts pgpool-II when installed; the note says what became of it, for the report.

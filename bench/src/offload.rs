@@ -79,6 +79,7 @@ pub(crate) async fn measure(
         primary: cluster.primary_url(),
         replicas: cluster.replica_urls(),
         pgpool: None,
+        tls: None,
     };
     // The recycling setting only concerns the plain pools.
     let system = Arc::new(System::build(

@@ -4,11 +4,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cost::Cost;
 use crate::failover::{self, Failover};
 use crate::machine::Machine;
 use crate::offload::{self, Offload};
 use crate::setup::{PRODUCTS, REPLICAS};
-use crate::systems::{Recycling, SystemKind};
+use crate::systems::{Op, Recycling, SystemKind};
 use crate::workload::{Measurement, Workload};
 
 /// How the run was configured.
@@ -54,6 +55,21 @@ pub(crate) struct Report {
     pub(crate) offload: Result<Offload, String>,
     /// The failover run, or why it failed.
     pub(crate) failover: Result<Failover, String>,
+    /// The client-side cost per request, by system and operation.
+    pub(crate) costs: Vec<Costs>,
+    /// The connection paths measured (TLS, PgBouncer).
+    pub(crate) paths: Vec<crate::paths::PathRun>,
+}
+
+/// The cost per request of one operation on one system (see [`crate::cost`]).
+#[derive(Debug)]
+pub(crate) struct Costs {
+    /// The system.
+    pub(crate) system: SystemKind,
+    /// The operation.
+    pub(crate) op: Op,
+    /// The cost, or why it could not be measured.
+    pub(crate) per_request: Result<Cost, String>,
 }
 
 impl Report {
@@ -64,6 +80,8 @@ impl Report {
         for workload in &self.settings.workloads {
             self.write_workload(&mut out, *workload);
         }
+        self.write_costs(&mut out);
+        crate::paths::markdown(&mut out, &self.paths, &self.settings);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
         out
@@ -142,8 +160,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- Ratios divide a system's figure by the baseline's in the same cell: above 1 for \
-             req/s is faster, below 1 for p50 is faster."
+            "- `sync-baseline`: synchronous diesel, plain r2d2 pools of `PgConnection` (libpq), one \
+             per server, opened on demand, a `SELECT 1` at checkout only with `verified` \
+             recycling: reads pick a replica pool round robin, writes use the primary's pool. \
+             `sync-routed`: `sync::RoutedPool` over the same servers, each request in \
+             `with_read_replica_sync(true, ..)`. Their clients are threads (tokio's blocking \
+             pool), one per client."
+        );
+        let _ = writeln!(
+            out,
+            "- Ratios divide a system's figure by its baseline's in the same cell (`baseline` for \
+             the async systems, `sync-baseline` for the synchronous ones): above 1 for req/s is \
+             faster, below 1 for p50 is faster."
         );
     }
 
@@ -155,9 +183,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | errors |"
+            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | errors |"
         );
-        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
         let mut notes = Vec::new();
         for clients in &self.settings.clients {
             let cells: Vec<&Cell> = self
@@ -165,19 +193,22 @@ impl Report {
                 .iter()
                 .filter(|c| c.workload == workload && c.clients == *clients)
                 .collect();
-            let baseline = cells
-                .iter()
-                .find(|c| c.system == SystemKind::Baseline)
-                .and_then(|c| c.outcome.as_ref().ok());
+            let baseline_of = |kind: SystemKind| {
+                cells
+                    .iter()
+                    .find(|c| c.system == kind.baseline())
+                    .and_then(|c| c.outcome.as_ref().ok())
+            };
             for cell in SystemKind::ALL
                 .iter()
                 .filter_map(|kind| cells.iter().find(|c| c.system == *kind))
             {
+                let baseline = baseline_of(cell.system);
                 match &cell.outcome {
                     Ok(m) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                             cell.system,
                             m.throughput(),
                             opt_ms(m.percentile(50.0)),
@@ -186,6 +217,10 @@ impl Report {
                             ratio(
                                 baseline.and_then(|b| b.percentile(50.0)).map(millis),
                                 m.percentile(50.0).map(millis)
+                            ),
+                            ratio(
+                                baseline.and_then(|b| b.percentile(99.0)).map(millis),
+                                m.percentile(99.0).map(millis)
                             ),
                             m.errors,
                         );
@@ -199,7 +234,7 @@ impl Report {
                     Err(error) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | – | – | – | – | – | failed |",
+                            "| {clients} | {} | – | – | – | – | – | – | failed |",
                             cell.system
                         );
                         notes.push(format!("{} at {clients} clients: {error}", cell.system));
@@ -209,6 +244,61 @@ impl Report {
         }
         for note in notes {
             let _ = writeln!(out, "\n- {}", cell_text(&note));
+        }
+    }
+
+    fn write_costs(&self, out: &mut String) {
+        if self.costs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
+             warm-up. Allocations are counted by a wrapper of the system allocator \
+             (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
+             every thread: the request's task, the connection's driver task and the router's \
+             health probe; the servers' work is not counted.\n",
+            crate::cost::REQUESTS
+        );
+        let _ = writeln!(
+            out,
+            "| operation | system | allocations | vs baseline | CPU µs | vs baseline | context switches |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
+        for row in &self.costs {
+            let baseline = self
+                .costs
+                .iter()
+                .find(|b| b.system == SystemKind::Baseline && b.op == row.op)
+                .and_then(|b| b.per_request.as_ref().ok());
+            match &row.per_request {
+                Ok(cost) => {
+                    let (extra, cpu_ratio) = match baseline {
+                        Some(b) => (
+                            format!("{:+.1}", cost.allocations - b.allocations),
+                            ratio(Some(b.cpu_micros), Some(cost.cpu_micros)),
+                        ),
+                        None => ("–".to_owned(), "–".to_owned()),
+                    };
+                    let switches = cost
+                        .switches
+                        .map_or_else(|| "–".to_owned(), |s| format!("{s:.2}"));
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} | {switches} |",
+                        row.op, row.system, cost.allocations, cost.cpu_micros
+                    );
+                }
+                Err(error) => {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | failed: {} | – | – | – | – |",
+                        row.op,
+                        row.system,
+                        cell_text(error)
+                    );
+                }
+            }
         }
     }
 
@@ -287,12 +377,13 @@ fn write_failover(out: &mut String, failover: &Result<Failover, String>) {
         "\n## Failover\n\n`routed`, workload `point` (each read also selects \
          `inet_server_port()`), {} clients, default health check (1 s probe). \
          `stop_replica(0)` at {}, `start_replica(0)` at {} (it returns once the replica streams \
-         again); the load runs {} or until replica 0 served again. The router's statements \
-         routed to replica 0 are sampled every 10 ms.\n",
+         again); the load runs {}, and at least {} after replica 0 served again. The router's \
+         statements routed to replica 0 are sampled every 10 ms.\n",
         failover::CLIENTS,
         secs(failover::STOP_AT),
         secs(failover::RESTART_AT),
         secs(failover::RUN),
+        secs(failover::AFTER_RETURN),
     );
     let f = match failover {
         Ok(f) => f,
@@ -375,12 +466,12 @@ fn write_failover(out: &mut String, failover: &Result<Failover, String>) {
 }
 
 /// `d` in milliseconds.
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// A latency: three decimals of a millisecond.
-fn opt_ms(d: Option<Duration>) -> String {
+pub(crate) fn opt_ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "–".to_owned(), |d| format!("{:.3} ms", millis(d)))
 }
 
@@ -406,7 +497,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// `value / baseline` as `1.23×`, or a dash when either is missing or zero.
-fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
+pub(crate) fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
     match (baseline, value) {
         (Some(b), Some(v)) if b > 0.0 => format!("{:.2}×", v / b),
         _ => "–".to_owned(),
@@ -414,7 +505,7 @@ fn ratio(baseline: Option<f64>, value: Option<f64>) -> String {
 }
 
 /// Text safe inside a Markdown table cell or list item: one line, no column breaks.
-fn cell_text(text: &str) -> String {
+pub(crate) fn cell_text(text: &str) -> String {
     text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")

@@ -1,9 +1,9 @@
 //! The cluster under test: a throwaway primary with two streaming replicas, migrated and seeded.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use routing_cluster::LocalCluster;
-use routing_core::Migrator;
+use diesel_async::RunQueryDsl;
+use routing_cluster::{ClusterBuilder, LocalCluster};
+use routing_core::{Migrator, RoutedPool};
 use routing_fixtures::products;
 
 use crate::BoxError;
@@ -28,10 +28,10 @@ impl IdRange {
     }
 }
 
-/// Starts the cluster, migrates it, seeds `products` and waits until the replicas have replayed
-/// the seed.
-pub(crate) async fn start() -> Result<(LocalCluster, IdRange), BoxError> {
-    let cluster = LocalCluster::builder()
+/// Starts the cluster `builder` describes (with [`REPLICAS`] replicas), migrates it, seeds
+/// `products` and waits until the replicas have replayed the seed.
+pub(crate) async fn start(builder: ClusterBuilder) -> Result<(LocalCluster, IdRange), BoxError> {
+    let cluster = builder
         .replicas(REPLICAS)
         .start()
         .await
@@ -40,7 +40,8 @@ pub(crate) async fn start() -> Result<(LocalCluster, IdRange), BoxError> {
     Ok((cluster, ids))
 }
 
-/// Migrates and seeds the primary, then waits for the replicas.
+/// Migrates and seeds the primary (over TLS when the cluster wants it: through the router's
+/// own connections, whose statements all go to the primary here), then waits for the replicas.
 async fn prepare(cluster: &LocalCluster) -> Result<IdRange, BoxError> {
     let url = cluster.primary_url();
     Migrator::connect(&url)
@@ -49,7 +50,9 @@ async fn prepare(cluster: &LocalCluster) -> Result<IdRange, BoxError> {
         .await
         .map_err(|e| format!("migrating the primary failed: {e}"))?;
 
-    let mut conn = AsyncPgConnection::establish(&url)
+    let primary = RoutedPool::builder(url.clone()).max_size(1).build()?;
+    let mut conn = primary
+        .get()
         .await
         .map_err(|e| format!("connecting to the primary failed: {e}"))?;
     diesel::sql_query(format!(

@@ -1,9 +1,15 @@
-//! The three systems under test, behind one enum: each serves `read(id)` and `write(id)`, taking a
+//! The systems under test, behind one enum: each serves `read(id)` and `write(id)`, taking a
 //! fresh connection from its pool per request and returning it afterwards, as a web handler does.
+//! Three are async (diesel-async); two are synchronous diesel, whose requests run on blocking
+//! threads ([`System::request_blocking`]).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use diesel::ConnectionError;
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -12,14 +18,19 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use routing_core::rustls::pki_types::CertificateDer;
+use routing_core::rustls::pki_types::pem::PemObject;
+use routing_core::rustls::{self, ClientConfig, RootCertStore};
 use routing_core::{RoutedPool, with_read_replica};
 use routing_fixtures::products;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::BoxError;
+use crate::blocking::SyncBaseline;
 
 /// How long a checkout may wait for a free connection, or a new connection take, in every pool:
 /// the `RoutedPool` defaults, applied to the plain pools too.
-const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which system, for the command line and the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -30,12 +41,40 @@ pub(crate) enum SystemKind {
     Routed,
     /// pgpool-II in front of the cluster, one plain deadpool pool to it.
     Pgpool,
+    /// `RoutedPool` with `transaction_pooler(true)`: every statement unnamed, none cached.
+    RoutedUnnamed,
+    /// The baseline over TLS (the servers' TLS URLs).
+    BaselineTls,
+    /// The router over TLS.
+    RoutedTls,
+    /// Synchronous diesel, hand-written: one r2d2 pool of `PgConnection`s per server, round
+    /// robin over the replica pools.
+    SyncBaseline,
+    /// `routing_core::sync::RoutedPool`, reads in a `with_read_replica_sync(true, ..)` scope.
+    SyncRouted,
 }
 
 impl SystemKind {
-    /// Every system, in report order; the baseline first.
-    pub(crate) const ALL: [SystemKind; 3] =
-        [SystemKind::Baseline, SystemKind::Routed, SystemKind::Pgpool];
+    /// Every system, in report order; each baseline before the systems compared with it.
+    pub(crate) const ALL: [SystemKind; 8] = [
+        SystemKind::Baseline,
+        SystemKind::Routed,
+        SystemKind::Pgpool,
+        SystemKind::RoutedUnnamed,
+        SystemKind::BaselineTls,
+        SystemKind::RoutedTls,
+        SystemKind::SyncBaseline,
+        SystemKind::SyncRouted,
+    ];
+
+    /// The system this one's ratios are measured against: the synchronous baseline for the
+    /// synchronous systems, the async one for the others.
+    pub(crate) fn baseline(self) -> SystemKind {
+        match self {
+            SystemKind::SyncBaseline | SystemKind::SyncRouted => SystemKind::SyncBaseline,
+            _ => SystemKind::Baseline,
+        }
+    }
 }
 
 impl fmt::Display for SystemKind {
@@ -44,6 +83,11 @@ impl fmt::Display for SystemKind {
             SystemKind::Baseline => "baseline",
             SystemKind::Routed => "routed",
             SystemKind::Pgpool => "pgpool",
+            SystemKind::RoutedUnnamed => "routed-unnamed",
+            SystemKind::BaselineTls => "baseline-tls",
+            SystemKind::RoutedTls => "routed-tls",
+            SystemKind::SyncBaseline => "sync-baseline",
+            SystemKind::SyncRouted => "sync-routed",
         })
     }
 }
@@ -93,6 +137,17 @@ pub(crate) struct Servers {
     pub(crate) replicas: Vec<String>,
     /// pgpool-II's URL, when it runs.
     pub(crate) pgpool: Option<String>,
+    /// The same servers over TLS, for the `-tls` systems.
+    pub(crate) tls: Option<TlsServers>,
+}
+
+/// Servers' TLS URLs (`sslmode=verify-full`) and the CA that signed their certificates: the
+/// plain pools connect over rustls with it, verifying chain and host name as the router does.
+#[derive(Clone, Debug)]
+pub(crate) struct TlsServers {
+    pub(crate) primary: String,
+    pub(crate) replicas: Vec<String>,
+    pub(crate) ca: PathBuf,
 }
 
 /// A system under test, with pools of `max_size` connections per server.
@@ -103,6 +158,10 @@ pub(crate) enum System {
     Routed(RoutedPool),
     /// One plain pool to pgpool-II, which routes.
     Pgpool(Pool<AsyncPgConnection>),
+    /// Hand-written routing over plain r2d2 pools.
+    SyncBaseline(SyncBaseline),
+    /// The synchronous router.
+    SyncRouted(routing_core::sync::RoutedPool),
 }
 
 /// The hand-written baseline: what applications do without a router.
@@ -125,31 +184,50 @@ impl System {
         if servers.replicas.is_empty() {
             return Err("the systems under test need at least one replica".into());
         }
+        let over_tls = matches!(kind, SystemKind::BaselineTls | SystemKind::RoutedTls);
+        let (primary, replicas, tls) = match (&servers.tls, over_tls) {
+            (_, false) => (&servers.primary, &servers.replicas, None),
+            (Some(tls), true) => (&tls.primary, &tls.replicas, Some(tls_config(&tls.ca)?)),
+            (None, true) => return Err("the servers have no TLS URLs".into()),
+        };
+        let plain = |url: &str| plain_pool(url, max_size, recycling, tls.clone());
+        let routed = |unnamed: bool| {
+            RoutedPool::builder(primary.clone())
+                .replicas(replicas.iter().cloned())
+                .max_size(max_size)
+                // The primary's checkouts as the plain pools' (replica checkouts never ask).
+                .verify_primary_checkouts(recycling == Recycling::Verified)
+                .transaction_pooler(unnamed)
+                .build()
+        };
         Ok(match kind {
-            SystemKind::Baseline => System::Baseline(Baseline {
-                primary: plain_pool(&servers.primary, max_size, recycling)?,
-                replicas: servers
-                    .replicas
+            SystemKind::Baseline | SystemKind::BaselineTls => System::Baseline(Baseline {
+                primary: plain(primary)?,
+                replicas: replicas
                     .iter()
-                    .map(|url| plain_pool(url, max_size, recycling))
+                    .map(|url| plain(url))
                     .collect::<Result<_, _>>()?,
                 next: AtomicUsize::new(0),
             }),
-            SystemKind::Routed => System::Routed(
-                RoutedPool::builder(servers.primary.clone())
-                    .replicas(servers.replicas.iter().cloned())
-                    .max_size(max_size)
-                    // The primary's checkouts as the plain pools' (replica checkouts never ask).
-                    .verify_primary_checkouts(recycling == Recycling::Verified)
-                    .build()?,
-            ),
+            SystemKind::Routed | SystemKind::RoutedTls => System::Routed(routed(false)?),
+            SystemKind::RoutedUnnamed => System::Routed(routed(true)?),
             SystemKind::Pgpool => {
                 let url = servers
                     .pgpool
                     .as_deref()
                     .ok_or("pgpool-II is not running")?;
-                System::Pgpool(plain_pool(url, max_size, recycling)?)
+                System::Pgpool(plain(url)?)
             }
+            SystemKind::SyncBaseline => {
+                System::SyncBaseline(SyncBaseline::new(servers, max_size, recycling))
+            }
+            SystemKind::SyncRouted => System::SyncRouted(
+                routing_core::sync::RoutedPool::builder(servers.primary.clone())
+                    .replicas(servers.replicas.iter().cloned())
+                    .max_size(max_size)
+                    .verify_primary_checkouts(recycling == Recycling::Verified)
+                    .build_sync()?,
+            ),
         })
     }
 
@@ -190,6 +268,9 @@ impl System {
                 let mut conn = pool.get().await?;
                 point_select(&mut conn, id).await?;
             }
+            System::SyncBaseline(_) | System::SyncRouted(_) => {
+                return Err("a synchronous system: use request_blocking".into());
+            }
         }
         Ok(())
     }
@@ -215,22 +296,43 @@ impl System {
                 let mut conn = pool.get().await?;
                 bump_price(&mut conn, id).await?;
             }
+            System::SyncBaseline(_) | System::SyncRouted(_) => {
+                return Err("a synchronous system: use request_blocking".into());
+            }
         }
         Ok(())
     }
 }
 
-/// A plain diesel-async deadpool pool for `url`, as an application builds it by hand.
+/// A plain diesel-async deadpool pool for `url`, as an application builds it by hand: over
+/// rustls with `tls`, as diesel-async's documentation shows (`try_from_client_and_connection`).
 fn plain_pool(
     url: &str,
     max_size: usize,
     recycling: Recycling,
+    tls: Option<Arc<ClientConfig>>,
 ) -> Result<Pool<AsyncPgConnection>, BoxError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.recycling_method = match recycling {
         Recycling::Verified => RecyclingMethod::Verified,
         Recycling::Fast => RecyclingMethod::Fast,
     };
+    if let Some(tls) = tls {
+        config.custom_setup = Box::new(move |url| {
+            // The URL's `sslrootcert` and `verify-full` are libpq's, unknown to tokio-postgres.
+            let parsed = routing_core::__private::connection_config(url);
+            let tls = MakeRustlsConnect::new((*tls).clone());
+            Box::pin(async move {
+                let parsed = parsed
+                    .ok_or_else(|| ConnectionError::InvalidConnectionUrl("invalid URL".into()))?;
+                let (client, connection) = parsed
+                    .connect(tls)
+                    .await
+                    .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+                AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            })
+        });
+    }
     let manager = AsyncDieselConnectionManager::new_with_config(url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -239,6 +341,21 @@ fn plain_pool(
         .recycle_timeout(Some(POOL_TIMEOUT))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?)
+}
+
+/// A rustls client configuration that trusts the CA in the PEM file `ca`.
+fn tls_config(ca: &Path) -> Result<Arc<ClientConfig>, BoxError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// `SELECT id, name, price_cents FROM products WHERE id = $1`.

@@ -82,6 +82,19 @@ impl Measurement {
         percentile(&self.latencies, p)
     }
 
+    /// A measurement of `requests` in `elapsed` with these latencies, for tests.
+    #[cfg(test)]
+    pub(crate) fn of(elapsed: Duration, mut latencies: Vec<Duration>) -> Measurement {
+        latencies.sort_unstable();
+        Measurement {
+            requests: latencies.len(),
+            errors: 0,
+            first_error: None,
+            elapsed,
+            latencies,
+        }
+    }
+
     /// Both runs as one: requests, errors and time add up, latencies pool.
     pub(crate) fn merge(mut self, other: Measurement) -> Measurement {
         self.requests += other.requests;
@@ -125,8 +138,18 @@ pub(crate) async fn run(
 ) -> Measurement {
     let started = Instant::now();
     let deadline = started + duration;
+    // A synchronous system's clients are threads, as its requests block.
     let tasks: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(client(Arc::clone(system), workload, deadline, ids)))
+        .map(|_| {
+            let system = Arc::clone(system);
+            if system.is_sync() {
+                tokio::task::spawn_blocking(move || {
+                    client_blocking(&system, workload, deadline, ids)
+                })
+            } else {
+                tokio::spawn(client(system, workload, deadline, ids))
+            }
+        })
         .collect();
     let mut all = ClientLog::default();
     for task in tasks {
@@ -170,6 +193,31 @@ async fn client(
         let op = workload.next_op(&mut rng);
         let began = Instant::now();
         match system.request(op, id).await {
+            Ok(()) => log.latencies.push(began.elapsed()),
+            Err(error) => {
+                log.errors += 1;
+                log.first_error
+                    .get_or_insert_with(|| format!("{op} of id {id}: {error}"));
+            }
+        }
+    }
+    log
+}
+
+/// One client of a synchronous system: requests back to back until `deadline`, on this thread.
+fn client_blocking(
+    system: &System,
+    workload: Workload,
+    deadline: Instant,
+    ids: IdRange,
+) -> ClientLog {
+    let mut rng = fastrand::Rng::new();
+    let mut log = ClientLog::default();
+    while Instant::now() < deadline {
+        let id = ids.random(&mut rng);
+        let op = workload.next_op(&mut rng);
+        let began = Instant::now();
+        match system.request_blocking(op, id) {
             Ok(()) => log.latencies.push(began.elapsed()),
             Err(error) => {
                 log.errors += 1;

@@ -1,5 +1,6 @@
 use axum::Router;
 use axum::routing::{delete, get};
+use routing_core::web::StatusService;
 use routing_core::{ReadReplicaLayer, RoutedPool};
 
 use crate::handlers::{
@@ -10,8 +11,10 @@ use crate::handlers::{
 
 /// The demo's routes. Each route carries its handler's read-replica policy; the router's default
 /// lets the reads of the other routes use a replica and carries causal tokens in a cookie. Every
-/// non-read method goes to the primary.
+/// non-read method goes to the primary. `/status` serves the pool's status: JSON, or the table
+/// with `Accept: text/plain`.
 pub fn app(pool: RoutedPool) -> Router {
+    let status = StatusService::new(pool.clone());
     Router::new()
         .route(
             "/products",
@@ -46,5 +49,6 @@ pub fn app(pool: RoutedPool) -> Router {
         // request that wrote sets the `read_after` cookie, and the next request's reads see that
         // write (on a caught-up replica, or on the primary).
         .layer(ReadReplicaLayer::allow_replica().causal_cookie("read_after"))
+        .route_service("/status", status)
         .with_state(pool)
 }

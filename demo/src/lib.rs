@@ -6,7 +6,9 @@
 mod app;
 mod error;
 mod handlers;
+mod observe;
 mod reply;
 
 pub use app::app;
+pub use observe::{app_with_metrics, prometheus};
 pub use reply::{QueryRecord, Reply};

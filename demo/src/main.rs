@@ -3,13 +3,17 @@
 //! With no database variables set it starts a throwaway local cluster (a primary and two
 //! streaming replicas), migrates its primary (`RoutedPool::run_pending_migrations`), serves the
 //! app on a loopback port, drives a short scripted workload against itself over HTTP, and prints
-//! each request's queries with the server that answered them. With `DATABASE_URL` (and the replica
-//! variables of `RoutedPool::from_env`) set, it migrates and serves those servers on
-//! `DEMO_ADDR` (default `127.0.0.1:3000`) until interrupted.
+//! each request's queries with the server that answered them, then what `/status` and
+//! `/metrics` show. With `--ha` it does the same on a throwaway Patroni cluster found through a
+//! multi-host URL, with a switchover in the middle of a stream of reads and writes. With
+//! `DATABASE_URL` (and the replica variables of `RoutedPool::from_env`) set, it migrates and
+//! serves those servers on `DEMO_ADDR` (default `127.0.0.1:3000`) until interrupted.
 
 mod client;
+mod ha;
 mod script;
 mod table;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -18,6 +22,11 @@ use routing_core::RoutedPool;
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const USAGE: &str = "usage: routing-demo [--ha]
+  (no argument)  a scripted run on a throwaway primary and two replicas, or, with DATABASE_URL
+                 set, serve those servers on DEMO_ADDR (default 127.0.0.1:3000)
+  --ha           a scripted run on a throwaway Patroni cluster with a switchover in the middle";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,10 +37,24 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = if std::env::var_os("DATABASE_URL").is_some() {
-        serve_from_env().await
-    } else {
-        scripted().await
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] if std::env::var_os("DATABASE_URL").is_some() => serve_from_env().await,
+        [] => scripted().await,
+        ["--ha"] => ha::run().await,
+        ["-h" | "--help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("routing-demo: unknown arguments {args:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +91,8 @@ async fn scripted() -> Result<(), BoxError> {
         cluster.replica_port(0),
         cluster.replica_port(1)
     );
+    // The recorder first: the pool's series are registered at its first statement.
+    let metrics = routing_demo::prometheus()?;
     let pool = RoutedPool::builder(cluster.primary_url())
         .replicas(cluster.replica_urls())
         .build()?;
@@ -78,7 +103,7 @@ async fn scripted() -> Result<(), BoxError> {
     let addr = listener.local_addr()?;
     println!("  serving on http://{addr}\n");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = routing_demo::app(pool.clone());
+    let app = routing_demo::app_with_metrics(pool.clone(), metrics);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -88,12 +113,18 @@ async fn scripted() -> Result<(), BoxError> {
     });
 
     let outcome = script::run(addr, &cluster).await;
+    let shown = match outcome {
+        Ok(rows) => {
+            table::print(&rows, &|port, in_recovery| {
+                server_name(&cluster, port, in_recovery)
+            });
+            watch::show(addr).await
+        }
+        Err(error) => Err(error),
+    };
     let _ = stop.send(());
     server.await??;
-    let rows = outcome?;
-    table::print(&rows, &|port, in_recovery| {
-        server_name(&cluster, port, in_recovery)
-    });
+    shown?;
     println!(
         "\nthe router's view (RoutedPool::status):\n{}",
         pool.status()
@@ -118,18 +149,20 @@ fn server_name(cluster: &LocalCluster, port: i32, in_recovery: bool) -> String {
 
 /// Serves the servers of the environment until interrupted.
 async fn serve_from_env() -> Result<(), BoxError> {
+    let metrics = routing_demo::prometheus()?;
     let pool = RoutedPool::from_env()?;
     migrate(&pool).await?;
     pool.check().await?;
     let addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = TcpListener::bind(&addr).await?;
+    let addr = listener.local_addr()?;
     println!(
-        "serving on http://{} (primary {}, {} replica(s)); Ctrl-C stops",
-        listener.local_addr()?,
+        "serving on http://{addr} (primary {}, {} replica(s)); the pool's status at /status, \
+         metrics at /metrics; Ctrl-C stops",
         pool.primary_url(),
         pool.replica_count()
     );
-    axum::serve(listener, routing_demo::app(pool))
+    axum::serve(listener, routing_demo::app_with_metrics(pool, metrics))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -20,6 +20,9 @@ pub struct ClusterBuilder {
     pub(crate) timeout: Duration,
     pub(crate) tls: bool,
     pub(crate) pgbouncer: Option<PoolMode>,
+    pub(crate) password_auth: bool,
+    pub(crate) pgbouncer_pool_size: u32,
+    pub(crate) tls_only: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -30,6 +33,9 @@ impl Default for ClusterBuilder {
             timeout: DEFAULT_TIMEOUT,
             tls: false,
             pgbouncer: None,
+            password_auth: false,
+            pgbouncer_pool_size: crate::pgbouncer::DEFAULT_POOL_SIZE,
+            tls_only: true,
         }
     }
 }
@@ -68,16 +74,43 @@ impl ClusterBuilder {
         self
     }
 
+    /// With [`tls`](Self::tls) on, whether TCP logins without TLS are refused (default `true`).
+    /// `false` keeps TLS on and plain TCP open too (`sslmode=disable` in a URL), to compare the
+    /// two on the same servers.
+    pub fn tls_only(mut self, only: bool) -> Self {
+        self.tls_only = only;
+        self
+    }
+
+    /// Makes TCP logins of every user but `postgres` need their password, checked with
+    /// `scram-sha-256` (default off: every login is trusted). `postgres` stays trusted, so the
+    /// cluster's URLs work as before; a role made with `CREATE ROLE app LOGIN PASSWORD '...'`
+    /// then logs in with its password only, and `ALTER ROLE app PASSWORD '...'` rotates it (the
+    /// replicas replay the change).
+    pub fn password_auth(mut self, on: bool) -> Self {
+        self.password_auth = on;
+        self
+    }
+
     /// Starts a PgBouncer in `mode` in front of the primary and of each replica, on free
     /// loopback ports (default: none); see [`LocalCluster::bouncer_primary_url`] and
     /// [`LocalCluster::bouncer_replica_urls`]. The bouncers trust the `postgres` user, give each
-    /// database a pool of 4 server connections and accept 500 clients; with
+    /// database a pool of 4 server connections (see
+    /// [`pgbouncer_pool_size`](Self::pgbouncer_pool_size)) and accept 500 clients; with
     /// [`tls`](Self::tls) on, they require TLS from clients and verify the servers.
     ///
     /// Needs the `pgbouncer` program (`$PGBOUNCER`, `PATH` or `/usr/sbin`); without it,
     /// [`start`](Self::start) fails with [`ClusterError::PgBouncerNotFound`].
     pub fn pgbouncer(mut self, mode: PoolMode) -> Self {
         self.pgbouncer = Some(mode);
+        self
+    }
+
+    /// The server connections each bouncer keeps per user and database (its
+    /// `default_pool_size`; default 4). In session mode every client holds one for as long as
+    /// it is connected: make it at least the clients' pool size plus one for a health probe.
+    pub fn pgbouncer_pool_size(mut self, size: u32) -> Self {
+        self.pgbouncer_pool_size = size;
         self
     }
 

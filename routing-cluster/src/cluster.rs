@@ -110,9 +110,15 @@ impl LocalCluster {
             dir: Some(dir),
             watchdog: Some(watchdog),
         };
-        cluster.boot().await?;
+        cluster
+            .boot(options.password_auth, options.tls_only)
+            .await?;
         if let Some(mode) = options.pgbouncer {
-            cluster.start_bouncers(mode).await?;
+            let pooling = crate::pgbouncer::Pooling {
+                mode,
+                size: options.pgbouncer_pool_size,
+            };
+            cluster.start_bouncers(pooling).await?;
         }
         tracing::info!(
             dir = %cluster.ctx.root.display(),
@@ -125,11 +131,11 @@ impl LocalCluster {
     }
 
     /// Creates and starts the primary, then every replica in parallel.
-    async fn boot(&mut self) -> Result<(), ClusterError> {
+    async fn boot(&mut self, password_auth: bool, tls_only: bool) -> Result<(), ClusterError> {
         let ctx = &self.ctx;
-        setup::init_primary(&self.primary, ctx, self.replicas.len()).await?;
+        setup::init_primary(&self.primary, ctx, self.replicas.len(), password_auth).await?;
         if let Some(tls) = &self.tls {
-            tls.configure_primary(&self.primary, ctx).await?;
+            tls.configure_primary(&self.primary, ctx, tls_only).await?;
         }
         self.primary.start_on_free_port(ctx).await?;
         self.primary.state.get_mut().running = true;

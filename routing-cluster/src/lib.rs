@@ -14,7 +14,9 @@
 //!
 //! Options: [`ClusterBuilder::tls`] makes the servers accept TCP logins over
 //! TLS only, with a throwaway CA; [`ClusterBuilder::pgbouncer`] puts a
-//! PgBouncer in front of each server (needs the `pgbouncer` program).
+//! PgBouncer in front of each server (needs the `pgbouncer` program);
+//! [`ClusterBuilder::password_auth`] makes every role but `postgres` log in
+//! with its password.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), routing_cluster::ClusterError> {

@@ -49,8 +49,16 @@ const ENV_VAR: &str = "PGBOUNCER";
 /// user's `PATH`).
 const EXTRA_DIRS: [&str; 4] = ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"];
 
-/// Server connections per user and database of each bouncer.
-const POOL_SIZE: u32 = 4;
+/// Server connections per user and database of each bouncer, unless set.
+pub(crate) const DEFAULT_POOL_SIZE: u32 = 4;
+
+/// How the bouncers pool server connections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pooling {
+    pub(crate) mode: PoolMode,
+    /// Server connections per user and database (`default_pool_size`).
+    pub(crate) size: u32,
+}
 
 /// How many ports a bouncer start tries before giving up.
 const PORT_ATTEMPTS: usize = 3;
@@ -137,7 +145,7 @@ impl Bouncer {
     pub(crate) async fn start(
         ctx: &Context,
         program: &Path,
-        mode: PoolMode,
+        pooling: Pooling,
         tls: Option<&Tls>,
         server: &str,
         file_name: &str,
@@ -169,7 +177,7 @@ impl Bouncer {
         let mut attempt = 1;
         loop {
             bouncer.port = free_port()?;
-            let ini = bouncer.ini(mode, tls, target_port, &users);
+            let ini = bouncer.ini(pooling, tls, target_port, &users);
             let ini_path = bouncer.dir.join("pgbouncer.ini");
             write_owned(ctx, &ini_path, &ini)?;
             let log_before = std::fs::metadata(&bouncer.log_file).map_or(0, |meta| meta.len());
@@ -191,7 +199,7 @@ impl Bouncer {
     }
 
     /// The bouncer's `pgbouncer.ini`.
-    fn ini(&self, mode: PoolMode, tls: Option<&Tls>, target_port: u16, users: &Path) -> String {
+    fn ini(&self, pooling: Pooling, tls: Option<&Tls>, target_port: u16, users: &Path) -> String {
         let dir = self.dir.display();
         let mut ini = format!(
             "; made by routing-cluster\n\
@@ -205,7 +213,7 @@ impl Bouncer {
              auth_file = {users}\n\
              admin_users = postgres\n\
              pool_mode = {mode}\n\
-             default_pool_size = {POOL_SIZE}\n\
+             default_pool_size = {size}\n\
              max_client_conn = 500\n\
              server_login_retry = 1\n\
              query_wait_timeout = 30\n\
@@ -213,6 +221,8 @@ impl Bouncer {
              logfile = {log}\n\
              pidfile = {dir}/pgbouncer.pid\n",
             port = self.port,
+            mode = pooling.mode,
+            size = pooling.size,
             users = users.display(),
             log = self.log_file.display(),
         );
@@ -375,16 +385,16 @@ impl LocalCluster {
     }
 
     /// Starts a bouncer in front of the primary and of each replica.
-    pub(crate) async fn start_bouncers(&mut self, mode: PoolMode) -> Result<(), ClusterError> {
+    pub(crate) async fn start_bouncers(&mut self, pooling: Pooling) -> Result<(), ClusterError> {
         let program = find_program()?;
         let ctx = &self.ctx;
         let tls = self.tls.as_ref();
         let start = async |server: &str, file_name: &str, port: u16| {
-            Bouncer::start(ctx, &program, mode, tls, server, file_name, port).await
+            Bouncer::start(ctx, &program, pooling, tls, server, file_name, port).await
         };
         let primary = start("primary", "primary", self.primary.port).await?;
         let mut bouncers = Bouncers {
-            mode,
+            mode: pooling.mode,
             primary,
             replicas: Vec::new(),
         };

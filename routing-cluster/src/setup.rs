@@ -5,11 +5,13 @@ use std::path::Path;
 use crate::ClusterError;
 use crate::server::{Context, Server, append};
 
-/// Runs `initdb` for the primary and configures it for `replicas` standbys.
+/// Runs `initdb` for the primary and configures it for `replicas` standbys; with
+/// `password_auth`, TCP logins of every user but `postgres` need their password.
 pub(crate) async fn init_primary(
     primary: &Server,
     ctx: &Context,
     replicas: usize,
+    password_auth: bool,
 ) -> Result<(), ClusterError> {
     ctx.command("initdb")
         .arg("-D")
@@ -50,13 +52,34 @@ pub(crate) async fn init_primary(
             name = primary.cluster_name,
         ))
         .await?;
+    let hba = primary.data_dir.join("pg_hba.conf");
     append(
-        &primary.data_dir.join("pg_hba.conf"),
+        &hba,
         "\n# added by routing-cluster\n\
          host all all 127.0.0.1/32 trust\n\
          host replication all 127.0.0.1/32 trust\n",
     )
-    .await
+    .await?;
+    if password_auth {
+        // The first matching line wins: these must come before initdb's trust lines. The
+        // replicas' copies come from the primary's.
+        let context = || format!("cannot rewrite {}", hba.display());
+        let existing = tokio::fs::read_to_string(&hba)
+            .await
+            .map_err(|err| ClusterError::io(context(), err))?;
+        let rewritten = format!(
+            "# passwords on TCP but for postgres, added by routing-cluster\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all postgres ::1/128 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host all all ::1/128 scram-sha-256\n\n\
+             {existing}"
+        );
+        tokio::fs::write(&hba, rewritten)
+            .await
+            .map_err(|err| ClusterError::io(context(), err))?;
+    }
+    Ok(())
 }
 
 /// Copies the primary on `primary_port` into the replica's data directory

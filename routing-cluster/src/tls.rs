@@ -93,12 +93,13 @@ impl Tls {
         )
     }
 
-    /// Turns TLS on in the primary's data directory and refuses every TCP login without it,
-    /// replication included; replicas cloned from it inherit all of this.
+    /// Turns TLS on in the primary's data directory and, when `only`, refuses every TCP login
+    /// without it, replication included; replicas cloned from it inherit all of this.
     pub(crate) async fn configure_primary(
         &self,
         primary: &Server,
         ctx: &Context,
+        only: bool,
     ) -> Result<(), ClusterError> {
         self.install_certificate(&primary.data_dir, ctx.run_as)?;
         primary
@@ -110,6 +111,9 @@ impl Tls {
                  ssl_min_protocol_version = 'TLSv1.2'\n",
             )
             .await?;
+        if !only {
+            return Ok(());
+        }
         // The first matching line wins: these must come before initdb's trust lines.
         let hba = primary.data_dir.join("pg_hba.conf");
         let context = || format!("cannot rewrite {}", hba.display());

@@ -211,3 +211,49 @@ async fn missing_binaries_are_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_auth_checks_every_role_but_postgres() -> TestResult {
+    let cluster = LocalCluster::builder()
+        .replicas(1)
+        .password_auth(true)
+        .start()
+        .await?;
+    let admin = connect(&cluster.primary_url()).await?;
+    admin
+        .batch_execute("CREATE ROLE rotating LOGIN PASSWORD 'first'")
+        .await?;
+    cluster.wait_for_replicas().await?;
+    let as_rotating = |url: String, password: &str| {
+        url.replacen("postgres@", &format!("rotating:{password}@"), 1)
+    };
+    for url in [cluster.primary_url(), cluster.replica_url(0)] {
+        let who: String = value(
+            &as_rotating(url.clone(), "first"),
+            "SELECT current_user::text",
+        )
+        .await?;
+        assert_eq!(who, "rotating");
+        let refused = connect(&as_rotating(url.clone(), "wrong"))
+            .await
+            .unwrap_err();
+        let message = refused.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("password authentication failed")),
+            "{refused:?}"
+        );
+        let refused = connect(&url.replacen("postgres@", "rotating@", 1)).await;
+        assert!(refused.is_err(), "a login without a password was accepted");
+    }
+    admin
+        .batch_execute("ALTER ROLE rotating PASSWORD 'second'")
+        .await?;
+    cluster.wait_for_replicas().await?;
+    for url in [cluster.primary_url(), cluster.replica_url(0)] {
+        assert!(connect(&as_rotating(url.clone(), "first")).await.is_err());
+        connect(&as_rotating(url, "second")).await?;
+    }
+    Ok(())
+}

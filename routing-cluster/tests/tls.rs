@@ -1,5 +1,6 @@
 //! A TLS-only cluster: verify-full logins work on every server and are encrypted, plain TCP
-//! logins and an untrusted CA are refused.
+//! logins and an untrusted CA are refused; with `tls_only(false)`, plain TCP stays open beside
+//! TLS.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -187,5 +188,40 @@ async fn urls_without_tls_stay_plain() -> TestResult {
         .await?
         .get(0);
     assert!(!ssl);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_only_false_keeps_plain_tcp_open_beside_tls() -> TestResult {
+    let cluster = LocalCluster::builder()
+        .replicas(1)
+        .tls(true)
+        .tls_only(false)
+        .start()
+        .await?;
+    let ca = cluster.ca_cert_path().expect("a CA");
+    for url in [cluster.primary_url(), cluster.replica_url(0)] {
+        let encrypted: bool = connect(&url, ca)
+            .await?
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        assert!(encrypted, "{url}");
+        let base = url.split_once('?').map_or(url.as_str(), |(base, _)| base);
+        let (plain, connection) =
+            tokio_postgres::connect(&format!("{base}?sslmode=disable"), NoTls).await?;
+        tokio::spawn(connection);
+        let encrypted: bool = plain
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        assert!(!encrypted, "{url} without TLS");
+    }
     Ok(())
 }

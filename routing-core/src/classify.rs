@@ -19,6 +19,7 @@
 
 mod data;
 mod lexer;
+mod operation;
 mod scan;
 mod session;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 use lexer::{Kind, Token};
+pub(crate) use operation::operation_name;
 
 /// Where a statement may run.
 #[derive(Clone, Debug, PartialEq, Eq)]

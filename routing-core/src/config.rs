@@ -4,9 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+
 use crate::causal::ReadYourWrites;
 use crate::classify::Classifier;
-use crate::error::BuildError;
+use crate::credentials::Provider;
+use crate::error::{BuildError, Role};
 #[allow(unused_imports)] // named in the docs
 use crate::policy::{LeastOutstanding, LowestLatency, Random};
 use crate::policy::{Policy, ReplicaPolicy, RoundRobin};
@@ -42,6 +47,20 @@ impl HealthCheck {
     }
 }
 
+/// What runs on every new server connection of a pool, after the router's own setup.
+pub(crate) type HookFn =
+    dyn for<'c> Fn(&'c mut AsyncPgConnection, Role) -> BoxFuture<'c, QueryResult<()>> + Send + Sync;
+
+/// A pool's `on_connect` hook.
+#[derive(Clone)]
+pub(crate) struct OnConnect(pub(crate) Arc<HookFn>);
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnConnect")
+    }
+}
+
 /// A replica as configured.
 #[derive(Clone, Debug)]
 pub(crate) struct ReplicaConfig {
@@ -60,8 +79,10 @@ pub(crate) struct Config {
     max_lag: Option<Duration>,
     max_lag_bytes: Option<u64>,
     read_your_writes: ReadYourWrites,
-    max_size: usize,
-    checkout_timeout: Duration,
+    primary_max_size: usize,
+    replica_max_size: usize,
+    primary_checkout_timeout: Duration,
+    replica_checkout_timeout: Duration,
     connect_timeout: Duration,
     fallback_to_primary: bool,
     retry_refused_writes: bool,
@@ -69,8 +90,12 @@ pub(crate) struct Config {
     verify_primary_checkouts: bool,
     classifier: Classifier,
     first_row_timeout: Option<Duration>,
+    record_query_text: bool,
     max_causal_waits: Option<usize>,
     primary_wait: Option<Duration>,
+    credentials: Option<Provider>,
+    on_connect: Option<OnConnect>,
+    transaction_pooler: bool,
     #[cfg(feature = "rustls")]
     tls_config: Option<Arc<rustls::ClientConfig>>,
 }
@@ -85,8 +110,10 @@ impl Config {
             max_lag: Some(Duration::from_secs(30)),
             max_lag_bytes: None,
             read_your_writes: ReadYourWrites::default(),
-            max_size: 16,
-            checkout_timeout: Duration::from_secs(5),
+            primary_max_size: 16,
+            replica_max_size: 16,
+            primary_checkout_timeout: Duration::from_secs(5),
+            replica_checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             fallback_to_primary: true,
             retry_refused_writes: true,
@@ -94,8 +121,12 @@ impl Config {
             verify_primary_checkouts: true,
             classifier: Classifier::new(),
             first_row_timeout: None,
+            record_query_text: false,
             max_causal_waits: None,
             primary_wait: None,
+            credentials: None,
+            on_connect: None,
+            transaction_pooler: false,
             #[cfg(feature = "rustls")]
             tls_config: None,
         }
@@ -110,11 +141,19 @@ impl Config {
                 expected,
             })
         };
-        if self.max_size == 0 {
-            return invalid("max_size", "0".to_owned(), "at least one connection");
+        for (setting, size) in [
+            // Both zero: `max_size(0)`, most likely.
+            ("max_size", self.primary_max_size.max(self.replica_max_size)),
+            ("primary_max_size", self.primary_max_size),
+            ("replica_max_size", self.replica_max_size),
+        ] {
+            if size == 0 {
+                return invalid(setting, "0".to_owned(), "at least one connection");
+            }
         }
         for (setting, value) in [
-            ("checkout_timeout", self.checkout_timeout),
+            ("primary_checkout_timeout", self.primary_checkout_timeout),
+            ("replica_checkout_timeout", self.replica_checkout_timeout),
             ("connect_timeout", self.connect_timeout),
             ("health_check.interval", self.health_check.interval),
             ("health_check.timeout", self.health_check.timeout),
@@ -132,6 +171,14 @@ impl Config {
         }
         if self.max_causal_waits == Some(0) {
             return invalid("max_causal_waits", "0".to_owned(), "at least one read");
+        }
+        if self.transaction_pooler && self.on_connect.is_some() {
+            return invalid(
+                "on_connect",
+                "a hook, with transaction_pooler(true)".to_owned(),
+                "no on_connect hook: a transaction pooler gives each transaction any server \
+                 connection, so there is no session to set up",
+            );
         }
         if let Some(index) = self.replicas.iter().position(|r| r.weight == 0) {
             return invalid(
@@ -171,12 +218,22 @@ impl Config {
         self.read_your_writes
     }
 
-    pub(crate) fn max_size(&self) -> usize {
-        self.max_size
+    /// The most connections of the primary's pool (`true`) or of each replica's.
+    pub(crate) fn max_size(&self, primary: bool) -> usize {
+        if primary {
+            self.primary_max_size
+        } else {
+            self.replica_max_size
+        }
     }
 
-    pub(crate) fn checkout_timeout(&self) -> Duration {
-        self.checkout_timeout
+    /// How long a checkout from the primary's pool (`true`) or a replica's waits.
+    pub(crate) fn checkout_timeout(&self, primary: bool) -> Duration {
+        if primary {
+            self.primary_checkout_timeout
+        } else {
+            self.replica_checkout_timeout
+        }
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -207,15 +264,31 @@ impl Config {
         self.first_row_timeout
     }
 
+    pub(crate) fn record_query_text(&self) -> bool {
+        self.record_query_text
+    }
+
     /// The configured wait, else two probe intervals.
     pub(crate) fn primary_wait(&self) -> Duration {
         self.primary_wait.unwrap_or(self.health_check.interval * 2)
     }
 
-    /// The configured bound, else a quarter of a server's pool (at least one).
+    /// The configured bound, else a quarter of a replica's pool (at least one).
     pub(crate) fn max_causal_waits(&self) -> usize {
         self.max_causal_waits
-            .unwrap_or_else(|| (self.max_size / 4).max(1))
+            .unwrap_or_else(|| (self.replica_max_size / 4).max(1))
+    }
+
+    pub(crate) fn credentials(&self) -> Option<&Provider> {
+        self.credentials.as_ref()
+    }
+
+    pub(crate) fn on_connect(&self) -> Option<&OnConnect> {
+        self.on_connect.as_ref()
+    }
+
+    pub(crate) fn transaction_pooler(&self) -> bool {
+        self.transaction_pooler
     }
 
     #[cfg(feature = "rustls")]
@@ -241,7 +314,15 @@ mod tests {
             "invalid setting max_size = 0: expected at least one connection"
         );
         assert!(
-            build_error(builder().checkout_timeout(Duration::ZERO)).contains("checkout_timeout")
+            build_error(builder().max_size(4).replica_max_size(0)).contains("replica_max_size")
+        );
+        assert!(
+            build_error(builder().checkout_timeout(Duration::ZERO))
+                .contains("primary_checkout_timeout")
+        );
+        assert!(
+            build_error(builder().replica_checkout_timeout(Duration::ZERO))
+                .contains("replica_checkout_timeout")
         );
         assert!(
             build_error(

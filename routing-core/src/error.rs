@@ -210,6 +210,41 @@ pub enum Error {
         source: ConnectError,
     },
 
+    /// A server (or what stands in front of it) lost a named prepared statement of the
+    /// connection, or holds another one under its name: what a transaction pooler (PgBouncer
+    /// in `pool_mode = transaction`) does, since it gives each statement whichever server
+    /// connection is free.
+    #[error(
+        "the server lost a named prepared statement of this connection ({source}): a \
+         transaction pooler (PgBouncer in transaction mode) in front of it gives each statement \
+         whichever server connection is free; set RoutedPoolBuilder::transaction_pooler(true)"
+    )]
+    NeedsTransactionPooler {
+        /// The server's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// With [`transaction_pooler(true)`](crate::RoutedPoolBuilder::transaction_pooler), a
+    /// statement outside a transaction would change the session's state; it was not sent.
+    #[error(
+        "the statement changes the session's state (SET, RESET, LISTEN, PREPARE, a session \
+         advisory lock, a temporary table, ...) outside a transaction, and through a transaction \
+         pooler there is no session: it would change a server connection other clients share; \
+         use a transaction-scoped form inside a transaction (SET LOCAL, pg_advisory_xact_lock)"
+    )]
+    SessionStateWithTransactionPooler,
+
+    /// Something that needs a session of its own was asked of a pool with
+    /// [`transaction_pooler(true)`](crate::RoutedPoolBuilder::transaction_pooler).
+    #[error("{what} is not available with transaction_pooler(true): {why}")]
+    NotWithTransactionPooler {
+        /// What was asked.
+        what: &'static str,
+        /// Why it needs a session.
+        why: &'static str,
+    },
+
     /// Running migrations failed.
     #[cfg(feature = "migrations")]
     #[error("migration on the primary {url} failed: {source}")]
@@ -262,6 +297,33 @@ impl fmt::Display for Failures<'_> {
 }
 
 impl Error {
+    /// The error's kind in snake case (`no_replica_available`, `pool_exhausted`, ...), as
+    /// telemetry's `error.type` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Build(_) => "build",
+            Error::Checkout { .. } => "checkout",
+            Error::PoolExhausted { .. } => "pool_exhausted",
+            Error::ReplicaIsPrimary { .. } => "replica_is_primary",
+            Error::PrimaryIsStandby { .. } => "primary_is_standby",
+            Error::NoReplicaAvailable { .. } => "no_replica_available",
+            Error::RefusedAsWrite { .. } => "refused_as_write",
+            Error::NoPrimary { .. } => "no_primary",
+            Error::PrimaryLost { .. } => "primary_lost",
+            Error::Banned { .. } => "banned",
+            Error::TransactionLost => "transaction_lost",
+            Error::Timeout { .. } => "timeout",
+            Error::Query { .. } => "query",
+            Error::Connect { .. } => "connect",
+            #[cfg(feature = "migrations")]
+            Error::Migration { .. } => "migration",
+            Error::TargetIsReplica { .. } => "target_is_replica",
+            Error::NeedsTransactionPooler { .. } => "needs_transaction_pooler",
+            Error::SessionStateWithTransactionPooler => "session_state_with_transaction_pooler",
+            Error::NotWithTransactionPooler { .. } => "not_with_transaction_pooler",
+        }
+    }
+
     /// Whether the same operation may succeed when tried again, because a server was down,
     /// busy, being replaced or lagging, rather than the operation or the configuration being
     /// wrong. Only [`Error::PrimaryLost`] may have taken effect already (a commit whose

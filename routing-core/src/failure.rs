@@ -93,6 +93,35 @@ pub(crate) fn known(error: &DieselError) -> Option<&'static Known> {
     })
 }
 
+/// Whether `error` is what a transaction pooler (PgBouncer in transaction mode) does to a
+/// session's named prepared statements, which it gives to whichever server connection is free:
+/// the statement's server never prepared it (`prepared statement "s3" does not exist`, SQLSTATE
+/// 26000), another client's one holds its name (`... already exists`, 42P05), or holds another
+/// statement under it (`bind message supplies 1 parameters, but prepared statement "s3" requires
+/// 2`, 08P01). Only the names tokio-postgres gives (`s` and a number, and its type lookups'
+/// `typeinfo` statements) count: a user's own `PREPARE` names say nothing of a pooler.
+pub(crate) fn lost_named_statement(error: &DieselError) -> bool {
+    let DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) = error else {
+        return false;
+    };
+    let message = info.message();
+    let named = |rest: &str| {
+        let name = rest.split('"').next().unwrap_or_default();
+        name.starts_with("typeinfo")
+            || name
+                .strip_prefix('s')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(rest) = message.strip_prefix("prepared statement \"") {
+        return (rest.ends_with("\" does not exist") || rest.ends_with("\" already exists"))
+            && named(rest);
+    }
+    message.starts_with("bind message supplies ")
+        && message
+            .split_once("prepared statement \"")
+            .is_some_and(|(_, rest)| named(rest))
+}
+
 impl Failure {
     /// What `error` means, given whether the connection it came from is now `broken` (closed,
     /// or its transaction state lost).
@@ -221,6 +250,43 @@ mod tests {
             Failure::of(&DieselError::NotFound, true),
             Failure::Statement
         );
+    }
+
+    #[test]
+    fn lost_named_statements_are_told_from_a_users_own() {
+        use DatabaseErrorKind::*;
+        for (kind, message, lost) in [
+            (Unknown, "prepared statement \"s12\" does not exist", true),
+            (Unknown, "prepared statement \"s0\" already exists", true),
+            (
+                Unknown,
+                "prepared statement \"typeinfo\" does not exist",
+                true,
+            ),
+            (
+                Unknown,
+                "bind message supplies 1 parameters, but prepared statement \"s7\" requires 2",
+                true,
+            ),
+            (
+                Unknown,
+                "prepared statement \"my_plan\" does not exist",
+                false,
+            ),
+            (Unknown, "prepared statement \"s\" does not exist", false),
+            (Unknown, "relation \"s1\" does not exist", false),
+            (
+                UniqueViolation,
+                "prepared statement \"s1\" already exists",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                lost_named_statement(&db(kind, message)),
+                lost,
+                "{kind:?} {message:?}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod classify;
 mod clock;
 mod config;
 mod control;
+mod credentials;
 pub mod dsl;
 mod env;
 mod error;
@@ -22,9 +23,14 @@ mod context;
 mod route;
 // Statements in an owned form that can run on any server.
 mod owned;
+// Statements classified, and what a read decides around its I/O: shared by both connections.
+mod classified;
+mod reads;
 // The connection, its transactions, and the pool that hands it out.
 mod connection;
 mod pool;
+#[cfg(feature = "sync")]
+pub mod sync;
 // Integrations.
 #[cfg(feature = "migrations")]
 mod migrate;
@@ -42,6 +48,7 @@ pub use context::{
     with_causal_token, with_max_lag, with_primary, with_read_replica, with_read_replica_sync,
 };
 pub use control::ReadReplicaControl;
+pub use credentials::{Credentials, CredentialsError, Login};
 pub use error::{BuildError, CheckoutError, ConnectError, Error, Role, TlsError};
 #[cfg(feature = "migrations")]
 pub use migrate::{Migrator, MigratorBuilder};

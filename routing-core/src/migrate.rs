@@ -5,8 +5,10 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::MigrationHarness;
 
 use crate::config::RoutedPoolBuilder;
+use crate::credentials::{Credentials, Provider};
 use crate::error::{Error, Role};
-use crate::servers::{RoutedPool, catalog, connect};
+use crate::servers::connect::{self, Open};
+use crate::servers::{RoutedPool, catalog};
 use crate::url::{DatabaseUrl, RedactedUrl};
 
 mod target;
@@ -59,6 +61,7 @@ impl Migrator {
         MigratorBuilder {
             primary: primary_url.into(),
             replicas: Vec::new(),
+            credentials: None,
             #[cfg(feature = "rustls")]
             tls_config: None,
         }
@@ -107,9 +110,13 @@ impl Migrator {
 
     /// Connects to `url`, validated and checked against the replicas already, and refuses a
     /// standby. With a multi-host URL, the node that accepts writes now is the one used.
-    async fn establish(url: DatabaseUrl) -> Result<Self, Error> {
+    async fn establish(url: DatabaseUrl, credentials: Option<Provider>) -> Result<Self, Error> {
         let url = url.read_write();
-        let mut conn = connect::open(&url, None)
+        let how = Open {
+            credentials: credentials.as_ref(),
+            ..Open::default()
+        };
+        let mut conn = connect::open(&url, how)
             .await
             .map_err(|source| Error::Connect {
                 role: Role::Primary,
@@ -127,6 +134,11 @@ impl Migrator {
                 url: url.redacted().clone(),
             });
         }
+        // Opened without unnamed statements: always diesel-async's connection.
+        let conn = conn.into_prepared().ok_or_else(|| Error::Migration {
+            url: url.redacted().clone(),
+            source: "migrations need a session of their own, not a transaction pooler".into(),
+        })?;
         let conn = tokio::task::spawn_blocking(move || BlockingConnection::from(conn))
             .await
             .map_err(|e| Error::Migration {
@@ -274,6 +286,13 @@ impl RoutedPool {
             .map(|replica| replica.database_url().secret());
         let builder =
             Migrator::builder(shared.config().primary().expose()).refuse_replicas(replicas);
+        let builder = match shared.config().credentials() {
+            Some(credentials) => MigratorBuilder {
+                credentials: Some(credentials.clone()),
+                ..builder
+            },
+            None => builder,
+        };
         #[cfg(feature = "rustls")]
         let builder = match shared.config().tls_config() {
             Some(tls_config) => builder.tls_config(std::sync::Arc::clone(tls_config)),
@@ -293,6 +312,7 @@ impl RoutedPool {
 pub struct MigratorBuilder {
     primary: String,
     replicas: Vec<String>,
+    credentials: Option<Provider>,
     #[cfg(feature = "rustls")]
     tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -343,6 +363,13 @@ impl MigratorBuilder {
         self
     }
 
+    /// Asks `credentials` for the password instead of taking the URL's; see
+    /// [`RoutedPoolBuilder::credentials`].
+    pub fn credentials(mut self, credentials: impl Credentials) -> Self {
+        self.credentials = Some(Provider(std::sync::Arc::new(credentials)));
+        self
+    }
+
     /// Adds read replicas to refuse: the primary URL must not designate the same server as any
     /// of them.
     pub fn refuse_replicas(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -364,7 +391,7 @@ impl MigratorBuilder {
         let url = primary.url.with_tls_config(self.tls_config);
         #[cfg(not(feature = "rustls"))]
         let url = primary.url;
-        Migrator::establish(url).await
+        Migrator::establish(url, self.credentials).await
     }
 
     /// The primary and the replicas, validated.

@@ -10,8 +10,8 @@ use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::sql_types::Untyped;
-use diesel_async::AsyncPgConnection;
 
+use crate::servers::ServerSession;
 use crate::servers::catalog::{TypeCache, lookup_type};
 
 type TypeKey = (Option<String>, String);
@@ -162,7 +162,7 @@ impl<I: Identity> OwnedQuery<I> {
     /// Looks up the OIDs of custom types that were not cached, on `conn`, and patches them in.
     pub(crate) async fn resolve(
         &mut self,
-        conn: &mut AsyncPgConnection,
+        conn: &mut ServerSession,
         types: &TypeCache,
     ) -> QueryResult<()> {
         let Some(pending) = self.unresolved.as_ref() else {

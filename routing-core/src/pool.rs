@@ -4,7 +4,8 @@ use crate::causal::{CausalToken, ReadYourWrites};
 use crate::config::RoutedPoolBuilder;
 use crate::connection::RoutedConnection;
 use crate::error::{BuildError, Error, Role};
-use crate::servers::{RoutedPool, catalog, connect, probe};
+use crate::servers::connect::{self, Open};
+use crate::servers::{RoutedPool, catalog, probe};
 use crate::url::RedactedUrl;
 
 impl RoutedPool {
@@ -93,8 +94,9 @@ impl RoutedPool {
         let timeout = shared.config().connect_timeout();
         let mut primaries = Vec::new();
         for server in shared.servers() {
+            let how = Open::of(shared.config());
             let mut conn =
-                crate::clock::timeout(timeout, connect::open(server.database_url(), None))
+                crate::clock::timeout(timeout, connect::open(server.database_url(), how))
                     .await
                     .map_err(|_| Error::Timeout {
                         what: "connecting to a server",

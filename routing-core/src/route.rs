@@ -1,7 +1,8 @@
 //! The routing rules, as pure functions: where a statement goes ([`decide`]), which replica
-//! serves a read ([`pick`]), and what happens to a read no replica served ([`fallback`]). No
-//! I/O, no clock, no shared state: the connection gathers the inputs, and plain statements,
-//! transactions and the decision benchmark all go through here.
+//! serves a read ([`pick`]), what a replica's failure means for the read ([`after_failure`],
+//! [`after_refusal`]), and what happens to a read no replica served ([`fallback`]). No I/O, no
+//! clock, no shared state: the connections (async and sync) gather the inputs, and plain
+//! statements, transactions and the decision benchmark all go through here.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use smallvec::SmallVec;
 use crate::causal::ReadYourWrites;
 use crate::config::Config;
 use crate::context::ReadNeeds;
+use crate::failure::Failure;
 use crate::policy::Candidate;
 use crate::reason::Reason;
 
@@ -24,12 +26,19 @@ pub(crate) enum Target {
     Replica,
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Target {
+    /// `primary` or `replica`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
             Target::Primary => "primary",
             Target::Replica => "replica",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -70,6 +79,8 @@ pub(crate) enum Statement {
     Read,
     /// Classified as a write (or not known to be a read), and `batch_execute`.
     Write,
+    /// Classified as a read, but learned as a write: a replica refused it (SQLSTATE 25006).
+    Learned,
     /// `RoutedConnection::primary`: the escape hatch.
     Forced,
     /// The start of a transaction (a savepoint inside one).
@@ -91,6 +102,7 @@ pub(crate) fn fixed(state: &State, statement: Statement) -> Option<Route> {
         _ if state.test_transaction => Some(Route::primary(Reason::TestTransaction)),
         _ if state.wrote => Some(Route::primary(Reason::AfterWrite)),
         (None, Statement::Write) => Some(Route::primary(Reason::Write)),
+        (None, Statement::Learned) => Some(Route::primary(Reason::RefusedAsWrite)),
         (
             None,
             Statement::Begin {
@@ -280,4 +292,62 @@ pub(crate) fn fallback(exclusions: &Exclusions, failures: usize, config: &Config
     } else {
         Reason::Fallback
     }))
+}
+
+/// What a read does after the replica it ran on failed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// The statement's own error (a constraint, a syntax error, ...): the caller gets it.
+    Fatal,
+    /// The replica refused it as a write: see [`after_refusal`].
+    Refused,
+    /// The next replica may serve the read. With `ban`, this replica is taken out of rotation
+    /// until a probe admits it; with `discard`, its connection is closed, not reused.
+    Next { ban: bool, discard: bool },
+}
+
+/// What a read does after a replica failed it with `failure`, its connection now `broken` or
+/// not.
+pub(crate) fn after_failure(failure: Failure, broken: bool) -> AfterFailure {
+    match failure {
+        Failure::Statement => AfterFailure::Fatal,
+        Failure::RefusedAsWrite => AfterFailure::Refused,
+        // The server is fine; only a connection the conflict closed is dropped.
+        Failure::RecoveryConflict => AfterFailure::Next {
+            ban: false,
+            discard: broken,
+        },
+        Failure::Unreachable => AfterFailure::Next {
+            ban: true,
+            discard: true,
+        },
+    }
+}
+
+/// Where a read goes that a replica refused as a write before any row reached the caller: the
+/// primary, or nowhere (`None`: the refusal is the caller's error) when the pool does not retry
+/// refused statements.
+pub(crate) fn after_refusal(config: &Config) -> Option<Route> {
+    config
+        .retry_refused_writes()
+        .then_some(Route::primary(Reason::RefusedAsWrite))
+}
+
+/// Logs a decision as a debug event naming the server and the reason (and what made it, for a
+/// write or a read no replica served).
+pub(crate) fn log(route: Route, detail: Option<&dyn fmt::Display>) {
+    match detail {
+        Some(detail) => tracing::debug!(
+            target: "routing_core",
+            server = %route.target,
+            reason = %format_args!("{}: {detail}", route.reason),
+            "route"
+        ),
+        None => tracing::debug!(
+            target: "routing_core",
+            server = %route.target,
+            reason = %route.reason,
+            "route"
+        ),
+    }
 }

@@ -1,19 +1,21 @@
-//! A corpus of statement shapes: each is classified, then run through a `RoutedConnection` in a
-//! replica scope. No write may reach a replica (the pool does not retry refused writes, so a
-//! misrouted write fails with SQLSTATE 25006), and every plain read must be answered by one.
+//! A corpus of statement shapes: each is classified, then run through a routed connection of
+//! each kind (async and sync) in a replica scope. No write may reach a replica (the pool does
+//! not retry refused writes, so a misrouted write fails with SQLSTATE 25006), and every plain
+//! read must be answered by one.
 
 use diesel::dsl::{count_star, exists, max, not};
 use diesel::pg::Pg;
-use diesel::prelude::*;
 use diesel::sql_types::Bool;
-use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use routing_core::{Classifier, RoutedConnection, with_read_replica};
+use routing_core::{Classifier, RoutedConnection, sync, with_read_replica};
 use routing_fixtures::{OrderStatus, orders, products};
 use routing_tests::{pg_is_in_recovery, servers, unique};
 
-use crate::support::{insert_order, insert_product};
+use crate::kinds::prelude::*;
+use crate::kinds::{Kind, Pool, on_both_kinds};
+
+on_both_kinds!(corpus_no_write_reaches_a_replica_and_every_read_does);
 
 /// A statement's own answer to "am I on a standby?".
 #[derive(QueryableByName)]
@@ -27,12 +29,15 @@ type Run = Box<
         + Send
         + Sync,
 >;
+type RunSync = Box<dyn Fn(&mut sync::RoutedConnection) -> QueryResult<Option<bool>> + Send + Sync>;
 
+/// One statement shape, and how to run it on each connection kind.
 struct Case {
     name: &'static str,
     write: bool,
     sql: String,
     run: Run,
+    run_sync: RunSync,
 }
 
 /// A diesel builder query returning one `bool`: `pg_is_in_recovery()` of the server that ran it.
@@ -43,7 +48,14 @@ macro_rules! builder {
             name: $name,
             write: $write,
             sql,
-            run: Box::new(move |conn| $query.get_result::<bool>(conn).map(|r| r.map(Some)).boxed()),
+            run: Box::new(move |conn| {
+                use diesel_async::RunQueryDsl;
+                $query.get_result::<bool>(conn).map(|r| r.map(Some)).boxed()
+            }),
+            run_sync: Box::new(move |conn| {
+                use diesel::RunQueryDsl;
+                $query.get_result::<bool>(conn).map(Some)
+            }),
         });
     }};
 }
@@ -53,15 +65,23 @@ macro_rules! raw {
     ($cases:ident, $name:literal, $write:literal, $sql:expr) => {{
         let sql: String = $sql.into();
         let run_sql = sql.clone();
+        let sync_sql = sql.clone();
         $cases.push(Case {
             name: $name,
             write: $write,
             sql,
             run: Box::new(move |conn| {
+                use diesel_async::RunQueryDsl;
                 diesel::sql_query(run_sql.clone())
                     .get_result::<InRecovery>(conn)
                     .map(|r| r.map(|row| Some(row.in_recovery)))
                     .boxed()
+            }),
+            run_sync: Box::new(move |conn| {
+                use diesel::RunQueryDsl;
+                diesel::sql_query(sync_sql.clone())
+                    .get_result::<InRecovery>(conn)
+                    .map(|row| Some(row.in_recovery))
             }),
         });
     }};
@@ -72,44 +92,46 @@ macro_rules! exec {
     ($cases:ident, $name:literal, $sql:expr) => {{
         let sql: String = $sql.into();
         let run_sql = sql.clone();
+        let sync_sql = sql.clone();
         $cases.push(Case {
             name: $name,
             write: true,
             sql,
             run: Box::new(move |conn| {
+                use diesel_async::RunQueryDsl;
                 diesel::sql_query(run_sql.clone())
                     .execute(conn)
                     .map(|r| r.map(|_| None))
                     .boxed()
             }),
+            run_sync: Box::new(move |conn| {
+                use diesel::RunQueryDsl;
+                diesel::sql_query(sync_sql.clone())
+                    .execute(conn)
+                    .map(|_| None)
+            }),
         });
     }};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corpus_no_write_reaches_a_replica_and_every_read_does() {
+async fn corpus_no_write_reaches_a_replica_and_every_read_does(kind: Kind) {
     let servers = servers().await;
-    let pool = servers.pool_builder(&unique("corpus")).build().unwrap();
+    let pool = Pool::build(kind, servers.pool_builder(&unique("corpus")));
     // Shared by the cases' closures, which outlive this scope's borrows.
     let name: &'static str = Box::leak(unique("corpus").into_boxed_str());
-    let mut setup = pool.get().await.unwrap();
-    let (product, _) = insert_product(&mut setup, name).await;
-    insert_order(&mut setup, product, OrderStatus::Pending).await;
+    let mut setup = pool.get().await;
+    let (product, _) = setup.insert_product(name).await;
+    setup.insert_order(product, OrderStatus::Pending).await;
     let scratch = unique("corpus_scratch");
-    diesel::sql_query(format!(
-        "CREATE TABLE {scratch} (id int PRIMARY KEY, note text)"
-    ))
-    .execute(&mut setup)
-    .await
-    .unwrap();
     let volatile = unique("corpus_volatile");
-    diesel::sql_query(format!(
-        "CREATE FUNCTION {volatile}() RETURNS boolean LANGUAGE sql VOLATILE AS \
-         $$ SELECT pg_is_in_recovery() $$"
-    ))
-    .execute(&mut setup)
-    .await
-    .unwrap();
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {scratch} (id int PRIMARY KEY, note text); \
+             CREATE FUNCTION {volatile}() RETURNS boolean LANGUAGE sql VOLATILE AS \
+             $$ SELECT pg_is_in_recovery() $$"
+        ))
+        .await
+        .unwrap();
     drop(setup);
     servers.wait_for_replicas().await;
 
@@ -498,10 +520,13 @@ async fn corpus_no_write_reaches_a_replica_and_every_read_does() {
             class,
             case.sql
         );
-        let mut conn = pool.get().await.unwrap();
-        let answer = with_read_replica(true, (case.run)(&mut conn))
-            .await
-            .unwrap_or_else(|e| panic!("{} failed: {e}\n{}", case.name, case.sql));
+        let mut conn = pool.get().await;
+        let answer = with_read_replica(true, async {
+            conn.run(async |c| (case.run)(c).await, |c| (case.run_sync)(c))
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: {} failed: {e}\n{}", case.name, case.sql));
         match (case.write, answer) {
             (true, Some(in_recovery)) => assert!(!in_recovery, "{} ran on a replica", case.name),
             (true, None) => {}

@@ -3,11 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Config, HealthCheck, ReplicaConfig};
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use futures_util::future::BoxFuture;
+
+use super::{Config, HealthCheck, OnConnect, ReplicaConfig};
 use crate::causal::ReadYourWrites;
 use crate::classify::Classifier;
+use crate::credentials::{Credentials, Provider};
 use crate::env;
-use crate::error::BuildError;
+use crate::error::{BuildError, Role};
 use crate::policy::{Policy, ReplicaPolicy};
 use crate::url::{RedactedUrl, SecretUrl};
 
@@ -138,15 +143,47 @@ impl RoutedPoolBuilder {
         self
     }
 
-    /// The most connections each server's pool opens. Default: 16.
-    pub fn max_size(mut self, max_size: usize) -> Self {
-        self.config.max_size = max_size;
+    /// The most connections each server's pool opens: sets both
+    /// [`primary_max_size`](Self::primary_max_size) and
+    /// [`replica_max_size`](Self::replica_max_size). Default: 16.
+    pub fn max_size(self, max_size: usize) -> Self {
+        self.primary_max_size(max_size).replica_max_size(max_size)
+    }
+
+    /// The most connections the primary's pool opens. In a pool that discovers its primary (a
+    /// multi-host URL), the node that is the primary gets this size. Default: 16.
+    pub fn primary_max_size(mut self, max_size: usize) -> Self {
+        self.config.primary_max_size = max_size;
         self
     }
 
-    /// How long a checkout waits for a free pooled connection. Default: 5 s.
-    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
-        self.config.checkout_timeout = timeout;
+    /// The most connections each replica's pool opens (every replica has a pool of its own).
+    /// In a pool that discovers its primary, every node that is not the primary gets this
+    /// size. Default: 16.
+    pub fn replica_max_size(mut self, max_size: usize) -> Self {
+        self.config.replica_max_size = max_size;
+        self
+    }
+
+    /// How long a checkout waits for a free pooled connection: sets both
+    /// [`primary_checkout_timeout`](Self::primary_checkout_timeout) and
+    /// [`replica_checkout_timeout`](Self::replica_checkout_timeout). Default: 5 s.
+    pub fn checkout_timeout(self, timeout: Duration) -> Self {
+        self.primary_checkout_timeout(timeout)
+            .replica_checkout_timeout(timeout)
+    }
+
+    /// How long a checkout from the primary's pool waits for a free connection; past it, the
+    /// statement fails with [`Error::PoolExhausted`](crate::Error::PoolExhausted). Default: 5 s.
+    pub fn primary_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.primary_checkout_timeout = timeout;
+        self
+    }
+
+    /// How long a checkout from a replica's pool waits for a free connection; past it, a read
+    /// tries the next replica (the busy one is not banned), then the primary. Default: 5 s.
+    pub fn replica_checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.replica_checkout_timeout = timeout;
         self
     }
 
@@ -201,10 +238,17 @@ impl RoutedPoolBuilder {
         self
     }
 
+    /// Whether each statement's span records its SQL as `db.query.text` (with `$1` placeholders,
+    /// never the bind values). Default: `false`, as the OpenTelemetry conventions advise.
+    pub fn record_query_text(mut self, record: bool) -> Self {
+        self.config.record_query_text = record;
+        self
+    }
+
     /// How many reads of the pool may wait at once for a replica to replay their causal token
     /// (with [`ReadYourWrites::Lsn`] and a non-zero `wait`); the others go to the primary at
     /// once, so that waiting reads (or forged tokens) never starve the replica pools. Default:
-    /// a quarter of `max_size`, at least one.
+    /// a quarter of `replica_max_size`, at least one.
     pub fn max_causal_waits(mut self, max: usize) -> Self {
         self.config.max_causal_waits = Some(max);
         self
@@ -224,6 +268,81 @@ impl RoutedPoolBuilder {
     /// Default: [`Classifier::new`].
     pub fn classifier(mut self, classifier: Classifier) -> Self {
         self.config.classifier = classifier;
+        self
+    }
+
+    /// Asks `credentials` for the password of each new connection the pool opens (its pooled
+    /// sessions, the health probe's, [`check`](crate::RoutedPool::check)'s), instead of
+    /// taking the URL's: for rotating secrets and IAM authentication tokens. See
+    /// [`Credentials`]. Default: none, the URLs' passwords.
+    pub fn credentials(mut self, credentials: impl Credentials) -> Self {
+        self.config.credentials = Some(Provider(Arc::new(credentials)));
+        self
+    }
+
+    /// Runs `hook` on every new pooled connection, after the router's own setup and before the
+    /// connection's first use, told the role of its server: [`Role::Primary`] or
+    /// [`Role::Replica`]; in a pool that discovers its primary, the role the node has when the
+    /// connection opens (`Replica(n)` for node `n` as a standby). For session settings per
+    /// role: `application_name`, `statement_timeout`, `search_path`.
+    ///
+    /// A hook that fails fails that connection: the checkout that opened it gets
+    /// [`ConnectError::OnConnect`](crate::ConnectError::OnConnect), naming the role. The health
+    /// probe's connections, and [`check`](crate::RoutedPool::check)'s, do not run it: they run
+    /// only the router's own statements. Session settings a hook makes stay for the life of the
+    /// pooled connection. Not allowed with [`transaction_pooler`](Self::transaction_pooler),
+    /// where there is no session to set up.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), routing_core::BuildError> {
+    /// use diesel_async::SimpleAsyncConnection;
+    /// use routing_core::{RoutedPool, Role};
+    ///
+    /// let pool = RoutedPool::builder("postgres://app@primary/app")
+    ///     .replica("postgres://app@replica-1/app")
+    ///     .on_connect(|conn, role| {
+    ///         Box::pin(async move {
+    ///             let timeout = if role == Role::Primary { "5s" } else { "30s" };
+    ///             conn.batch_execute(&format!("SET statement_timeout = '{timeout}'"))
+    ///                 .await
+    ///         })
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut AsyncPgConnection, Role) -> BoxFuture<'c, QueryResult<()>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.config.on_connect = Some(OnConnect(Arc::new(hook)));
+        self
+    }
+
+    /// Whether the servers are reached through a transaction pooler: PgBouncer in
+    /// `pool_mode = transaction` (or PgCat, Supavisor, Odyssey, RDS Proxy), which gives each
+    /// transaction, and each statement outside one, whichever server connection is free.
+    ///
+    /// With `true`, every statement runs as an unnamed statement (a parse, bind and execute in
+    /// one round trip), so that no named prepared statement is left on one server connection
+    /// for another statement to miss; the router sets no session state (a replica's sessions
+    /// are not made read-only with `default_transaction_read_only`: the standby refuses
+    /// writes itself); and a statement that would change the session outside a transaction
+    /// (`SET`, `LISTEN`, a session advisory lock, a temporary table, ...) is refused with
+    /// [`Error::SessionStateWithTransactionPooler`](crate::Error::SessionStateWithTransactionPooler):
+    /// it would land on a server connection other clients share. What is lost: statement
+    /// caching (each statement is planned again), session settings and
+    /// [`on_connect`](Self::on_connect), and [`RoutedConnection::primary`](crate::RoutedConnection::primary).
+    /// Transactions work as usual: the pooler keeps one server connection from `BEGIN` to
+    /// `COMMIT`.
+    ///
+    /// With `false` (the default), statements are prepared, named and cached per connection,
+    /// which needs a session per connection: direct connections, or PgBouncer in session mode.
+    /// Through a transaction pooler that fails, and the router says to set this.
+    pub fn transaction_pooler(mut self, on: bool) -> Self {
+        self.config.transaction_pooler = on;
         self
     }
 

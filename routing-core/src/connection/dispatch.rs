@@ -2,81 +2,40 @@
 //! running it on the chosen server (directly, or through its owned form).
 
 use std::any::TypeId;
-use std::fmt;
 use std::sync::Arc;
 
 use diesel::QueryResult;
 use diesel::connection::{InstrumentationEvent, StrQueryHelper};
 use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
-use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
 
-use super::{FirstRow, RoutedConnection, RunFn, classified, log_route, lost_connection};
+use super::trace::Traced;
+use super::{FirstRow, RoutedConnection, RunFn, log_route, lost_connection};
 use crate::causal::now_ms;
-use crate::classify::Classification;
+use crate::classified::{self, Prepared};
 use crate::context::{ReadNeeds, read_needs};
 use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
-use crate::reason::Reason;
+use crate::reads::{self, TokenCheck};
 use crate::route::{self, Route, Statement, Target};
-use crate::servers::tokens::Verdict;
-use crate::servers::{Shared, catalog};
-
-/// A statement, classified, and its route when the routing context does not matter.
-pub(super) struct Prepared {
-    /// The route, when the connection's state or the statement fix it (see [`route::fixed`]).
-    pub(super) fixed: Option<Route>,
-    /// The SQL, when classifying rendered it.
-    pub(super) rendered: Option<Rendered>,
-    /// Whether the statement may change its session's state.
-    pub(super) changes_session: bool,
-}
+use crate::servers::{Outcome, ServerSession, Shared, catalog};
 
 impl RoutedConnection {
-    /// Classifies `query` and fixes its route where the routing context does not matter: an
-    /// open transaction, a test transaction, an earlier write, a write, a statement the pool
-    /// learned must run on the primary. A write marks the connection.
+    /// Classifies `query` and fixes its route where the routing context does not matter (see
+    /// [`classified::prepare`]). A write marks the connection.
     pub(super) fn prepare(
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
     ) -> QueryResult<Prepared> {
-        let state = self.state();
-        let (class, rendered) = classified::classify(self.shared(), query, query_id)?;
-        let learned = class.write.is_none()
-            && self
-                .shared()
-                .learned()
-                .contains(query_id, rendered.as_ref().map(|rendered| &*rendered.sql));
-        let fixed = match (&class.write, learned) {
-            (Some(_), _) => route::fixed(&state, Statement::Write),
-            (None, true) => route::fixed(&state, Statement::Write).map(|route| Route {
-                reason: if route.reason == Reason::Write {
-                    Reason::RefusedAsWrite
-                } else {
-                    route.reason
-                },
-                ..route
-            }),
-            (None, false) => route::fixed(&state, Statement::Read),
-        };
-        if let Some(route) = fixed {
-            let detail: Option<&dyn fmt::Display> = match class.write.as_deref() {
-                Some(Classification::Write(why)) => Some(why),
-                _ => None,
-            };
-            if matches!(route.reason, Reason::Write | Reason::RefusedAsWrite) {
-                self.mark_written();
-            }
-            log_route(route, detail);
+        let prepared = classified::prepare(self.shared(), &self.state(), query, query_id)?;
+        if prepared.writes {
+            self.mark_written();
         }
-        Ok(Prepared {
-            fixed,
-            rendered,
-            changes_session: class.changes_session,
-        })
+        Ok(prepared)
     }
 
     /// The route of a read, from the routing context of the task running it; a causal token
@@ -104,54 +63,34 @@ impl RoutedConnection {
             return;
         };
         let shared = Arc::clone(self.shared());
-        let tokens = shared.tokens();
-        if tokens.lost_in_failover(&token) {
-            tracing::debug!(
-                target: "routing_core",
-                %token,
-                "dropping a causal token of a write the new primary never received"
-            );
-            needs.causal_token = None;
-            return;
-        }
-        let mut verdict = tokens.check(&token, shared.config().read_your_writes(), now_ms());
-        if verdict == Verdict::Unknown {
-            verdict = match primary_position(&shared).await {
-                Ok(lsn) => {
-                    tokens.note_primary(lsn);
-                    if token.lsn() <= lsn {
-                        Verdict::Plausible
-                    } else {
-                        Verdict::Forged
-                    }
-                }
-                // The primary cannot say: keep the token, the careful choice.
-                Err(error) => {
-                    tracing::debug!(target: "routing_core", %error, "cannot check a causal token");
-                    Verdict::Plausible
-                }
-            };
-        }
-        if verdict == Verdict::Forged {
-            tracing::debug!(target: "routing_core", %token, "ignoring a forged causal token");
-            tokens.count_forged();
+        let keep = match reads::check_token(&shared, &token) {
+            TokenCheck::Keep => true,
+            TokenCheck::Drop => false,
+            TokenCheck::AskPrimary => {
+                reads::keep_token(&shared, &token, primary_position(&shared).await)
+            }
+        };
+        if !keep {
             needs.causal_token = None;
         }
     }
 
     /// Sends `query` to its server: straight to a held connection when its route does not
     /// depend on the scope (a write, or anything inside a transaction or after a write), else
-    /// through the owned form, routed when the future first runs.
+    /// through the owned form, routed when the future first runs. Behind a transaction pooler,
+    /// always through the owned form, whose custom types are looked up before it runs (an
+    /// unnamed session cannot look them up while it renders); and a statement that changes
+    /// the session outside a transaction is refused.
     pub(super) fn dispatch<'conn, Q, R>(
         &'conn mut self,
         query: Q,
-        direct: impl FnOnce(&'conn mut AsyncPgConnection, Q) -> BoxFuture<'conn, QueryResult<R>>,
+        direct: impl FnOnce(&'conn mut ServerSession, Q) -> R::Future<'conn>,
         run: Runners<Q::QueryId, R>,
         first_row: Option<FirstRow<R>>,
     ) -> BoxFuture<'conn, QueryResult<R>>
     where
         Q: QueryFragment<Pg> + QueryId,
-        R: Send + 'conn,
+        R: Outcome,
     {
         self.settle();
         if self.pinned.is_some() && self.transaction_lost {
@@ -161,20 +100,43 @@ impl RoutedConnection {
             Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
-        if let Some(route) = prepared.fixed.filter(|route| self.held.holds(route.target)) {
+        let pooler = self.shared().config().transaction_pooler();
+        if pooler && prepared.changes_session && self.pinned.is_none() {
+            let refused = Error::SessionStateWithTransactionPooler.into_diesel();
+            return futures_util::future::ready(Err(refused)).boxed();
+        }
+        if self.shared().config().record_query_text() {
+            let text = prepared.rendered.clone().map_or_else(
+                || classified::rendered(self.shared(), &query, Q::query_id()),
+                Ok,
+            );
+            let text = text.as_ref().ok().map(|rendered| &*rendered.sql);
+            self.trace.start(prepared.operation, text);
+        } else {
+            self.trace.start(prepared.operation, None);
+        }
+        if let Some(route) = prepared
+            .fixed
+            .filter(|route| !pooler && self.held.holds(route.target))
+        {
             self.count(route);
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
             }
             // The session reports the statement, as a plain connection does.
             self.lend_instrumentation(route.target, false);
+            let index = self.held.index(route.target);
+            self.trace
+                .sent(self.pool.shared(), route.target, index, route.reason);
             let watched = self
                 .held
                 .watched(route.target, self.pool.shared(), |conn| direct(conn, query));
             let Some(watched) = watched else {
-                return futures_util::future::ready(Err(lost_connection())).boxed();
+                let error = Err(lost_connection());
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
             };
-            return Box::pin(watched);
+            return Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
         }
         // This connection reports the statement, once, as the user wrote it, wherever it runs.
         let debug_sql = self
@@ -211,7 +173,7 @@ impl RoutedConnection {
     }
 
     /// The future of a statement sent through its owned form: routed when it first runs.
-    fn run_later<'conn, I: Identity, R: Send + 'conn>(
+    fn run_later<'conn, I: Identity, R: Outcome>(
         &'conn mut self,
         query: &dyn QueryFragment<Pg>,
         rendered: Rendered,
@@ -222,28 +184,37 @@ impl RoutedConnection {
     ) -> BoxFuture<'conn, QueryResult<R>> {
         let owned = match OwnedQuery::<I>::new(query, rendered, self.shared().types()) {
             Ok(owned) => owned,
-            Err(e) => return futures_util::future::ready(Err(e)).boxed(),
+            Err(e) => {
+                let error = Err(e);
+                self.trace.finish(self.pool.shared(), &error);
+                return futures_util::future::ready(error).boxed();
+            }
         };
+        let span = self.trace.span().clone();
         async move {
-            let Some(sql) = debug_sql else {
-                return self.route_owned(prepared, owned, run, first_row).await;
-            };
-            let query = StrQueryHelper::new(&sql);
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::start_query(&query));
-            let result = self.route_owned(prepared, owned, run, first_row).await;
-            self.instrumentation
-                .on_connection_event(InstrumentationEvent::finish_query(
-                    &query,
-                    result.as_ref().err(),
-                ));
+            let result =
+                match debug_sql {
+                    None => self.route_owned(prepared, owned, run, first_row).await,
+                    Some(sql) => {
+                        let query = StrQueryHelper::new(&sql);
+                        self.instrumentation
+                            .on_connection_event(InstrumentationEvent::start_query(&query));
+                        let result = self.route_owned(prepared, owned, run, first_row).await;
+                        self.instrumentation.on_connection_event(
+                            InstrumentationEvent::finish_query(&query, result.as_ref().err()),
+                        );
+                        result
+                    }
+                };
+            self.trace.finish(self.pool.shared(), &result);
             result
         }
+        .instrument(span)
         .boxed()
     }
 
     /// Routes an owned statement (a read by the context of the task running it) and runs it.
-    async fn route_owned<I: Identity, R>(
+    async fn route_owned<I: Identity, R: Outcome>(
         &mut self,
         prepared: Prepared,
         owned: OwnedQuery<I>,
@@ -266,7 +237,7 @@ impl RoutedConnection {
     }
 
     /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
-    pub(super) async fn run_on<I: Identity, R>(
+    pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
         mut owned: OwnedQuery<I>,
@@ -281,6 +252,9 @@ impl RoutedConnection {
             self.mark_session_changed(route.target);
         }
         self.count(route);
+        let index = self.held.index(route.target);
+        self.trace
+            .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
@@ -296,7 +270,7 @@ impl RoutedConnection {
         };
         self.held.finish(guard);
         match route.target {
-            Target::Primary => result.map_err(|e| super::primary_error(&shared, node, e)),
+            Target::Primary => result.map_err(|e| shared.primary_error(node, e)),
             Target::Replica => result,
         }
     }
@@ -316,7 +290,7 @@ async fn primary_position(shared: &Shared) -> Result<u64, Error> {
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.
-pub(super) struct Runners<Id: 'static, R> {
+pub(super) struct Runners<Id: 'static, R: Outcome> {
     pub(super) with_static_id: RunFn<StaticId<Id>, R>,
     pub(super) without_id: RunFn<NoId, R>,
 }

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use deadpool::managed::Object;
 use diesel::QueryResult;
-use diesel_async::AsyncPgConnection;
 use pin_project_lite::pin_project;
 
 use crate::route::Target;
 use crate::servers::connect::{self, Canceller, ServerConn};
-use crate::servers::{Lease, PooledConn, Shared};
+use crate::servers::{Lease, PooledConn, ServerSession, Shared};
 
 /// How long a cancel request may take before it is given up (a frozen server never answers).
 const CANCEL_PATIENCE: Duration = Duration::from_secs(5);
@@ -83,14 +82,13 @@ impl Held {
         }
     }
 
-    /// The diesel-async connection held for `target`.
-    pub(super) fn conn(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+    /// The server session held for `target`.
+    pub(super) fn conn(&mut self, target: Target) -> Option<&mut ServerSession> {
         self.session(target).map(ServerConn::pg)
     }
 
     /// Whether a held session is closed.
     pub(super) fn any_broken(&mut self) -> bool {
-        use diesel_async::pooled_connection::PoolableConnection;
         [Target::Primary, Target::Replica]
             .into_iter()
             .any(|target| self.conn(target).is_some_and(|conn| conn.is_broken()))
@@ -99,6 +97,15 @@ impl Held {
     /// What cancels the statement running, for a cancel token.
     pub(super) fn running(&self) -> Arc<Running> {
         Arc::clone(self.busy.running.get_or_init(Arc::default))
+    }
+
+    /// The index among the pool's replicas (or nodes) of `target`'s server: the held replica,
+    /// or the node of a discovering pool's primary; `None` for a configured primary.
+    pub(super) fn index(&self, target: Target) -> Option<usize> {
+        match target {
+            Target::Primary => self.primary_node,
+            Target::Replica => self.replica_index(),
+        }
     }
 
     /// The index of the replica held.
@@ -111,7 +118,7 @@ impl Held {
         &mut self,
         conn: PooledConn,
         node: Option<usize>,
-    ) -> &mut AsyncPgConnection {
+    ) -> &mut ServerSession {
         self.primary_node = node;
         self.primary.insert(conn).pg()
     }
@@ -188,12 +195,12 @@ impl Held {
 
     /// `run` on `target`'s connection, watched: marked busy until its future finishes, and
     /// cancelled on the server if that future is dropped first. On the primary, errors that
-    /// mean the primary is gone are told apart (see [`super::primary_error`]).
+    /// mean the primary is gone are told apart (see `Shared::primary_error`).
     pub(super) fn watched<'c, F>(
         &'c mut self,
         target: Target,
         shared: &Arc<Shared>,
-        run: impl FnOnce(&'c mut AsyncPgConnection) -> F,
+        run: impl FnOnce(&'c mut ServerSession) -> F,
     ) -> Option<Watched<'c, F>> {
         let on_primary =
             (target == Target::Primary).then(|| (Arc::clone(shared), self.primary_node));
@@ -271,7 +278,7 @@ where
         }
         this.busy.clear();
         Poll::Ready(match (output, this.primary.take()) {
-            (Err(error), Some((shared, node))) => Err(super::primary_error(&shared, node, error)),
+            (Err(error), Some((shared, node))) => Err(shared.primary_error(node, error)),
             (output, _) => output,
         })
     }

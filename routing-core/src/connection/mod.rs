@@ -2,13 +2,13 @@
 //! rules say, checking server connections out of the pool's servers as it needs them.
 
 mod cancel;
-mod classified;
 mod diesel_impls;
 mod dispatch;
 mod held;
 mod instrument;
 mod pg;
 mod read;
+mod trace;
 mod transaction;
 mod transaction_builder;
 
@@ -19,24 +19,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::QueryResult;
 use diesel::connection::{CacheSize, DynInstrumentation, TransactionManagerStatus};
 use diesel::result::Error as DieselError;
-use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 
 use crate::causal::{CausalToken, ReadYourWrites, now_ms};
 use crate::context::{ReadNeeds, record_write};
 use crate::error::{Error, Role};
 use crate::owned::OwnedQuery;
-use crate::route::{self, Route, State, Statement, Target};
-use crate::servers::{Lease, PooledConn, RoutedPool, Shared, catalog};
+use crate::route::{self, Route, State, Statement, Target, log as log_route};
+use crate::servers::{Lease, Outcome, PooledConn, RoutedPool, ServerSession, Shared, catalog};
 pub use cancel::RoutedCancelToken;
 use held::Held;
+use trace::Trace;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
-
-/// A row of a [`RoutedConnection`]'s results: diesel-async's PostgreSQL row.
-pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
-type PgStream = BoxStream<'static, QueryResult<PgRow>>;
+#[cfg(feature = "sync")]
+pub(crate) use transaction_builder::TransactionOptions;
 
 /// Waits for the first item of a result, so that a read that fails before its first row (a
 /// replica that refuses it, a connection that breaks) can still be retried elsewhere; the rows
@@ -45,7 +43,7 @@ type FirstRow<R> = fn(R, read::AfterRows) -> BoxFuture<'static, QueryResult<R>>;
 
 /// Runs an owned statement on a server connection.
 type RunFn<I, R> =
-    for<'c> fn(&'c mut AsyncPgConnection, &'c OwnedQuery<I>) -> BoxFuture<'c, QueryResult<R>>;
+    for<'c> fn(&'c mut ServerSession, &'c OwnedQuery<I>) -> <R as Outcome>::Future<'c>;
 
 /// A connection that sends each statement to the primary or a replica.
 ///
@@ -92,6 +90,8 @@ pub struct RoutedConnection {
     /// The session the instrumentation is lent to (see `instrument.rs`).
     lent: Option<Target>,
     cache_size: Option<CacheSize>,
+    /// The telemetry of the statement running.
+    trace: Trace,
 }
 
 impl fmt::Debug for RoutedConnection {
@@ -120,6 +120,7 @@ impl RoutedConnection {
             instrumented,
             lent: None,
             cache_size: None,
+            trace: Trace::default(),
         }
     }
 
@@ -136,9 +137,17 @@ impl RoutedConnection {
     ///
     /// # Errors
     ///
-    /// The primary cannot be checked out.
+    /// The primary cannot be checked out; [`Error::NotWithTransactionPooler`] with
+    /// [`transaction_pooler(true)`](crate::RoutedPoolBuilder::transaction_pooler).
     pub async fn primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
         self.settle();
+        if self.shared().config().transaction_pooler() {
+            return Err(Error::NotWithTransactionPooler {
+                what: "RoutedConnection::primary",
+                why: "a diesel-async connection prepares named statements, which a transaction \
+                      pooler loses",
+            });
+        }
         let route = route::decide(
             &self.state(),
             Statement::Forced,
@@ -153,9 +162,16 @@ impl RoutedConnection {
         // The caller's statements report to this connection's instrumentation, until the next
         // call on this connection takes it back.
         self.lend_instrumentation(Target::Primary, false);
-        self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
-            role: Role::Primary,
-            source: lost_connection(),
+        let session = self
+            .held
+            .conn(Target::Primary)
+            .ok_or_else(|| Error::Query {
+                role: Role::Primary,
+                source: lost_connection(),
+            })?;
+        session.prepared().ok_or(Error::NotWithTransactionPooler {
+            what: "RoutedConnection::primary",
+            why: "the pool's sessions run unnamed statements",
         })
     }
 
@@ -219,13 +235,13 @@ impl RoutedConnection {
     }
 
     /// The connection held for `target`.
-    fn held(&mut self, target: Target) -> Option<&mut AsyncPgConnection> {
+    fn held(&mut self, target: Target) -> Option<&mut ServerSession> {
         self.held.conn(target)
     }
 
     /// The primary's connection, checked out if not held; in a pool that discovers its
     /// primary, waiting for one during a failover.
-    async fn checkout_primary(&mut self) -> Result<&mut AsyncPgConnection, Error> {
+    async fn checkout_primary(&mut self) -> Result<&mut ServerSession, Error> {
         if self.held.holds(Target::Primary) && !self.primary_moved() {
             return self.held.conn(Target::Primary).ok_or_else(|| Error::Query {
                 role: Role::Primary,
@@ -330,10 +346,8 @@ impl RoutedConnection {
                     .hold_replica(index, conn, Lease::new(server.health()));
                 Ok(())
             }
-            // A busy pool is no sign of a sick server: try another replica, but do not ban.
-            Err(e @ Error::PoolExhausted { .. }) => Err(e),
             Err(e) => {
-                server.health().ban(e.to_string());
+                server.note_checkout_failure(&e);
                 Err(e)
             }
         }
@@ -371,41 +385,6 @@ impl RoutedConnection {
 /// [`RoutedConnection::abandoned`] when no transaction was abandoned.
 const NOT_ABANDONED: u32 = u32::MAX;
 
-/// `error` of a statement on the primary, with the errors that mean the primary is gone told
-/// apart: a broken connection is [`Error::PrimaryLost`], and a refusal as a write from a node
-/// of a discovering pool is [`Error::NoPrimary`] (it was demoted); either makes the probe look
-/// again at once.
-pub(super) fn primary_error(
-    shared: &Shared,
-    node: Option<usize>,
-    error: DieselError,
-) -> DieselError {
-    use crate::failure::Failure;
-    let url = || match node {
-        Some(node) => shared.replicas()[node].url().clone(),
-        None => shared.config().primary().redacted(),
-    };
-    match Failure::of(&error, false) {
-        Failure::Unreachable => {
-            shared.topology().look_again();
-            Error::PrimaryLost {
-                url: url(),
-                source: error,
-            }
-            .into_diesel()
-        }
-        Failure::RefusedAsWrite if shared.discovers() => {
-            shared.topology().look_again();
-            Error::NoPrimary {
-                reason: format!("{} refused the write as a standby: it was demoted", url()),
-                waited: std::time::Duration::ZERO,
-            }
-            .into_diesel()
-        }
-        _ => error,
-    }
-}
-
 /// The error of a statement whose server connection went missing, which the router's own
 /// bookkeeping should never allow.
 fn lost_connection() -> DieselError {
@@ -413,23 +392,4 @@ fn lost_connection() -> DieselError {
         diesel::result::DatabaseErrorKind::UnableToSendCommand,
         Box::new("routed connection lost its server connection".to_owned()),
     )
-}
-
-/// Logs a decision as a debug event naming the server and the reason (and what made it, for a
-/// write or a read no replica served).
-fn log_route(route: Route, detail: Option<&dyn fmt::Display>) {
-    match detail {
-        Some(detail) => tracing::debug!(
-            target: "routing_core",
-            server = %route.target,
-            reason = %format_args!("{}: {detail}", route.reason),
-            "route"
-        ),
-        None => tracing::debug!(
-            target: "routing_core",
-            server = %route.target,
-            reason = %route.reason,
-            "route"
-        ),
-    }
 }

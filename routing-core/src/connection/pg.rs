@@ -11,6 +11,7 @@ use futures_util::future::Either;
 use super::cancel::RoutedCancelToken;
 use super::{RoutedConnection, RoutedTransactionManager};
 use crate::route::Target;
+use crate::servers::ServerSession;
 
 impl RoutedConnection {
     /// A token that cancels the statement this connection is running, on whichever server runs
@@ -30,7 +31,11 @@ impl RoutedConnection {
     /// stream ends, and `LISTEN` must run again on the new primary.
     pub fn notifications_stream(&mut self) -> impl Stream<Item = QueryResult<PgNotification>> + '_ {
         self.settle();
-        match self.held.conn(Target::Primary) {
+        match self
+            .held
+            .conn(Target::Primary)
+            .and_then(ServerSession::prepared)
+        {
             Some(primary) => Either::Left(primary.notifications_stream()),
             None => Either::Right(futures_util::stream::pending()),
         }

@@ -10,34 +10,17 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::Error as DieselError;
-use diesel_async::pooled_connection::PoolableConnection;
-use smallvec::SmallVec;
 
-use super::{FirstRow, RoutedConnection, RunFn, Target, log_route};
+use super::{FirstRow, RoutedConnection, RunFn, Target};
 use crate::causal::ReadYourWrites;
 use crate::context::ReadNeeds;
 use crate::error::{Error, Role};
-use crate::failure::{self, Failure};
+use crate::failure::Failure;
 use crate::owned::{Identity, OwnedQuery};
+use crate::reads::{self, Attempt, ReadAttempts, Step};
 use crate::reason::Reason;
-use crate::route::{self, Exclusions, Pick, ReplicaView, Route};
-use crate::servers::{Shared, StatementKey, catalog};
-
-/// How one attempt to serve a read on one replica ended.
-enum Attempt<R> {
-    /// The replica answered (for a `load`, with its first row or the end of the result).
-    Served(R),
-    /// The replica or its connection failed, or it was banned while the read waited: the next
-    /// replica may serve the read.
-    Next(Error),
-    /// The replica has not replayed the read's causal token, even after the wait: waiting on the
-    /// next one too would add up the waits.
-    Behind,
-    /// The replica refused the statement as a write: it must run on the primary.
-    Refused(DieselError),
-    /// The statement itself failed: the caller gets the error.
-    Fatal(DieselError),
-}
+use crate::route::{self, Pick};
+use crate::servers::{Outcome, Shared, StatementKey, catalog};
 
 /// What a `load` served by a replica needs to turn a refusal that comes after its first rows
 /// into a clear error, and to learn the statement.
@@ -54,7 +37,7 @@ impl AfterRows {
         if Failure::of(&error, false) != Failure::RefusedAsWrite {
             return error;
         }
-        learn(&self.shared, self.key.clone(), self.role, None);
+        reads::learn(&self.shared, self.key.clone(), self.role, None);
         Error::RefusedAsWrite {
             role: self.role,
             after_rows: true,
@@ -64,70 +47,24 @@ impl AfterRows {
     }
 }
 
-/// The pool learns that the statement `key` must run on the primary, and says so once.
-fn learn(shared: &Shared, key: StatementKey, role: Role, sql: Option<&str>) {
-    if shared.learned().learn(key) {
-        tracing::warn!(
-            target: "routing_core",
-            server = %role,
-            sql,
-            "a statement classified as a read was refused by a replica as a write; the pool \
-             sends it to the primary from now on (route it there from the start with a \
-             /* routing:primary */ comment or Classifier::primary_functions)"
-        );
-    }
-}
-
 impl RoutedConnection {
     /// The role replica `index` has in errors and logs: its configured index, or its node.
     fn role_of(&self, index: usize) -> Role {
         self.shared().replicas()[index].role()
     }
 
-    /// What the router knows of each replica now.
-    fn replica_views(&self) -> impl Iterator<Item = ReplicaView> + '_ {
-        self.shared()
-            .replicas()
-            .iter()
-            .enumerate()
-            .map(|(index, server)| {
-                let health = server.health();
-                let mut candidate = crate::policy::Candidate::new(index)
-                    .with_weight(server.weight())
-                    .with_in_flight(health.in_flight());
-                candidate.latency = health.latency();
-                candidate.lag = health.lag();
-                candidate.lag_bytes = health.lag_bytes();
-                ReplicaView {
-                    candidate,
-                    banned: health.is_banned(),
-                    standby: health.is_standby(),
-                    replay_lsn: health.replay_lsn(),
-                }
-            })
-    }
-
-    /// The replica for a read that `needs` what it needs, among those not `tried`.
-    pub(super) fn pick(&self, tried: &[usize], needs: &ReadNeeds, allow_unverified: bool) -> Pick {
-        route::pick(
-            self.replica_views(),
-            tried,
-            self.held.replica_index(),
-            needs,
-            self.shared().config(),
-            allow_unverified,
-        )
-    }
-
     /// The routing decision for a statement without running it: the replica a read would try
     /// first, or `None` for the primary. For the benchmarks of the decision's cost; like a real
-    /// statement, a write marks the connection.
+    /// statement, a write marks the connection, and the statement's telemetry (span and
+    /// duration) is made and finished.
     pub(crate) fn decide_only(
         &mut self,
         query: &dyn diesel::query_builder::QueryFragment<diesel::pg::Pg>,
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
-        let (route, needs) = match self.prepare(query, query_id)?.fixed {
+        let prepared = self.prepare(query, query_id)?;
+        self.trace.start(prepared.operation, None);
+        let (route, needs) = match prepared.fixed {
             Some(route) => (route, ReadNeeds::default()),
             None => {
                 let needs = crate::context::read_needs();
@@ -141,13 +78,29 @@ impl RoutedConnection {
                 (route, needs)
             }
         };
-        if route.target == Target::Primary {
-            return Ok(None);
-        }
-        match self.pick(&[], &needs, true) {
-            Pick::Replica { index, .. } => Ok(Some(index)),
-            Pick::None(_) => Ok(None),
-        }
+        let decision = match route.target {
+            Target::Primary => None,
+            Target::Replica => match route::pick(
+                reads::replica_views(self.shared()),
+                &[],
+                self.held.replica_index(),
+                &needs,
+                self.shared().config(),
+                true,
+            ) {
+                Pick::Replica { index, .. } => Some(index),
+                Pick::None(_) => None,
+            },
+        };
+        let (target, index) = match decision {
+            Some(index) => (Target::Replica, Some(index)),
+            None => (Target::Primary, None),
+        };
+        self.trace
+            .sent(self.pool.shared(), target, index, route.reason);
+        self.trace
+            .finish(self.pool.shared(), &Ok::<(), DieselError>(()));
+        Ok(decision)
     }
 
     /// Holds a connection to an eligible replica for a read-only transaction (the held one when
@@ -155,91 +108,49 @@ impl RoutedConnection {
     /// `Ok(false)` when the primary must serve the transaction, an error when no replica can be
     /// reached and falling back is off.
     pub(super) async fn hold_eligible_replica(&mut self, needs: &ReadNeeds) -> Result<bool, Error> {
-        let mut tried: SmallVec<[usize; 8]> = SmallVec::new();
-        let mut failures = Vec::new();
-        loop {
-            match self.pick(&tried, needs, false) {
-                Pick::Replica { index, .. } => {
-                    tried.push(index);
-                    match self.hold_replica(index).await {
-                        Ok(()) => return Ok(true),
-                        Err(e) => failures.push(e),
-                    }
-                }
-                Pick::None(exclusions) => {
-                    return self.fallback(exclusions, failures).map(|_| false);
-                }
+        let shared = Arc::clone(self.shared());
+        let mut attempts = ReadAttempts::new();
+        while let Some((index, _)) = attempts.next(&shared, self.held.replica_index(), needs, false)
+        {
+            match self.hold_replica(index).await {
+                Ok(()) => return Ok(true),
+                Err(e) => attempts.failed(e),
             }
         }
-    }
-
-    /// Where a read goes that no replica served: the primary (logged), or an error.
-    fn fallback(&self, exclusions: Exclusions, failures: Vec<Error>) -> Result<Route, Error> {
-        match route::fallback(&exclusions, failures.len(), self.shared().config()) {
-            Some(route) => {
-                log_route(route, Some(&exclusions));
-                if !failures.is_empty() {
-                    for failure in &failures {
-                        tracing::debug!(target: "routing_core", error = %failure, "replica failed");
-                    }
-                    metrics::counter!("routing_fallbacks_total").increment(1);
-                }
-                Ok(route)
-            }
-            None => Err(Error::NoReplicaAvailable {
-                banned: exclusions.banned,
-                not_standby: exclusions.not_standby,
-                lagging: exclusions.lagging,
-                behind_token: exclusions.behind_token,
-                failures,
-            }),
-        }
+        attempts.fallback(&shared).map(|_| false)
     }
 
     /// Runs a read on a replica: the held one when eligible, else one chosen by the policy; a
     /// replica that fails moves the read to the next one, and the primary serves the read when
     /// no replica is eligible (lag, causal token) and, unless fallback is off, when none can be
     /// reached. A statement a replica refuses as a write runs on the primary.
-    pub(super) async fn read_on_replica<I: Identity, R>(
+    pub(super) async fn read_on_replica<I: Identity, R: Outcome>(
         &mut self,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
         needs: ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
-        let mut tried: SmallVec<[usize; 8]> = SmallVec::new();
-        let mut failures = Vec::new();
-        let mut behind = 0;
-        let mut exclusions = loop {
-            let (index, verify_token) = match self.pick(&tried, &needs, true) {
-                Pick::Replica {
-                    index,
-                    verify_token,
-                } => (index, verify_token),
-                Pick::None(exclusions) => break exclusions,
-            };
-            tried.push(index);
+        let shared = Arc::clone(self.shared());
+        let mut attempts = ReadAttempts::new();
+        while let Some((index, verify_token)) =
+            attempts.next(&shared, self.held.replica_index(), &needs, true)
+        {
             let attempt = self
                 .try_replica(index, verify_token, &mut owned, run, &needs, first_row)
                 .await;
-            match attempt {
-                Attempt::Served(value) => return Ok(value),
-                Attempt::Next(error) => failures.push(error),
-                Attempt::Behind => {
-                    behind += 1;
-                    break Exclusions::default();
-                }
-                Attempt::Refused(error) => {
-                    // Cold paths are boxed, to keep the read's own future small.
+            match attempts.record(attempt) {
+                Step::Again => {}
+                Step::Return(result) => return result,
+                // Cold paths are boxed, to keep the read's own future small.
+                Step::Refused(error) => {
                     return Box::pin(self.refused(index, owned, run, error)).await;
                 }
-                Attempt::Fatal(error) => return Err(error),
+                Step::Fallback => break,
             }
-        };
-        exclusions.behind_token += behind;
-        let route = self
-            .fallback(exclusions, failures)
-            .map_err(Error::into_diesel)?;
+        }
+        let route = attempts.fallback(&shared).map_err(Error::into_diesel)?;
+        self.trace.fell_back();
         Box::pin(self.run_on(route, owned, run, false)).await
     }
 
@@ -247,7 +158,7 @@ impl RoutedConnection {
     /// (by the health probe, or by another read that found it down): the statement is cancelled
     /// there and its connection closed. With a `first_row_timeout`, also given up (without a
     /// ban) when the replica has not started answering in time.
-    async fn try_replica<I: Identity, R>(
+    async fn try_replica<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -262,7 +173,7 @@ impl RoutedConnection {
         tokio::pin!(banned);
         banned.as_mut().enable();
         if health.is_banned() {
-            return Attempt::Next(banned_error(&shared, index));
+            return Attempt::Next(shared.replicas()[index].banned_error());
         }
         let limit = shared.config().first_row_timeout();
         let attempt = self.attempt(index, verify_token, owned, run, needs, first_row);
@@ -277,7 +188,7 @@ impl RoutedConnection {
                 // The attempt's statement guard sent the cancel request; close the connection.
                 self.settle();
                 if health.is_banned() {
-                    Attempt::Next(banned_error(&shared, index))
+                    Attempt::Next(shared.replicas()[index].banned_error())
                 } else {
                     Attempt::Next(Error::Timeout {
                         what: "a replica starting to answer a read",
@@ -291,7 +202,7 @@ impl RoutedConnection {
     /// The steps of [`RoutedConnection::try_replica`]: holds a connection to the replica,
     /// checks the causal token when the probe does not know (`verify_token`), looks up custom
     /// type OIDs, runs the statement and, for a `load`, waits for its first row.
-    async fn attempt<I: Identity, R>(
+    async fn attempt<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         verify_token: bool,
@@ -300,6 +211,12 @@ impl RoutedConnection {
         needs: &ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> Attempt<R> {
+        self.trace.sent(
+            self.pool.shared(),
+            Target::Replica,
+            Some(index),
+            Reason::ScopeAllowsReplica,
+        );
         if let Err(error) = self.hold_replica(index).await {
             return Attempt::Next(error);
         }
@@ -369,46 +286,22 @@ impl RoutedConnection {
         }
     }
 
-    /// What `error` from replica `index` means for the read.
+    /// What `error` from replica `index` means for the read (see [`reads::judge`]).
     fn failed<R>(&mut self, index: usize, error: DieselError) -> Attempt<R> {
         let broken = self
             .held(Target::Replica)
             .is_none_or(|conn| conn.is_broken());
-        let failure = Failure::of(&error, broken);
-        tracing::debug!(
-            target: "routing_core",
-            server = %self.role_of(index),
-            ?failure,
-            sqlstate = failure::known(&error).map(|known| known.sqlstate),
-            %error,
-            "read failed"
-        );
-        match failure {
-            Failure::Statement => Attempt::Fatal(error),
-            Failure::RefusedAsWrite => Attempt::Refused(error),
-            Failure::RecoveryConflict => {
-                // The server is fine; only a connection the conflict closed is dropped.
-                if broken {
-                    self.discard_replica();
-                }
-                Attempt::Next(replica_error(self.role_of(index), error))
-            }
-            Failure::Unreachable => {
-                let role = self.role_of(index);
-                let error = replica_error(role, error);
-                self.shared().replicas()[index]
-                    .health()
-                    .ban(format!("{role}: {error}"));
-                self.discard_replica();
-                Attempt::Next(error)
-            }
+        let (attempt, discard) = reads::judge(self.shared(), index, error, broken);
+        if discard {
+            self.discard_replica();
         }
+        attempt
     }
 
     /// A statement that replica `index` refused as a write (SQLSTATE 25006) before any row
     /// reached the caller: the pool learns it, and it runs on the primary unless the pool says
     /// not to.
-    async fn refused<I: Identity, R>(
+    async fn refused<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
         owned: OwnedQuery<I>,
@@ -417,22 +310,8 @@ impl RoutedConnection {
     ) -> QueryResult<R> {
         let shared = Arc::clone(self.shared());
         let key = StatementKey::of(owned.static_id(), owned.shared_sql());
-        let role = self.role_of(index);
-        learn(&shared, key, role, Some(owned.sql()));
-        if !shared.config().retry_refused_writes() {
-            return Err(Error::RefusedAsWrite {
-                role,
-                after_rows: false,
-                source: error,
-            }
-            .into_diesel());
-        }
+        let route = reads::refusal(&shared, index, key, Some(owned.sql()), error)?;
         self.mark_written();
-        let route = Route {
-            target: Target::Primary,
-            reason: Reason::RefusedAsWrite,
-        };
-        log_route(route, None);
         self.run_on(route, owned, run, false).await
     }
 }
@@ -450,12 +329,4 @@ async fn optional_timeout<F: std::future::Future>(
 
 fn replica_error(role: Role, source: DieselError) -> Error {
     Error::Query { role, source }
-}
-
-fn banned_error(shared: &Shared, index: usize) -> Error {
-    let server = &shared.replicas()[index];
-    Error::Banned {
-        role: server.role(),
-        ban_reason: server.health().ban_reason(),
-    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::QueryResult;
 use diesel::connection::TransactionManagerStatus;
 use diesel::result::Error as DieselError;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::{AnsiTransactionManager, TransactionManager};
 
 use super::transaction_builder::{TransactionBuilder, TransactionOptions, sealed};
 use super::{NOT_ABANDONED, RoutedConnection, log_route};
@@ -16,6 +16,7 @@ use crate::causal::now_ms;
 use crate::context::read_needs;
 use crate::error::Error;
 use crate::route::{self, Statement, Target};
+use crate::servers::ServerSession;
 
 type Ansi = AnsiTransactionManager;
 
@@ -71,9 +72,7 @@ impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
     fn is_broken_transaction_manager(conn: &mut RoutedConnection) -> bool {
         match conn.pinned {
             Some(target) => conn.held(target).is_none_or(|inner| {
-                <Ansi as TransactionManager<AsyncPgConnection>>::is_broken_transaction_manager(
-                    inner,
-                )
+                <Ansi as TransactionManager<ServerSession>>::is_broken_transaction_manager(inner)
             }),
             None => !matches!(
                 conn.status_mut().transaction_state(),
@@ -92,15 +91,13 @@ impl RoutedConnection {
         };
         match inner {
             Some(inner) => {
-                <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
-                    inner,
-                )
+                <Ansi as TransactionManager<ServerSession>>::transaction_manager_status_mut(inner)
             }
             None => &mut self.idle_status,
         }
     }
 
-    /// Starts configuring a transaction, as diesel-async's `build_transaction` does for
+    /// Starts configuring a transaction, as diesel-async's `build_transaction` does for its
     /// `AsyncPgConnection`.
     ///
     /// A read-only transaction (`.read_only()`) begun in a replica scope runs on a replica;
@@ -216,8 +213,7 @@ async fn begin(
         conn.lend_instrumentation(target, false);
         let guard = conn.held.start(target);
         let inner = conn.held(target).ok_or_else(lost)?;
-        let result =
-            <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await;
+        let result = <Ansi as TransactionManager<ServerSession>>::begin_transaction(inner).await;
         conn.held.finish(guard);
         conn.reclaim_instrumentation();
         return result;
@@ -263,14 +259,14 @@ async fn begin(
     // Inside a test transaction the pooled primary session is already in a transaction: a
     // configured one becomes a savepoint there, as a plain one does.
     let savepoint = in_test_transaction
-        && <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
+        && <Ansi as TransactionManager<ServerSession>>::transaction_manager_status_mut(inner)
             .transaction_depth()
             .is_ok_and(|depth| depth.is_some());
     let begun = match options {
         Some(options) if !savepoint => {
             AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await
         }
-        _ => <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(inner).await,
+        _ => <Ansi as TransactionManager<ServerSession>>::begin_transaction(inner).await,
     };
     conn.held.finish(guard);
     conn.reclaim_instrumentation();
@@ -314,11 +310,9 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
     let guard = conn.held.start(target);
     let inner = conn.held(target).ok_or_else(lost)?;
     let result = match how {
-        End::Commit => {
-            <Ansi as TransactionManager<AsyncPgConnection>>::commit_transaction(inner).await
-        }
+        End::Commit => <Ansi as TransactionManager<ServerSession>>::commit_transaction(inner).await,
         End::Rollback => {
-            <Ansi as TransactionManager<AsyncPgConnection>>::rollback_transaction(inner).await
+            <Ansi as TransactionManager<ServerSession>>::rollback_transaction(inner).await
         }
     };
     conn.held.finish(guard);
@@ -327,7 +321,7 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
     match target {
         Target::Primary => {
             let node = conn.held.primary_node();
-            result.map_err(|e| super::primary_error(conn.pool.shared(), node, e))
+            result.map_err(|e| conn.pool.shared().primary_error(node, e))
         }
         Target::Replica => result,
     }
@@ -338,7 +332,7 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
 fn unpin_when_done(conn: &mut RoutedConnection, target: Target) {
     let done = conn.held(target).is_none_or(|inner| {
         matches!(
-            <Ansi as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(inner)
+            <Ansi as TransactionManager<ServerSession>>::transaction_manager_status_mut(inner)
                 .transaction_state(),
             Ok(status) if status.transaction_depth().is_none()
         )

@@ -16,17 +16,17 @@ pub struct TransactionBuilder<'a> {
     options: TransactionOptions,
 }
 
-/// What a [`TransactionBuilder`] asks for.
+/// What a [`TransactionBuilder`] (async or sync) asks for.
 #[derive(Clone, Copy, Debug, Default)]
-pub(super) struct TransactionOptions {
-    pub(super) isolation: Option<&'static str>,
-    pub(super) read_only: Option<bool>,
-    deferrable: Option<bool>,
+pub(crate) struct TransactionOptions {
+    pub(crate) isolation: Option<&'static str>,
+    pub(crate) read_only: Option<bool>,
+    pub(crate) deferrable: Option<bool>,
 }
 
 impl TransactionOptions {
     /// The `BEGIN` statement.
-    pub(super) fn sql(&self) -> String {
+    pub(crate) fn sql(&self) -> String {
         let mut sql = String::from("BEGIN TRANSACTION");
         if let Some(level) = self.isolation {
             sql.push_str(" ISOLATION LEVEL ");

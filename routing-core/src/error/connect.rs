@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::Role;
+
 /// Why a TLS connection could not be made. Messages name files and hosts, never a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -91,11 +93,15 @@ pub enum TlsError {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The server could not be reached or refused the login.
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", WithCauses(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// TLS could not be set up, or the server's certificate was refused.
     #[error("cannot connect over TLS: {0}")]
     Tls(#[source] TlsError),
+    /// libpq could not open the session (the server could not be reached, refused the login,
+    /// or TLS failed), for the synchronous pool.
+    #[error("cannot connect: {0}")]
+    Establish(#[source] diesel::ConnectionError),
     /// diesel-async could not set the session up.
     #[error("cannot set up the session: {0}")]
     Session(#[source] diesel::ConnectionError),
@@ -105,12 +111,59 @@ pub enum ConnectError {
     /// Opening and setting up the session took longer than the connect timeout.
     #[error("connecting took longer than {0:?}")]
     Timeout(Duration),
+    /// The pool's [`Credentials`](crate::Credentials) provider gave no password.
+    #[error("cannot get the password for {login}: {source}")]
+    Credentials {
+        /// The login the password was asked for.
+        login: Box<crate::Login>,
+        /// The provider's error.
+        #[source]
+        source: crate::CredentialsError,
+    },
+    /// The pool's [`on_connect`](crate::RoutedPoolBuilder::on_connect) hook failed on the new
+    /// connection, which is closed.
+    #[error("the on_connect hook failed on a new {role} connection: {source}")]
+    OnConnect {
+        /// The role the hook was told.
+        role: Role,
+        /// The hook's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+    /// The session could not be set up because a transaction pooler in front of the server
+    /// lost the named prepared statements of the setup.
+    #[error(
+        "cannot set up the session: {source}; this is what a transaction pooler (PgBouncer in \
+         transaction mode) does to named prepared statements: set \
+         RoutedPoolBuilder::transaction_pooler(true)"
+    )]
+    NeedsTransactionPooler {
+        /// The server's error.
+        #[source]
+        source: diesel::ConnectionError,
+    },
     /// The server is not in the role it is configured for.
     #[error("the server is {}", if *in_recovery { "in recovery (a standby)" } else { "not in recovery (a primary)" })]
     WrongRole {
         /// What `pg_is_in_recovery()` answered.
         in_recovery: bool,
     },
+}
+
+/// A tokio-postgres error and its causes (the server's message), which its own message leaves
+/// out. A login error never holds the password.
+struct WithCauses<'a>(&'a tokio_postgres::Error);
+
+impl std::fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(current) = cause {
+            write!(f, ": {current}")?;
+            cause = current.source();
+        }
+        Ok(())
+    }
 }
 
 /// Why a pooled connection could not be checked out, besides a busy pool.

@@ -115,6 +115,9 @@ fn where_a_statement_goes() {
         // 2. Writes go to the primary.
         ("write in a replica scope", state(), Statement::Write, replica_scope(), &config, primary(Reason::Write)),
         ("write outside every scope", state(), Statement::Write, outside, &config, primary(Reason::Write)),
+        ("read a replica refused before, in a replica scope", state(), Statement::Learned, replica_scope(), &config, primary(Reason::RefusedAsWrite)),
+        ("read a replica refused before, in a replica transaction", pinned_replica, Statement::Learned, replica_scope(), &config, replica(Reason::Transaction)),
+        ("read a replica refused before, after a write", wrote, Statement::Learned, replica_scope(), &config, primary(Reason::AfterWrite)),
         // 3. After a write, reads stay on the primary.
         ("read after a write", wrote, Statement::Read, replica_scope(), &config, primary(Reason::AfterWrite)),
         ("read-only transaction after a write", wrote, READ_ONLY, replica_scope(), &config, primary(Reason::AfterWrite)),
@@ -301,4 +304,30 @@ fn what_happens_to_a_read_no_replica_served() {
     for (name, exclusions, failures, config, expected) in rows {
         assert_eq!(fallback(&exclusions, failures, config), expected, "{name}");
     }
+}
+
+#[test]
+#[rustfmt::skip]
+fn what_a_replica_failure_means_for_the_read() {
+    let rows: Vec<(&str, Failure, bool, AfterFailure)> = vec![
+        ("the statement's own error", Failure::Statement, false, AfterFailure::Fatal),
+        ("refused as a write", Failure::RefusedAsWrite, false, AfterFailure::Refused),
+        ("recovery conflict, connection open", Failure::RecoveryConflict, false, AfterFailure::Next { ban: false, discard: false }),
+        ("recovery conflict, connection closed", Failure::RecoveryConflict, true, AfterFailure::Next { ban: false, discard: true }),
+        ("server unreachable", Failure::Unreachable, true, AfterFailure::Next { ban: true, discard: true }),
+        ("server unreachable, connection looks open", Failure::Unreachable, false, AfterFailure::Next { ban: true, discard: true }),
+    ];
+    for (name, failure, broken, expected) in rows {
+        assert_eq!(after_failure(failure, broken), expected, "{name}");
+    }
+}
+
+#[test]
+fn a_refused_read_goes_to_the_primary_unless_the_pool_says_not_to() {
+    assert_eq!(
+        after_refusal(&config()),
+        Some(primary(Reason::RefusedAsWrite))
+    );
+    let strict = with(|b| b.retry_writes_refused_by_replica(false));
+    assert_eq!(after_refusal(&strict), None);
 }

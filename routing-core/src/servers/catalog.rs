@@ -7,53 +7,62 @@ use std::time::{Duration, Instant};
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Bool, Nullable, Oid, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
+
+use super::ServerSession;
 
 use crate::causal::CausalToken;
+
+#[cfg(feature = "sync")]
+pub(crate) mod blocking;
+
+/// Whether the server is in recovery.
+const IN_RECOVERY: &str = "pg_is_in_recovery()";
+/// The same, in the round trip that makes the session read-only.
+const READ_ONLY_IN_RECOVERY: &str =
+    "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)";
+/// The primary's WAL insert position, in bytes.
+const WAL_INSERT_POSITION: &str = "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+/// Whether a standby replayed a position: this, the position as text, then [`REPLAYED_END`].
+const REPLAYED_START: &str = "coalesce(pg_last_wal_replay_lsn() >= ";
+const REPLAYED_END: &str = "::pg_lsn, false)";
+/// How often a read that waits for a standby to replay its causal token asks again.
+const REPLAY_POLL: Duration = Duration::from_millis(5);
 
 /// OIDs of custom PostgreSQL types by (schema, name): (type OID, array type OID). Physical
 /// replicas share their primary's.
 pub(crate) type TypeCache = Mutex<HashMap<(Option<String>, String), (u32, u32)>>;
 
 /// Whether the server is a standby.
-pub(crate) async fn in_recovery(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+pub(crate) async fn in_recovery(conn: &mut ServerSession) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::sql::<Bool>(IN_RECOVERY))
         .get_result(conn)
         .await
 }
 
 /// Prepares a new session: a replica's is made read-only on the server. Returns whether the
 /// server is in recovery, in the same round trip.
-pub(crate) async fn set_up_session(
-    conn: &mut AsyncPgConnection,
-    read_only: bool,
-) -> QueryResult<bool> {
+pub(crate) async fn set_up_session(conn: &mut ServerSession, read_only: bool) -> QueryResult<bool> {
     if !read_only {
         return in_recovery(conn).await;
     }
-    diesel::select(diesel::dsl::sql::<Bool>(
-        "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)",
-    ))
-    .get_result(conn)
-    .await
+    diesel::select(diesel::dsl::sql::<Bool>(READ_ONLY_IN_RECOVERY))
+        .get_result(conn)
+        .await
 }
 
 /// The primary's WAL insert position: every write committed before is behind it.
-pub(crate) async fn wal_insert_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
-    lsn(
-        conn,
-        "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
-    )
-    .await
+pub(crate) async fn wal_insert_position(conn: &mut ServerSession) -> QueryResult<u64> {
+    lsn(conn, WAL_INSERT_POSITION).await
 }
 
 /// The primary's flushed WAL position: all that replicas can replay. (The insert position can
 /// sit a page header past it on an idle primary, which no replica ever reaches.)
-pub(crate) async fn wal_flush_position(conn: &mut AsyncPgConnection) -> QueryResult<u64> {
+pub(crate) async fn wal_flush_position(conn: &mut ServerSession) -> QueryResult<u64> {
     lsn(conn, "(pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").await
 }
 
-async fn lsn(conn: &mut AsyncPgConnection, sql: &'static str) -> QueryResult<u64> {
+async fn lsn(conn: &mut ServerSession, sql: &'static str) -> QueryResult<u64> {
     let lsn: i64 = diesel::select(diesel::dsl::sql::<BigInt>(sql))
         .get_result(conn)
         .await?;
@@ -61,9 +70,7 @@ async fn lsn(conn: &mut AsyncPgConnection, sql: &'static str) -> QueryResult<u64
 }
 
 /// A standby's state for the health probe: whether it is in recovery, and its replay position.
-pub(crate) async fn replica_state(
-    conn: &mut AsyncPgConnection,
-) -> QueryResult<(bool, Option<u64>)> {
+pub(crate) async fn replica_state(conn: &mut ServerSession) -> QueryResult<(bool, Option<u64>)> {
     let (in_recovery, replay) = diesel::select((
         diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
         diesel::dsl::sql::<Nullable<BigInt>>("(pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"),
@@ -75,7 +82,7 @@ pub(crate) async fn replica_state(
 
 /// A node's state for the health probe of a discovering pool: whether it is in recovery, and
 /// its WAL position: the replay position of a standby, the flushed position of a primary.
-pub(crate) async fn node_state(conn: &mut AsyncPgConnection) -> QueryResult<(bool, Option<u64>)> {
+pub(crate) async fn node_state(conn: &mut ServerSession) -> QueryResult<(bool, Option<u64>)> {
     let (in_recovery, lsn) = diesel::select((
         diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
         diesel::dsl::sql::<Nullable<BigInt>>(
@@ -90,16 +97,16 @@ pub(crate) async fn node_state(conn: &mut AsyncPgConnection) -> QueryResult<(boo
 
 /// Whether the standby on `conn` has replayed `token`, asking again for up to `wait`.
 pub(crate) async fn replayed(
-    conn: &mut AsyncPgConnection,
+    conn: &mut ServerSession,
     token: CausalToken,
     wait: Duration,
 ) -> QueryResult<bool> {
     let deadline = Instant::now() + wait;
     loop {
         let done: bool = diesel::select(
-            diesel::dsl::sql::<Bool>("coalesce(pg_last_wal_replay_lsn() >= ")
+            diesel::dsl::sql::<Bool>(REPLAYED_START)
                 .bind::<Text, _>(token.lsn_text())
-                .sql("::pg_lsn, false)"),
+                .sql(REPLAYED_END),
         )
         .get_result(conn)
         .await?;
@@ -107,13 +114,13 @@ pub(crate) async fn replayed(
         if done || now >= deadline {
             return Ok(done);
         }
-        crate::clock::sleep((deadline - now).min(Duration::from_millis(5))).await;
+        crate::clock::sleep((deadline - now).min(REPLAY_POLL)).await;
     }
 }
 
 /// The OIDs of the type `name` (in `schema`, or found by the search path).
 pub(crate) async fn lookup_type(
-    conn: &mut AsyncPgConnection,
+    conn: &mut ServerSession,
     schema: Option<&str>,
     name: &str,
 ) -> QueryResult<(u32, u32)> {

@@ -1,18 +1,23 @@
 //! How the router opens server connections: one `open` for every connection it makes (pools,
-//! health probe, startup checks, migrations), over TLS as the URL says (see `tls`), the
-//! [`ServerConn`] its pools hold, and the deadpool [`Manager`] of each server's pool.
+//! health probe, startup checks, migrations), over TLS as the URL says (see `tls`), with the
+//! pool's credentials, as a [`ServerSession`] of the pool's kind; the [`ServerConn`] its pools
+//! hold, and the deadpool [`Manager`] of each server's pool.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel::connection::{DynInstrumentation, Instrumentation, InstrumentationEvent};
-use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_postgres::CancelToken;
 
+use super::session::ServerSession;
+use super::unnamed::UnnamedSession;
 use super::{catalog, tls};
+use crate::config::{Config, OnConnect};
+use crate::credentials::{Login, Provider};
 use crate::error::{ConnectError, Role};
+use crate::failure;
 use crate::url::DatabaseUrl;
 
 /// TCP keepalives on every connection, unless the URL sets its own: a server that vanishes from
@@ -22,15 +27,46 @@ const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVES_RETRIES: u32 = 3;
 
-/// Opens a session to `url`, with `application_name` when given (else the URL's own), over TLS
-/// as its `sslmode` and `sslrootcert` (or its pool's `rustls::ClientConfig`) say.
-pub(crate) async fn open(
-    url: &DatabaseUrl,
-    application_name: Option<&str>,
-) -> Result<AsyncPgConnection, ConnectError> {
+/// How [`open`] opens a session.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Open<'a> {
+    /// The `application_name`, instead of the URL's own.
+    pub(crate) application_name: Option<&'a str>,
+    /// What gives the password, instead of the URL.
+    pub(crate) credentials: Option<&'a Provider>,
+    /// Whether every statement is unnamed (a transaction pooler).
+    pub(crate) unnamed: bool,
+}
+
+impl<'a> Open<'a> {
+    /// Sessions as `config`'s pool opens them.
+    pub(crate) fn of(config: &'a Config) -> Self {
+        Open {
+            application_name: None,
+            credentials: config.credentials(),
+            unnamed: config.transaction_pooler(),
+        }
+    }
+}
+
+/// Opens a session to `url` as `how` says, over TLS as the URL's `sslmode` and `sslrootcert`
+/// (or its pool's `rustls::ClientConfig`) say.
+pub(crate) async fn open(url: &DatabaseUrl, how: Open<'_>) -> Result<ServerSession, ConnectError> {
     let mut config = url.config().clone();
-    if let Some(name) = application_name {
+    if let Some(name) = how.application_name {
         config.application_name(name);
+    }
+    if let Some(credentials) = how.credentials {
+        let login = Login::of(&config);
+        let password = credentials
+            .0
+            .password(login.clone())
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                login: Box::new(login),
+                source,
+            })?;
+        config.password(password);
     }
     // tokio-postgres's default idle time is two hours: take ours unless the URL chose one.
     if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
@@ -45,9 +81,22 @@ pub(crate) async fn open(
     let (client, connection) = Box::pin(config.connect(connector))
         .await
         .map_err(|error| tls::connect_error(url, error))?;
+    if how.unnamed {
+        return Ok(ServerSession::Unnamed(UnnamedSession::new(
+            client, connection,
+        )));
+    }
     AsyncPgConnection::try_from_client_and_connection(client, connection)
         .await
-        .map_err(ConnectError::Session)
+        .map(ServerSession::Prepared)
+        .map_err(|error| match error {
+            diesel::ConnectionError::CouldntSetupConfiguration(ref cause)
+                if failure::lost_named_statement(cause) =>
+            {
+                ConnectError::NeedsTransactionPooler { source: error }
+            }
+            error => ConnectError::Session(error),
+        })
 }
 
 /// The instrumentation of the router's sessions: silent, but while a routed connection lends
@@ -74,7 +123,7 @@ impl Instrumentation for Relay {
 
 /// `conn` with the router's silent [`Relay`] instead of the default instrumentation
 /// diesel-async gave it when it opened.
-pub(crate) fn silenced(mut conn: AsyncPgConnection) -> AsyncPgConnection {
+pub(crate) fn silenced(mut conn: ServerSession) -> ServerSession {
     conn.set_instrumentation(Relay::default());
     conn
 }
@@ -82,7 +131,7 @@ pub(crate) fn silenced(mut conn: AsyncPgConnection) -> AsyncPgConnection {
 /// Lends `instrumentation` to the session of `conn`, whose [`Relay`] forwards events to it until
 /// [`reclaim`]; gives it back when `conn` has no relay.
 pub(crate) fn lend(
-    conn: &mut AsyncPgConnection,
+    conn: &mut ServerSession,
     instrumentation: DynInstrumentation,
     cache_only: bool,
 ) -> Result<(), DynInstrumentation> {
@@ -97,7 +146,7 @@ pub(crate) fn lend(
 }
 
 /// Takes back what [`lend`] lent to the session of `conn`.
-pub(crate) fn reclaim(conn: &mut AsyncPgConnection) -> Option<DynInstrumentation> {
+pub(crate) fn reclaim(conn: &mut ServerSession) -> Option<DynInstrumentation> {
     conn.instrumentation()
         .downcast_mut::<Relay>()
         .and_then(|relay| relay.lent.take())
@@ -149,7 +198,7 @@ pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
 
 /// A pooled server session and what the router knows of it.
 pub(crate) struct ServerConn {
-    conn: AsyncPgConnection,
+    conn: ServerSession,
     /// For cancel requests: made once per session, so that a statement's guard only clones an
     /// `Arc`.
     cancel: Arc<Canceller>,
@@ -159,8 +208,7 @@ pub(crate) struct ServerConn {
 }
 
 impl ServerConn {
-    fn new(conn: AsyncPgConnection, connector: Option<tls::Connector>) -> Self {
-        let conn = silenced(conn);
+    fn new(conn: ServerSession, connector: Option<tls::Connector>) -> Self {
         let cancel = Arc::new(Canceller {
             token: conn.cancel_token(),
             connector,
@@ -172,8 +220,8 @@ impl ServerConn {
         }
     }
 
-    /// The diesel-async connection.
-    pub(crate) fn pg(&mut self) -> &mut AsyncPgConnection {
+    /// The server session.
+    pub(crate) fn pg(&mut self) -> &mut ServerSession {
         &mut self.conn
     }
 
@@ -203,31 +251,61 @@ impl ServerConn {
 /// Makes and checks the connections of one server's pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    /// The server's configured role; `None` for a node whose role the probe discovers.
-    role: Option<Role>,
+    role: Role,
     url: DatabaseUrl,
-    /// Whether each new session checks that the server is in `role`.
+    /// Whether each new session checks that the server is in its configured role.
     verify_role: bool,
     /// Whether a pooled connection answers a `SELECT 1` before each checkout hands it out.
     verify_checkouts: bool,
+    credentials: Option<Provider>,
+    on_connect: Option<OnConnect>,
+    /// Whether every statement is unnamed (a transaction pooler): no session state is set.
+    unnamed: bool,
     /// How long opening a session, or checking a pooled one, may take.
     timeout: Duration,
 }
 
 impl Manager {
     pub(crate) fn new(
-        role: Option<Role>,
+        role: Role,
         url: DatabaseUrl,
-        verify_role: bool,
+        config: &Config,
         verify_checkouts: bool,
-        timeout: Duration,
     ) -> Self {
         Manager {
             role,
             url,
-            verify_role,
+            verify_role: config.verify_roles(),
             verify_checkouts,
-            timeout,
+            credentials: config.credentials().cloned(),
+            on_connect: config.on_connect().cloned(),
+            unnamed: config.transaction_pooler(),
+            timeout: config.connect_timeout(),
+        }
+    }
+
+    /// The router's own setup of a new session: a configured replica's is read-only on the
+    /// server (unless no session state may be set), and with `verify_role` the server must be
+    /// in its configured role. A discovered node's session is left as it is: the node may be
+    /// promoted. Returns the role to tell the `on_connect` hook.
+    async fn set_up(&self, conn: &mut ServerSession) -> Result<Role, ConnectError> {
+        let in_recovery = match self.role {
+            Role::Node(_) if self.on_connect.is_none() => return Ok(self.role),
+            Role::Node(_) => catalog::in_recovery(conn).await,
+            Role::Replica(_) if !self.unnamed => catalog::set_up_session(conn, true).await,
+            _ => catalog::in_recovery(conn).await,
+        }
+        .map_err(ConnectError::Setup)?;
+        match self.role {
+            Role::Node(node) if in_recovery => Ok(Role::Replica(node)),
+            Role::Node(_) => Ok(Role::Primary),
+            role => {
+                let replica = matches!(role, Role::Replica(_));
+                if self.verify_role && in_recovery != replica {
+                    return Err(ConnectError::WrongRole { in_recovery });
+                }
+                Ok(role)
+            }
         }
     }
 }
@@ -236,9 +314,7 @@ impl deadpool::managed::Manager for Manager {
     type Type = ServerConn;
     type Error = ConnectError;
 
-    /// A new session: a configured replica's is read-only on the server, and with
-    /// `verify_role` the server must be in its configured role. A discovered node's session is
-    /// left as it is: the node may be promoted.
+    /// A new session, set up by the router, then by the pool's `on_connect` hook.
     async fn create(&self) -> Result<ServerConn, ConnectError> {
         crate::clock::timeout(self.timeout, self.open_session())
             .await
@@ -254,7 +330,7 @@ impl deadpool::managed::Manager for Manager {
             ));
         }
         if self.verify_checkouts {
-            crate::clock::timeout(self.timeout, conn.pg().ping(&RecyclingMethod::Verified))
+            crate::clock::timeout(self.timeout, conn.pg().ping())
                 .await
                 .map_err(|_| RecycleError::message("the connection did not answer in time"))?
                 .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;
@@ -264,17 +340,20 @@ impl deadpool::managed::Manager for Manager {
 }
 
 impl Manager {
-    /// Opens a session and sets it up.
+    /// Opens a session, silent to every instrumentation, and sets it up: the router's own
+    /// setup, then the pool's `on_connect` hook.
     async fn open_session(&self) -> Result<ServerConn, ConnectError> {
-        let mut conn = open(&self.url, None).await?;
-        if let Some(role) = self.role {
-            let replica = matches!(role, Role::Replica(_));
-            let in_recovery = catalog::set_up_session(&mut conn, replica)
+        let how = Open {
+            application_name: None,
+            credentials: self.credentials.as_ref(),
+            unnamed: self.unnamed,
+        };
+        let mut conn = silenced(open(&self.url, how).await?);
+        let role = self.set_up(&mut conn).await?;
+        if let (Some(hook), Some(pg)) = (&self.on_connect, conn.prepared()) {
+            (hook.0)(pg, role)
                 .await
-                .map_err(ConnectError::Setup)?;
-            if self.verify_role && in_recovery != replica {
-                return Err(ConnectError::WrongRole { in_recovery });
-            }
+                .map_err(|source| ConnectError::OnConnect { role, source })?;
         }
         Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::telemetry::{BANS, HEALTHY, LAG_BYTES, LAG_SECONDS, OPERATION_DURATION, QUERIES};
 use crate::error::Role;
 use crate::reason::Reason;
 
@@ -27,11 +28,15 @@ pub(crate) struct Health {
     lag_micros: AtomicU64,
     latency_micros: AtomicU64,
     in_flight: AtomicUsize,
-    routed: AtomicU64,
+    /// Statements sent to this server, per reason.
+    routed: [AtomicU64; Reason::COUNT],
     failures: AtomicU64,
     bans: AtomicU64,
     /// `routing_queries_total` per reason, registered on first use.
     queries: [OnceLock<metrics::Counter>; Reason::COUNT],
+    /// `db.client.operation.duration` by role (primary, replica) and outcome (ok, error),
+    /// registered on first use.
+    durations: [OnceLock<metrics::Histogram>; 4],
     /// Wakes the reads waiting on this server when it is banned.
     banned_now: Notify,
 }
@@ -53,10 +58,11 @@ impl Health {
             lag_micros: AtomicU64::new(UNKNOWN),
             latency_micros: AtomicU64::new(UNKNOWN),
             in_flight: AtomicUsize::new(0),
-            routed: AtomicU64::new(0),
+            routed: Default::default(),
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             queries: Default::default(),
+            durations: Default::default(),
             banned_now: Notify::new(),
         }
     }
@@ -87,9 +93,8 @@ impl Health {
         *self.ban_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
         if !self.banned.swap(true, Ordering::Relaxed) {
             self.bans.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("routing_bans_total", "server" => Arc::clone(&self.label))
-                .increment(1);
-            metrics::gauge!("routing_server_healthy", "server" => Arc::clone(&self.label)).set(0.0);
+            metrics::counter!(BANS, "server" => Arc::clone(&self.label)).increment(1);
+            metrics::gauge!(HEALTHY, "server" => Arc::clone(&self.label)).set(0.0);
             tracing::warn!(target: "routing_core", server = &*self.label, reason, "server banned");
             self.banned_now.notify_waiters();
         }
@@ -107,7 +112,7 @@ impl Health {
             tracing::info!(target: "routing_core", server = &*self.label, "server admitted again");
         }
         *self.ban_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        metrics::gauge!("routing_server_healthy", "server" => Arc::clone(&self.label)).set(1.0);
+        metrics::gauge!(HEALTHY, "server" => Arc::clone(&self.label)).set(1.0);
     }
 
     pub(crate) fn replay_lsn(&self) -> Option<u64> {
@@ -138,8 +143,14 @@ impl Health {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Statements sent to this server so far.
     pub(crate) fn routed(&self) -> u64 {
-        self.routed.load(Ordering::Relaxed)
+        self.routed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Statements sent to this server so far for `reason`.
+    pub(crate) fn routed_for(&self, reason: Reason) -> u64 {
+        self.routed[reason.index()].load(Ordering::Relaxed)
     }
 
     pub(crate) fn failures(&self) -> u64 {
@@ -153,16 +164,34 @@ impl Health {
     /// Counts a statement sent to this server for `reason`. The metric's handle is registered
     /// once (install a recorder before the first query).
     pub(crate) fn count_routed(&self, reason: Reason) {
-        self.routed.fetch_add(1, Ordering::Relaxed);
+        self.routed[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.queries[reason.index()]
             .get_or_init(|| {
                 metrics::counter!(
-                    "routing_queries_total",
+                    QUERIES,
                     "server" => Arc::clone(&self.label),
                     "reason" => reason.label()
                 )
             })
             .increment(1);
+    }
+
+    /// Records the duration of a statement this server served as the primary or as a replica,
+    /// and whether it succeeded (the OpenTelemetry `db.client.operation.duration`, in seconds).
+    pub(crate) fn record_duration(&self, as_primary: bool, ok: bool, elapsed: Duration) {
+        let role = if as_primary { "primary" } else { "replica" };
+        let outcome = if ok { "ok" } else { "error" };
+        self.durations[usize::from(as_primary) * 2 + usize::from(ok)]
+            .get_or_init(|| {
+                metrics::histogram!(
+                    OPERATION_DURATION,
+                    "db.system.name" => "postgresql",
+                    "db.routing.server" => Arc::clone(&self.label),
+                    "db.routing.role" => role,
+                    "outcome" => outcome
+                )
+            })
+            .record(elapsed.as_secs_f64());
     }
 
     pub(crate) fn record_probe(
@@ -189,10 +218,9 @@ impl Health {
         self.latency_micros.store(smoothed, Ordering::Relaxed);
         let server = Arc::clone(&self.label);
         if let Some(bytes) = lag_bytes {
-            metrics::gauge!("routing_replica_lag_bytes", "server" => Arc::clone(&server))
-                .set(bytes as f64);
+            metrics::gauge!(LAG_BYTES, "server" => Arc::clone(&server)).set(bytes as f64);
         }
-        metrics::gauge!("routing_replica_lag_seconds", "server" => server).set(lag.as_secs_f64());
+        metrics::gauge!(LAG_SECONDS, "server" => server).set(lag.as_secs_f64());
     }
 }
 

@@ -8,11 +8,15 @@ pub(crate) mod connect;
 mod health;
 mod learned;
 pub(crate) mod probe;
+mod row;
 mod server;
+mod session;
 mod status;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod tokens;
 mod topology;
+mod unnamed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +32,11 @@ use catalog::TypeCache;
 use connect::Manager;
 pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
+pub(crate) use row::{RoutedRow, RowStream};
 pub(crate) use server::Server;
+#[cfg(feature = "sync")]
+pub(crate) use server::wrong_role;
+pub(crate) use session::{Outcome, ServerSession};
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;
@@ -216,14 +224,42 @@ impl Shared {
         }
         match self.topology.wait(failed, deadline).await {
             Some(node) => Ok((&self.replicas[node], Some(node))),
-            None => Err(Error::NoPrimary {
-                reason: match (self.topology.missing(), failed) {
-                    (Some(why), _) => why,
-                    (None, Some(node)) => format!("node {node}, the primary, cannot be reached"),
-                    (None, None) => String::new(),
-                },
-                waited: began.elapsed(),
-            }),
+            None => Err(self.no_primary(failed, began)),
+        }
+    }
+
+    /// [`Shared::primary_other_than`] for a thread that may block: the primary's node index
+    /// (`None` for a configured primary).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPrimary`] when none appears in time.
+    #[cfg(feature = "sync")]
+    pub(crate) fn primary_other_than_blocking(
+        &self,
+        failed: Option<usize>,
+        began: Instant,
+        deadline: Instant,
+    ) -> Result<Option<usize>, Error> {
+        if self.primary.is_some() {
+            return Ok(None);
+        }
+        match self.topology.wait_blocking(failed, deadline) {
+            Some(node) => Ok(Some(node)),
+            None => Err(self.no_primary(failed, began)),
+        }
+    }
+
+    /// The error of a statement that found no primary (none other than node `failed`), waiting
+    /// since `began`.
+    fn no_primary(&self, failed: Option<usize>, began: Instant) -> Error {
+        Error::NoPrimary {
+            reason: match (self.topology.missing(), failed) {
+                (Some(why), _) => why,
+                (None, Some(node)) => format!("node {node}, the primary, cannot be reached"),
+                (None, None) => String::new(),
+            },
+            waited: began.elapsed(),
         }
     }
 
@@ -263,5 +299,40 @@ impl Shared {
     /// From now on every statement of this pool goes to the primary.
     pub(crate) fn enter_test_transaction(&self) {
         self.test_transaction.store(true, Ordering::Relaxed);
+    }
+
+    /// `error` of a statement on the primary (node `node` of a discovering pool), with the
+    /// errors that mean the primary is gone told apart: a broken connection is
+    /// [`Error::PrimaryLost`], and a refusal as a write from a node of a discovering pool is
+    /// [`Error::NoPrimary`] (it was demoted); either makes the probe look again at once.
+    pub(crate) fn primary_error(
+        &self,
+        node: Option<usize>,
+        error: diesel::result::Error,
+    ) -> diesel::result::Error {
+        use crate::failure::Failure;
+        let url = || match node {
+            Some(node) => self.replicas[node].url().clone(),
+            None => self.config.primary().redacted(),
+        };
+        match Failure::of(&error, false) {
+            Failure::Unreachable => {
+                self.topology.look_again();
+                Error::PrimaryLost {
+                    url: url(),
+                    source: error,
+                }
+                .into_diesel()
+            }
+            Failure::RefusedAsWrite if self.discovers() => {
+                self.topology.look_again();
+                Error::NoPrimary {
+                    reason: format!("{} refused the write as a standby: it was demoted", url()),
+                    waited: std::time::Duration::ZERO,
+                }
+                .into_diesel()
+            }
+            _ => error,
+        }
     }
 }

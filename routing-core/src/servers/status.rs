@@ -1,14 +1,20 @@
-//! What the router knows of each server now, as a value and as a table.
+//! What the router knows of each server now, as a value and as a table (and, with the `serde`
+//! feature, as whatever a serializer makes of it).
+
+#[cfg(feature = "serde")]
+mod serialize;
 
 use std::fmt;
 use std::time::Duration;
 
 use super::{RoutedPool, Server};
 use crate::error::Role;
+use crate::reason::Reason;
 use crate::url::RedactedUrl;
 
 /// A snapshot of a pool's servers, the equivalent of pgpool-II's `SHOW POOL NODES`; its
-/// `Display` is a table.
+/// `Display` is a table. With the `serde` feature (on with `tower`) it implements `Serialize`,
+/// in the shape the status endpoint (`web::StatusService`, feature `tower`) serves as JSON.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolStatus {
@@ -48,16 +54,22 @@ pub struct ServerStatus {
     pub lag_bytes: Option<u64>,
     /// The round trip of its health probe (replicas only).
     pub latency: Option<Duration>,
+    /// Connections of its pool open now, in use or idle.
+    pub size: usize,
     /// Pooled connections checked out now.
     pub in_use: usize,
     /// Pooled connections open and idle.
     pub idle: usize,
     /// Tasks waiting for a pooled connection.
     pub waiting: usize,
-    /// The pool's maximum size.
+    /// The pool's limit: `primary_max_size` for the primary, `replica_max_size` for each
+    /// replica (a node of a discovering pool has the limit of the role it has now).
     pub max_size: usize,
     /// Statements sent to this server so far (attempts, including failed ones).
     pub queries_routed: u64,
+    /// The same statements by the reason they were sent here, in the order of
+    /// [`Reason::ALL`]; reasons that sent none are left out.
+    pub queries_by_reason: Vec<(Reason, u64)>,
     /// Failures seen: failed checkouts, broken connections, failed probes.
     pub failures: u64,
     /// Times the server was taken out of rotation.
@@ -66,7 +78,8 @@ pub struct ServerStatus {
 
 impl RoutedPool {
     /// What the router knows of each server now: health, ban reason, lag, connections, queries
-    /// routed.
+    /// routed. Also refreshes the pools' connection gauges (`db.client.connection.count`,
+    /// `.max`, `.pending_requests`), which the health probe otherwise refreshes every interval.
     ///
     /// ```no_run
     /// # fn show(pool: &routing_core::RoutedPool) {
@@ -75,6 +88,9 @@ impl RoutedPool {
     /// ```
     pub fn status(&self) -> PoolStatus {
         let primary = self.shared.primary_node();
+        for server in self.shared.servers() {
+            server.refresh_metrics();
+        }
         PoolStatus {
             servers: self
                 .shared
@@ -109,11 +125,17 @@ fn server_status(server: &Server, primary_node: Option<usize>) -> ServerStatus {
         lag: health.lag(),
         lag_bytes: health.lag_bytes(),
         latency: health.latency(),
+        size: pool.size,
         in_use: pool.size - pool.available,
         idle: pool.available,
         waiting: pool.waiting,
         max_size: pool.max_size,
         queries_routed: health.routed(),
+        queries_by_reason: Reason::ALL
+            .iter()
+            .map(|reason| (*reason, health.routed_for(*reason)))
+            .filter(|(_, count)| *count > 0)
+            .collect(),
         failures: health.failures(),
         bans: health.bans(),
     }
@@ -123,13 +145,14 @@ impl fmt::Display for PoolStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  url / ban reason",
+            "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  url / ban reason",
             "server",
             "health",
             "weight",
             "lag",
             "lag bytes",
             "latency",
+            "pool",
             "in use",
             "idle",
             "waiting",
@@ -145,7 +168,7 @@ impl fmt::Display for PoolStatus {
             };
             writeln!(
                 f,
-                "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
+                "{:<10} {:<8} {:>6} {:>10} {:>12} {:>9} {:>9} {:>6} {:>4} {:>7} {:>9} {:>8}  {}{}",
                 if server.primary && server.role != Role::Primary {
                     format!("{} (P)", server.role)
                 } else {
@@ -158,6 +181,7 @@ impl fmt::Display for PoolStatus {
                     .lag_bytes
                     .map_or_else(|| "-".to_owned(), |b| b.to_string()),
                 millis(server.latency),
+                format!("{}/{}", server.size, server.max_size),
                 server.in_use,
                 server.idle,
                 server.waiting,

@@ -90,7 +90,7 @@ impl Tokens {
     /// Counts a token ignored as forged.
     pub(crate) fn count_forged(&self) {
         self.forged.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("routing_forged_tokens_total").increment(1);
+        metrics::counter!(super::telemetry::FORGED_TOKENS).increment(1);
     }
 
     /// How many tokens were ignored as forged.

@@ -86,6 +86,24 @@ impl Topology {
         }
     }
 
+    /// [`Topology::wait`] for a thread that may block: checks every few milliseconds.
+    #[cfg(feature = "sync")]
+    pub(crate) fn wait_blocking(&self, failed: Option<usize>, deadline: Instant) -> Option<usize> {
+        const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+        loop {
+            let usable = self.primary().filter(|node| Some(*node) != failed);
+            if usable.is_some() {
+                return usable;
+            }
+            self.look_again.notify_one();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(left.min(CHECK_EVERY));
+        }
+    }
+
     /// Asks the probe to look at the nodes again without waiting for its next round.
     pub(crate) fn look_again(&self) {
         self.look_again.notify_one();

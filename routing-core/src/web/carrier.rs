@@ -87,7 +87,7 @@ impl Carrier {
                 Some(token) => token,
                 None => {
                     tracing::debug!(target: "routing_core", "ignoring a causal token without a valid signature");
-                    metrics::counter!("routing_forged_tokens_total", "reason" => "signature")
+                    metrics::counter!(crate::servers::telemetry::FORGED_TOKENS, "reason" => "signature")
                         .increment(1);
                     return None;
                 }

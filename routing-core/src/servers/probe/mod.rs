@@ -1,18 +1,19 @@
 //! The background health probe: every interval it asks the primary for its WAL position and each
 //! replica whether it answers, is in recovery, and how far it has replayed; it bans and admits
-//! replicas and records their lag and latency in their [`Health`](super::Health).
+//! replicas and records their lag and latency in their [`Health`](super::Health), and refreshes
+//! every pool's connection gauges.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 
 mod nodes;
 
-use super::{Server, Shared, catalog, connect};
+use super::connect::{self, Open};
+use super::{Server, ServerSession, Shared, catalog};
 use crate::config::HealthCheck;
 use crate::error::ConnectError;
 use crate::url::DatabaseUrl;
@@ -31,10 +32,22 @@ const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// timeout measures the servers, not the application's queue. The thread ends within one
 /// interval of the pool's last clone being dropped.
 pub(crate) fn start(shared: &Arc<Shared>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        start_anywhere(shared);
+    }
+}
+
+/// Starts the probe of `shared`'s replicas, once, from any thread: the synchronous pool's
+/// `get`, which runs outside every runtime.
+#[cfg(feature = "sync")]
+pub(crate) fn start_from_any_thread(shared: &Arc<Shared>) {
+    start_anywhere(shared);
+}
+
+fn start_anywhere(shared: &Arc<Shared>) {
     // A plain load first: every `get` passes here, and a swap would contend on the cache line.
     if shared.replicas.is_empty()
         || shared.probe_started.load(Ordering::Acquire)
-        || tokio::runtime::Handle::try_current().is_err()
         || shared.probe_started.swap(true, Ordering::AcqRel)
     {
         return;
@@ -117,8 +130,8 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
     let Some(wake) = pool.upgrade().map(|shared| shared.topology.wake()) else {
         return;
     };
-    let mut primary: Option<AsyncPgConnection> = None;
-    let mut sessions: Vec<Option<AsyncPgConnection>> = Vec::new();
+    let mut primary: Option<ServerSession> = None;
+    let mut sessions: Vec<Option<ServerSession>> = Vec::new();
     let mut history = WalHistory::default();
     let mut ticker = tokio::time::interval(schedule.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,7 +147,7 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
         match &shared.primary {
             Some(server) => {
                 let primary_lsn =
-                    probe_primary(server.database_url(), &mut primary, schedule.timeout).await;
+                    probe_primary(&shared, server, &mut primary, schedule.timeout).await;
                 if let Some(lsn) = primary_lsn {
                     history.push(Instant::now(), lsn);
                     shared.tokens.note_primary(lsn);
@@ -147,6 +160,7 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
                         .zip(sessions.iter_mut())
                         .map(|(server, conn)| {
                             probe_replica(
+                                &shared,
                                 server,
                                 conn,
                                 primary_lsn,
@@ -158,6 +172,10 @@ async fn probe_forever(pool: Weak<Shared>, schedule: HealthCheck) {
                 join_all(probes).await;
             }
             None => nodes::probe(&shared, &mut sessions, &mut history, schedule.timeout).await,
+        }
+        // The pools' gauges follow the probe's rhythm, off the statements' path.
+        for server in shared.servers() {
+            server.refresh_metrics();
         }
         drop(shared);
         // A burst of requests to look again costs at most one round per this pause.
@@ -174,25 +192,34 @@ pub(super) enum ProbeError {
     Query(#[from] diesel::result::Error),
 }
 
-/// The probe's session to `url`, opened when there is none.
+/// The probe's session to `url`, opened as `shared`'s sessions are when there is none. The
+/// pool's `on_connect` hook does not run: the probe runs only the router's own statements.
 pub(super) async fn session<'c>(
+    shared: &Shared,
     url: &DatabaseUrl,
-    conn: &'c mut Option<AsyncPgConnection>,
-) -> Result<&'c mut AsyncPgConnection, ProbeError> {
+    conn: &'c mut Option<ServerSession>,
+) -> Result<&'c mut ServerSession, ProbeError> {
     let session = match conn.take() {
         Some(session) => session,
-        None => connect::silenced(connect::open(url, Some(APPLICATION_NAME)).await?),
+        None => {
+            let how = Open {
+                application_name: Some(APPLICATION_NAME),
+                ..Open::of(shared.config())
+            };
+            connect::silenced(connect::open(url, how).await?)
+        }
     };
     Ok(conn.insert(session))
 }
 
 async fn probe_primary(
-    url: &DatabaseUrl,
-    conn: &mut Option<AsyncPgConnection>,
+    shared: &Shared,
+    server: &Server,
+    conn: &mut Option<ServerSession>,
     timeout: Duration,
 ) -> Option<u64> {
     let probe = async {
-        let session = session(url, conn).await?;
+        let session = session(shared, server.database_url(), conn).await?;
         Ok::<_, ProbeError>(catalog::wal_flush_position(session).await?)
     };
     match tokio::time::timeout(timeout, probe).await {
@@ -206,8 +233,9 @@ async fn probe_primary(
 }
 
 async fn probe_replica(
+    shared: &Shared,
     server: &Server,
-    conn: &mut Option<AsyncPgConnection>,
+    conn: &mut Option<ServerSession>,
     primary_lsn: Option<u64>,
     history: &WalHistory,
     timeout: Duration,
@@ -215,7 +243,7 @@ async fn probe_replica(
 ) {
     let started = Instant::now();
     let probe = async {
-        let session = session(server.database_url(), conn).await?;
+        let session = session(shared, server.database_url(), conn).await?;
         Ok::<_, ProbeError>(catalog::replica_state(session).await?)
     };
     let outcome = tokio::time::timeout(timeout, probe).await;

@@ -5,11 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use diesel_async::AsyncPgConnection;
 use futures_util::future::join_all;
 
 use super::{ProbeError, WalHistory, session};
-use crate::servers::{Server, Shared, catalog};
+use crate::servers::{Server, ServerSession, Shared, catalog};
 
 /// What one node answered: whether it is in recovery, its WAL position, the round trip.
 type Answer = Result<(bool, Option<u64>, Duration), String>;
@@ -17,7 +16,7 @@ type Answer = Result<(bool, Option<u64>, Duration), String>;
 /// Probes every node of `shared`, a discovering pool, and records what was found.
 pub(super) async fn probe(
     shared: &Shared,
-    sessions: &mut [Option<AsyncPgConnection>],
+    sessions: &mut [Option<ServerSession>],
     history: &mut WalHistory,
     timeout: Duration,
 ) {
@@ -26,7 +25,7 @@ pub(super) async fn probe(
             .replicas()
             .iter()
             .zip(sessions.iter_mut())
-            .map(|(server, conn)| ask(server, conn, timeout)),
+            .map(|(server, conn)| ask(shared, server, conn, timeout)),
     )
     .await;
     let claimants: Vec<usize> = answers
@@ -55,6 +54,11 @@ pub(super) async fn probe(
         .ok()
         .and_then(|node| answers[*node].as_ref().ok())
         .and_then(|(_, lsn, _)| *lsn);
+    // Pool sizes first: writers woken by the new primary check out at its size.
+    let primary_node = found.as_ref().ok().copied();
+    for (node, server) in shared.replicas().iter().enumerate() {
+        server.serve_as(primary_node == Some(node));
+    }
     let topology = shared.topology();
     let previous = topology.primary();
     if topology.set(found) {
@@ -105,10 +109,15 @@ pub(super) async fn probe(
 }
 
 /// Asks one node for its state, within `timeout`.
-async fn ask(server: &Server, conn: &mut Option<AsyncPgConnection>, timeout: Duration) -> Answer {
+async fn ask(
+    shared: &Shared,
+    server: &Server,
+    conn: &mut Option<ServerSession>,
+    timeout: Duration,
+) -> Answer {
     let started = Instant::now();
     let probe = async {
-        let session = session(server.database_url(), conn).await?;
+        let session = session(shared, server.database_url(), conn).await?;
         Ok::<_, ProbeError>(catalog::node_state(session).await?)
     };
     match tokio::time::timeout(timeout, probe).await {

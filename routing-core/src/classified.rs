@@ -1,4 +1,6 @@
-//! Classifications of statements, cached for queries whose SQL never changes.
+//! Statements before they run, for both connections (async and sync): classified (cached for
+//! queries whose SQL never changes), checked against what the pool learned, and routed where the
+//! routing context does not matter ([`prepare`]).
 
 use std::any::TypeId;
 use std::cell::RefCell;
@@ -10,17 +12,20 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::QueryFragment;
 
-use crate::classify::Classification;
+use crate::classify::{Classification, operation_name};
 use crate::owned::Rendered;
+use crate::route::{self, Route, State, Statement};
 use crate::servers::Shared;
 
 /// What the router makes of a statement's text.
 #[derive(Clone, Debug, Default)]
-pub(super) struct Class {
+pub(crate) struct Class {
     /// `None` for a read, the classification of a write.
-    pub(super) write: Option<Arc<Classification>>,
+    pub(crate) write: Option<Arc<Classification>>,
     /// Whether the statement may change its session's state (only writes can).
-    pub(super) changes_session: bool,
+    pub(crate) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(crate) operation: Option<&'static str>,
 }
 
 impl Class {
@@ -28,12 +33,17 @@ impl Class {
     fn of(shared: &Shared, sql: &str) -> Self {
         let classifier = shared.config().classifier();
         let class = classifier.classify(sql);
+        let operation = operation_name(sql);
         if class.is_read() {
-            return Class::default();
+            return Class {
+                operation,
+                ..Class::default()
+            };
         }
         Class {
             write: Some(Arc::new(class)),
             changes_session: classifier.changes_session(sql),
+            operation,
         }
     }
 }
@@ -82,7 +92,7 @@ thread_local! {
 /// rendered. Queries with a static id (whose SQL never changes) are rendered and classified once
 /// per pool and thread: a cached read costs one lookup, and its SQL is fetched by [`rendered`]
 /// only when needed.
-pub(super) fn classify(
+pub(crate) fn classify(
     shared: &Shared,
     query: &dyn QueryFragment<Pg>,
     query_id: Option<TypeId>,
@@ -109,7 +119,7 @@ pub(super) fn classify(
 }
 
 /// The SQL of `query`: from the cache of static queries, or rendered now.
-pub(super) fn rendered(
+pub(crate) fn rendered(
     shared: &Shared,
     query: &dyn QueryFragment<Pg>,
     query_id: Option<TypeId>,
@@ -122,4 +132,61 @@ pub(super) fn rendered(
         Some(rendered) => Ok(rendered),
         None => Rendered::of(query),
     }
+}
+
+/// A statement, classified, and its route when the routing context does not matter.
+pub(crate) struct Prepared {
+    /// The route, when the connection's state or the statement fix it (see [`route::fixed`]).
+    pub(crate) fixed: Option<Route>,
+    /// The SQL, when classifying rendered it.
+    pub(crate) rendered: Option<Rendered>,
+    /// Whether the statement may change its session's state.
+    pub(crate) changes_session: bool,
+    /// Its leading statement keyword (`db.operation.name`).
+    pub(crate) operation: Option<&'static str>,
+    /// Whether the statement writes (or must run on the primary as if it did): the connection
+    /// notes a write.
+    pub(crate) writes: bool,
+}
+
+/// Classifies `query` for a connection in `state`, and fixes its route where the routing
+/// context does not matter: an open transaction, a test transaction, an earlier write, a write,
+/// a statement the pool learned must run on the primary. The route is logged when fixed.
+pub(crate) fn prepare(
+    shared: &Shared,
+    state: &State,
+    query: &dyn QueryFragment<Pg>,
+    query_id: Option<TypeId>,
+) -> QueryResult<Prepared> {
+    let (class, rendered) = classify(shared, query, query_id)?;
+    let statement = match &class.write {
+        Some(_) => Statement::Write,
+        None if shared
+            .learned()
+            .contains(query_id, rendered.as_ref().map(|rendered| &*rendered.sql)) =>
+        {
+            Statement::Learned
+        }
+        None => Statement::Read,
+    };
+    let fixed = route::fixed(state, statement);
+    if let Some(route) = fixed {
+        let detail: Option<&dyn std::fmt::Display> = match class.write.as_deref() {
+            Some(Classification::Write(why)) => Some(why),
+            _ => None,
+        };
+        route::log(route, detail);
+    }
+    Ok(Prepared {
+        fixed,
+        rendered,
+        changes_session: class.changes_session,
+        operation: class.operation,
+        writes: fixed.is_some_and(|route| {
+            matches!(
+                route.reason,
+                crate::reason::Reason::Write | crate::reason::Reason::RefusedAsWrite
+            )
+        }),
+    })
 }

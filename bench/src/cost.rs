@@ -1,0 +1,90 @@
+//! The client-side cost of a request: allocations (the system allocator wrapped by
+//! `stats_alloc`) and CPU time of this process (`CLOCK_PROCESS_CPUTIME_ID`), read before and
+//! after a sequential run of requests per system.
+//!
+//! Both cover every thread of this process: the client's task, the connection's driver task (the
+//! same for every system), and the router's background probe (a few allocations and
+//! microseconds per probe interval, a rounding error over the run). The servers' work is in
+//! their own processes and not counted.
+
+use std::alloc::System as SystemAlloc;
+
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+use crate::BoxError;
+use crate::setup::IdRange;
+use crate::systems::{Op, System};
+
+/// The allocator of `routing-load`.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<SystemAlloc> = &INSTRUMENTED_SYSTEM;
+
+/// Requests per reading: enough that the probe's few allocations round away.
+pub(crate) const REQUESTS: u32 = 5_000;
+
+/// What one request costs this process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cost {
+    /// Allocations, reallocations included.
+    pub(crate) allocations: f64,
+    /// CPU time, all threads, in microseconds.
+    pub(crate) cpu_micros: f64,
+    /// Context switches of this process's threads (voluntary: a thread parked for lack of
+    /// work, woken again by the next event), when the system reports them.
+    pub(crate) switches: Option<f64>,
+}
+
+/// The cost per request of `op` on `system`, one client, after a warm-up.
+pub(crate) async fn per_request(system: &System, op: Op, ids: IdRange) -> Result<Cost, BoxError> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..200 {
+        system.request(op, ids.random(&mut rng)).await?;
+    }
+    let before = GLOBAL.stats();
+    let switches_before = context_switches();
+    let cpu_before = cpu_time();
+    for _ in 0..REQUESTS {
+        system.request(op, ids.random(&mut rng)).await?;
+    }
+    let cpu = cpu_time() - cpu_before;
+    let switches = context_switches()
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let after = GLOBAL.stats();
+    let count =
+        (after.allocations + after.reallocations) - (before.allocations + before.reallocations);
+    #[allow(clippy::cast_precision_loss)]
+    Ok(Cost {
+        allocations: count as f64 / f64::from(REQUESTS),
+        cpu_micros: cpu * 1e6 / f64::from(REQUESTS),
+        #[allow(clippy::cast_precision_loss)]
+        switches: switches.map(|count| count as f64 / f64::from(REQUESTS)),
+    })
+}
+
+/// This process's CPU time so far, in seconds.
+fn cpu_time() -> f64 {
+    let time = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9;
+    seconds
+}
+
+/// The context switches of every thread of this process so far, from `/proc/self/task`.
+fn context_switches() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(count) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += count.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
+}

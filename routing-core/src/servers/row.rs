@@ -1,0 +1,201 @@
+//! The rows a server session returns, and their stream: diesel-async's rows from a session's
+//! prepared statements, or tokio-postgres's rows from unnamed statements (through a
+//! transaction pooler), behind one diesel [`Row`] type.
+
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use diesel::QueryResult;
+use diesel::pg::{Pg, PgValue};
+use diesel::row::{Field, PartialRow, Row, RowIndex, RowSealed};
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection};
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use tokio_postgres::types::{FromSql, Type};
+
+/// diesel-async's row, which only diesel-async can make.
+pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+type PgField<'f> = <PgRow as Row<'static, Pg>>::Field<'f>;
+
+/// A row of a [`RoutedConnection`](crate::RoutedConnection)'s results; read it with diesel's
+/// [`Row`] methods, as any diesel row.
+pub struct RoutedRow(Inner);
+
+impl std::fmt::Debug for RoutedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedRow")
+            .field("fields", &Row::<'_, Pg>::field_count(self))
+            .finish_non_exhaustive()
+    }
+}
+
+enum Inner {
+    Prepared(PgRow),
+    Unnamed(tokio_postgres::Row),
+}
+
+impl RoutedRow {
+    pub(crate) fn unnamed(row: tokio_postgres::Row) -> Self {
+        RoutedRow(Inner::Unnamed(row))
+    }
+}
+
+impl RowSealed for RoutedRow {}
+
+impl<'a> Row<'a, Pg> for RoutedRow {
+    type Field<'f>
+        = RoutedField<'f>
+    where
+        'a: 'f,
+        Self: 'f;
+    type InnerPartialRow = Self;
+
+    fn field_count(&self) -> usize {
+        match &self.0 {
+            Inner::Prepared(row) => Row::<'a, Pg>::field_count(row),
+            Inner::Unnamed(row) => row.len(),
+        }
+    }
+
+    fn get<'b, I>(&'b self, idx: I) -> Option<Self::Field<'b>>
+    where
+        'a: 'b,
+        Self: RowIndex<I>,
+    {
+        let idx = self.idx(idx)?;
+        match &self.0 {
+            Inner::Prepared(row) => Row::<'a, Pg>::get(row, idx).map(FieldInner::Prepared),
+            Inner::Unnamed(row) => {
+                let oid = NonZeroU32::new(row.columns().get(idx)?.type_().oid())?;
+                Some(FieldInner::Unnamed { row, idx, oid })
+            }
+        }
+        .map(RoutedField)
+    }
+
+    fn partial_row(&self, range: std::ops::Range<usize>) -> PartialRow<'_, Self> {
+        PartialRow::new(self, range)
+    }
+}
+
+impl RowIndex<usize> for RoutedRow {
+    fn idx(&self, idx: usize) -> Option<usize> {
+        (idx < Row::<'_, Pg>::field_count(self)).then_some(idx)
+    }
+}
+
+impl<'n> RowIndex<&'n str> for RoutedRow {
+    fn idx(&self, name: &'n str) -> Option<usize> {
+        match &self.0 {
+            Inner::Prepared(row) => row.idx(name),
+            Inner::Unnamed(row) => row.columns().iter().position(|c| c.name() == name),
+        }
+    }
+}
+
+/// A field of a [`RoutedRow`].
+pub struct RoutedField<'f>(FieldInner<'f>);
+
+impl std::fmt::Debug for RoutedField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedField")
+            .field("name", &self.field_name())
+            .finish_non_exhaustive()
+    }
+}
+
+enum FieldInner<'f> {
+    Prepared(PgField<'f>),
+    Unnamed {
+        row: &'f tokio_postgres::Row,
+        idx: usize,
+        oid: NonZeroU32,
+    },
+}
+
+impl<'f> Field<'f, Pg> for RoutedField<'f> {
+    fn field_name(&self) -> Option<&str> {
+        match &self.0 {
+            FieldInner::Prepared(field) => field.field_name(),
+            FieldInner::Unnamed { row, idx, .. } => Some(row.columns()[*idx].name()),
+        }
+    }
+
+    fn value(&self) -> Option<PgValue<'_>> {
+        match &self.0 {
+            FieldInner::Prepared(field) => field.value(),
+            FieldInner::Unnamed { row, idx, oid } => {
+                let Raw(bytes) = row.try_get(*idx).ok()?;
+                Some(PgValue::new(bytes?, oid))
+            }
+        }
+    }
+}
+
+/// A column's value as the server sent it (binary), for diesel to read.
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// The rows of a statement, as they arrive.
+pub struct RowStream(Rows);
+
+impl std::fmt::Debug for RowStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowStream")
+    }
+}
+
+enum Rows {
+    Prepared(BoxStream<'static, QueryResult<PgRow>>),
+    Unnamed(Pin<Box<tokio_postgres::RowStream>>),
+    Mapped(BoxStream<'static, QueryResult<RoutedRow>>),
+}
+
+impl RowStream {
+    pub(crate) fn prepared(rows: BoxStream<'static, QueryResult<PgRow>>) -> Self {
+        RowStream(Rows::Prepared(rows))
+    }
+
+    pub(crate) fn unnamed(rows: tokio_postgres::RowStream) -> Self {
+        RowStream(Rows::Unnamed(Box::pin(rows)))
+    }
+
+    /// Rows passed through another stream (to check or replay them).
+    pub(crate) fn boxed(rows: BoxStream<'static, QueryResult<RoutedRow>>) -> Self {
+        RowStream(Rows::Mapped(rows))
+    }
+}
+
+impl Stream for RowStream {
+    type Item = QueryResult<RoutedRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.0 {
+            Rows::Prepared(rows) => rows
+                .as_mut()
+                .poll_next(cx)
+                .map(|row| row.map(|row| row.map(|row| RoutedRow(Inner::Prepared(row))))),
+            Rows::Unnamed(rows) => rows.as_mut().poll_next(cx).map(|row| {
+                row.map(|row| {
+                    row.map(RoutedRow::unnamed)
+                        .map_err(super::unnamed::diesel_error)
+                })
+            }),
+            Rows::Mapped(rows) => rows.as_mut().poll_next(cx),
+        }
+    }
+}
