@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use routing_core::{RoutedConnection, with_causal_token, with_read_replica};
 use routing_fixtures::products;
@@ -253,6 +253,113 @@ async fn the_default_instrumentation_sees_each_statement_once() {
     let starts = seen.iter().filter(|e| e.starts_with("StartQuery")).count();
     let finishes = seen.iter().filter(|e| e.starts_with("FinishQuery")).count();
     assert_eq!((starts, finishes), (2, 2), "{seen:#?}");
+}
+
+/// Behind a transaction pooler every session runs unnamed statements: instrumentation still sees
+/// the user's statements once, transactions with their `BEGIN` and `COMMIT`, and `batch_execute`
+/// (with no statement cache to report).
+#[tokio::test]
+async fn behind_a_transaction_pooler_instrumentation_sees_statements_and_transactions() {
+    let servers = servers().await;
+    let pool = servers
+        .pool_builder(&unique("pooler_instrumented"))
+        .transaction_pooler(true)
+        .build()
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let seen = Seen::default();
+    conn.set_instrumentation(seen.instrumentation());
+
+    let (in_recovery, _) =
+        with_read_replica(true, where_it_ran().get_result::<(bool, i32)>(&mut conn))
+            .await
+            .unwrap();
+    assert!(in_recovery, "a replica served the read");
+    let events = seen.take();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert!(
+        events[0].starts_with("start: SELECT pg_is_in_recovery()")
+            && events[1].starts_with("finish: SELECT pg_is_in_recovery()"),
+        "{events:#?}"
+    );
+
+    conn.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(seen.take(), ["start: SELECT 1", "finish: SELECT 1"]);
+
+    let name = unique("pooler_instrumented_product");
+    conn.transaction(async |conn| {
+        diesel::insert_into(products::table)
+            .values((products::name.eq(&name), products::price_cents.eq(1_i64)))
+            .execute(conn)
+            .await
+    })
+    .await
+    .unwrap();
+    let events = seen.take();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|line| line.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "begin", "start", "finish", "start", "finish", "commit", "start", "finish"
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[1], "start: BEGIN");
+    assert!(events[3].starts_with("start: INSERT INTO"), "{events:#?}");
+    assert_eq!(events[6], "start: COMMIT");
+}
+
+/// Behind a transaction pooler a cancel token cancels a read where it runs; notifications need
+/// a session of their own, and the stream says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_transaction_pooler_cancel_tokens_work_and_notifications_are_refused() {
+    let servers = servers().await;
+    let pool = servers
+        .pool_builder(&unique("pooler_cancel_token"))
+        .transaction_pooler(true)
+        .build()
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let refused = std::pin::pin!(conn.notifications_stream())
+        .next()
+        .await
+        .expect("an item")
+        .expect_err("no notifications without a session");
+    assert!(
+        matches!(
+            routing_core::Error::from_diesel(&refused),
+            Some(routing_core::Error::NotWithTransactionPooler { .. })
+        ),
+        "{refused}"
+    );
+
+    let token = conn.cancel_token();
+    let marker = unique("pooler_cancel_token_marker");
+    let sql = format!("SELECT 1 FROM pg_sleep(30) /* {marker} */");
+    let read = tokio::spawn(async move {
+        with_read_replica(true, diesel::sql_query(&sql).execute(&mut conn)).await
+    });
+    let replicas = servers.replica_urls.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while active_backends(&replicas, &marker).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the read never started on a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel().await.unwrap();
+    let error = read.await.unwrap().expect_err("the read was cancelled");
+    assert!(
+        error
+            .to_string()
+            .contains("canceling statement due to user request"),
+        "{error}"
+    );
+    assert_eq!(active_backends(&all_servers(servers), &marker).await, 0);
 }
 
 /// diesel's sync API on a routed connection, through diesel-async's wrapper.
