@@ -62,6 +62,14 @@ impl PgBinaries {
         &self.dir
     }
 
+    /// Whether the server can load the shared library `name` (from the `lib` directory beside
+    /// the programs', where distribution packages put it).
+    pub(crate) fn has_library(&self, name: &str) -> bool {
+        self.dir
+            .parent()
+            .is_some_and(|root| root.join("lib").join(format!("{name}.so")).is_file())
+    }
+
     /// The path of one program in the directory.
     pub(crate) fn program(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -23,6 +23,12 @@ pub(crate) async fn init_primary(
     // Each pg_basebackup -X stream uses two WAL senders, and they run in
     // parallel, so leave room for all of them plus two spare.
     let senders = replicas.saturating_mul(2).saturating_add(2);
+    // pg_stat_statements, when installed, lets tests count what each server served.
+    let preload = if ctx.bins.has_library("pg_stat_statements") {
+        "shared_preload_libraries = 'pg_stat_statements'\n"
+    } else {
+        ""
+    };
     primary
         .append_config(&format!(
             "\n# added by routing-cluster\n\
@@ -40,7 +46,8 @@ pub(crate) async fn init_primary(
              jit = off\n\
              wal_receiver_status_interval = 1s\n\
              wal_retrieve_retry_interval = 500ms\n\
-             cluster_name = '{name}'\n",
+             cluster_name = '{name}'\n\
+             {preload}",
             sockets = quote(&ctx.socket_dir)?,
             name = primary.cluster_name,
         ))

@@ -4,6 +4,7 @@
 // Leaves: no module below imports anything above it.
 mod causal;
 mod classify;
+mod clock;
 mod config;
 mod control;
 mod credentials;
@@ -41,7 +42,9 @@ pub mod web;
 pub use causal::{CausalToken, InvalidToken, ReadYourWrites};
 pub use classify::{Classification, Classifier, WriteReason};
 pub use config::{HealthCheck, RoutedPoolBuilder};
-pub use connection::{RoutedConnection, RoutedTransactionManager, TransactionBuilder};
+pub use connection::{
+    RoutedCancelToken, RoutedConnection, RoutedTransactionManager, TransactionBuilder,
+};
 pub use context::{
     Routed, RoutingContext, RoutingExt, should_use_read_replica, spawn_in_context,
     with_causal_token, with_max_lag, with_primary, with_read_replica, with_read_replica_sync,

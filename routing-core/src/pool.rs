@@ -95,17 +95,19 @@ impl RoutedPool {
         let mut primaries = Vec::new();
         for server in shared.servers() {
             let how = Open::of(shared.config());
-            let mut conn = tokio::time::timeout(timeout, connect::open(server.database_url(), how))
-                .await
-                .map_err(|_| Error::Timeout {
-                    what: "connecting to a server",
-                    timeout,
-                })?
-                .map_err(|source| Error::Connect {
-                    role: server.role(),
-                    url: server.url().clone(),
-                    source,
-                })?;
+            let mut conn =
+                crate::clock::timeout(timeout, connect::open(server.database_url(), how))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: "connecting to a server",
+                        timeout,
+                    })?
+                    .map_err(|source| Error::Connect {
+                        role: server.role(),
+                        url: server.url().clone(),
+                        source,
+                    })
+                    .map(connect::silenced)?;
             let in_recovery =
                 catalog::in_recovery(&mut conn)
                     .await

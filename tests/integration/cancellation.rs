@@ -205,9 +205,10 @@ async fn a_read_only_replica_transaction_dropped_midway_leaves_the_connection_ou
     let application_name = unique("dropped_ro_tx");
     let pool = servers.pool(&application_name);
     let mut conn = pool.get().await.unwrap();
+    let mut builder = conn.build_transaction().read_only();
     let transaction = with_read_replica(
         true,
-        conn.build_transaction().read_only().run(async |conn| {
+        builder.run(async |conn| {
             let id = where_ran(conn).await;
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok::<_, diesel::result::Error>(id)

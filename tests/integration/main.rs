@@ -6,6 +6,7 @@ mod config;
 mod context;
 mod corpus;
 mod custom_types;
+mod diesel_api;
 mod events;
 mod failover;
 mod faults;

@@ -1,7 +1,9 @@
 //! diesel-async's connection traits for [`RoutedConnection`].
 
 use diesel::QueryResult;
-use diesel::connection::{CacheSize, Instrumentation, TransactionManagerStatus};
+use diesel::connection::{
+    CacheSize, Instrumentation, InstrumentationEvent, TransactionManagerStatus,
+};
 use diesel::pg::Pg;
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
@@ -118,6 +120,7 @@ impl RoutedConnection {
         let index = self.held.index(route.target);
         self.trace
             .sent(self.pool.shared(), route.target, index, route.reason);
+        self.lend_instrumentation(route.target, false);
         let guard = self.held.start(route.target);
         let conn = self
             .held
@@ -125,6 +128,7 @@ impl RoutedConnection {
             .ok_or_else(super::lost_connection)?;
         let result = conn.batch_execute(query).await;
         self.held.finish(guard);
+        self.reclaim_instrumentation();
         match route.target {
             Target::Primary => {
                 let node = self.held.primary_node();
@@ -174,17 +178,39 @@ impl AsyncConnectionCore for RoutedConnection {
 impl AsyncConnection for RoutedConnection {
     type TransactionManager = RoutedTransactionManager;
 
-    /// Opens a routed connection with `database_url` as its primary and no replica.
+    /// Opens a routed connection of a pool of its own, with `database_url` as its primary and
+    /// no replica, and connects to the primary. A URL that lists several hosts makes a pool that
+    /// discovers its primary among them, the others serving as replicas (see
+    /// [`RoutedPool::builder`]).
+    ///
+    /// Works in any tokio runtime, with timers or without (as diesel-async's
+    /// `AsyncConnectionWrapper` makes one outside a runtime): the router times its waits on a
+    /// clock of its own.
     async fn establish(database_url: &str) -> diesel::ConnectionResult<Self> {
         let pool = RoutedPool::builder(database_url)
             .max_size(1)
             .build()
             .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-        let mut conn = RoutedConnection::new(pool);
-        conn.checkout_primary()
+        let mut conn = pool
+            .get()
             .await
             .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-        Ok(conn)
+        conn.instrumentation
+            .on_connection_event(InstrumentationEvent::start_establish_connection(
+                database_url,
+            ));
+        let connected = conn
+            .checkout_primary()
+            .await
+            .map(|_| ())
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()));
+        conn.instrumentation.on_connection_event(
+            InstrumentationEvent::finish_establish_connection(
+                database_url,
+                connected.as_ref().err(),
+            ),
+        );
+        connected.map(|()| conn)
     }
 
     /// Begins a transaction that is never committed, on the primary, and from then on sends every
@@ -208,12 +234,11 @@ impl AsyncConnection for RoutedConnection {
     }
 
     fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-        &mut *self.instrumentation
+        self.own_instrumentation()
     }
 
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        self.instrumentation = instrumentation.into();
-        self.instrumented = true;
+        self.replace_instrumentation(instrumentation.into());
     }
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {

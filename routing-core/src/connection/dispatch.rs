@@ -5,7 +5,7 @@ use std::any::TypeId;
 use std::sync::Arc;
 
 use diesel::QueryResult;
-use diesel::connection::{DynInstrumentation, InstrumentationEvent, StrQueryHelper};
+use diesel::connection::{InstrumentationEvent, StrQueryHelper};
 use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
 use futures_util::FutureExt;
@@ -96,9 +96,6 @@ impl RoutedConnection {
         if self.pinned.is_some() && self.transaction_lost {
             return futures_util::future::ready(Err(Error::TransactionLost.into_diesel())).boxed();
         }
-        let debug_sql = self
-            .instrumented
-            .then(|| diesel::debug_query::<Pg, _>(&query).to_string());
         let prepared = match self.prepare(&query, Q::query_id()) {
             Ok(prepared) => prepared,
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
@@ -126,6 +123,8 @@ impl RoutedConnection {
             if prepared.changes_session {
                 self.mark_session_changed(route.target);
             }
+            // The session reports the statement, as a plain connection does.
+            self.lend_instrumentation(route.target, false);
             let index = self.held.index(route.target);
             self.trace
                 .sent(self.pool.shared(), route.target, index, route.reason);
@@ -137,12 +136,12 @@ impl RoutedConnection {
                 self.trace.finish(self.pool.shared(), &error);
                 return futures_util::future::ready(error).boxed();
             };
-            let fut = Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
-            return match debug_sql {
-                None => fut,
-                Some(sql) => instrument(&mut self.instrumentation, sql, fut),
-            };
+            return Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
         }
+        // This connection reports the statement, once, as the user wrote it, wherever it runs.
+        let debug_sql = self
+            .instrumented
+            .then(|| diesel::debug_query::<Pg, _>(&query).to_string());
         let rendered = match prepared.rendered.clone().map_or_else(
             || classified::rendered(self.shared(), &query, Q::query_id()),
             Ok,
@@ -260,7 +259,13 @@ impl RoutedConnection {
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {
-            Ok(()) => run(conn, &owned).await,
+            Ok(()) => {
+                self.lend_instrumentation(route.target, true);
+                let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
+                let result = run(conn, &owned).await;
+                self.reclaim_instrumentation();
+                result
+            }
             Err(e) => Err(e),
         };
         self.held.finish(guard);
@@ -288,23 +293,4 @@ async fn primary_position(shared: &Shared) -> Result<u64, Error> {
 pub(super) struct Runners<Id: 'static, R: Outcome> {
     pub(super) with_static_id: RunFn<StaticId<Id>, R>,
     pub(super) without_id: RunFn<NoId, R>,
-}
-
-/// Wraps `fut` in diesel's query events for `sql`.
-fn instrument<'a, R: Send + 'a>(
-    instrumentation: &'a mut DynInstrumentation,
-    sql: String,
-    fut: BoxFuture<'a, QueryResult<R>>,
-) -> BoxFuture<'a, QueryResult<R>> {
-    async move {
-        let query = StrQueryHelper::new(&sql);
-        instrumentation.on_connection_event(InstrumentationEvent::start_query(&query));
-        let result = fut.await;
-        instrumentation.on_connection_event(InstrumentationEvent::finish_query(
-            &query,
-            result.as_ref().err(),
-        ));
-        result
-    }
-    .boxed()
 }

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,9 +33,37 @@ pub(super) struct Held {
     /// The node the primary connection goes to, in a pool that discovers its primary.
     primary_node: Option<usize>,
     replica: Option<HeldReplica>,
-    /// The server connection a statement was sent on whose future was dropped before it
-    /// finished: it may still be running on the server.
-    busy: Option<Target>,
+    busy: Busy,
+}
+
+/// What cancels the statement a routed connection runs: set while one runs. Shared with its
+/// [`RoutedCancelToken`](super::RoutedCancelToken)s.
+pub(super) type Running = Mutex<Option<Arc<Canceller>>>;
+
+/// The server connection a statement runs on.
+#[derive(Default)]
+struct Busy {
+    /// Set while a statement runs; still set after its future was dropped before it finished:
+    /// it may still be running on the server.
+    target: Option<Target>,
+    /// Made by the first cancel token: the canceller of the statement running.
+    running: OnceLock<Arc<Running>>,
+}
+
+impl Busy {
+    fn start(&mut self, target: Target, canceller: Option<&Arc<Canceller>>) {
+        self.target = Some(target);
+        if let Some(running) = self.running.get() {
+            *running.lock().unwrap_or_else(|e| e.into_inner()) = canceller.cloned();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.target = None;
+        if let Some(running) = self.running.get() {
+            *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
 }
 
 impl Held {
@@ -57,6 +85,18 @@ impl Held {
     /// The server session held for `target`.
     pub(super) fn conn(&mut self, target: Target) -> Option<&mut ServerSession> {
         self.session(target).map(ServerConn::pg)
+    }
+
+    /// Whether a held session is closed.
+    pub(super) fn any_broken(&mut self) -> bool {
+        [Target::Primary, Target::Replica]
+            .into_iter()
+            .any(|target| self.conn(target).is_some_and(|conn| conn.is_broken()))
+    }
+
+    /// What cancels the statement running, for a cancel token.
+    pub(super) fn running(&self) -> Arc<Running> {
+        Arc::clone(self.busy.running.get_or_init(Arc::default))
     }
 
     /// The index among the pool's replicas (or nodes) of `target`'s server: the held replica,
@@ -100,15 +140,16 @@ impl Held {
 
     /// Gives `target`'s connection back to its pool, or closes it when it must not be reused.
     pub(super) fn release(&mut self, target: Target) {
-        let busy = self.busy == Some(target);
+        let busy = self.busy.target == Some(target);
         let conn = match target {
             Target::Primary => self.primary.take(),
             Target::Replica => self.replica.take().map(|held| held.conn),
         };
         if let Some(mut conn) = conn {
             if busy {
-                self.busy = None;
+                self.busy.clear();
             }
+            conn.clear_relay();
             if busy || !conn.reusable() {
                 drop(Object::take(conn));
             }
@@ -121,8 +162,8 @@ impl Held {
             Target::Primary => self.primary.take(),
             Target::Replica => self.replica.take().map(|held| held.conn),
         };
-        if self.busy == Some(target) {
-            self.busy = None;
+        if self.busy.target == Some(target) {
+            self.busy.clear();
         }
         if let Some(conn) = conn {
             drop(Object::take(conn));
@@ -131,7 +172,9 @@ impl Held {
 
     /// The connection a dropped statement future left running, cleared.
     pub(super) fn take_busy(&mut self) -> Option<Target> {
-        self.busy.take()
+        let target = self.busy.target;
+        self.busy.clear();
+        target
     }
 
     /// Marks `target`'s connection busy with a statement: the guard cancels it on the server
@@ -140,14 +183,14 @@ impl Held {
         let cancel = self
             .session(target)
             .map(|session| Arc::clone(session.canceller()));
-        self.busy = Some(target);
+        self.busy.start(target, cancel.as_ref());
         StatementGuard { cancel }
     }
 
     /// The statement `guard` watched has finished.
     pub(super) fn finish(&mut self, guard: StatementGuard) {
         guard.disarm();
-        self.busy = None;
+        self.busy.clear();
     }
 
     /// `run` on `target`'s connection, watched: marked busy until its future finishes, and
@@ -215,7 +258,7 @@ pin_project! {
         #[pin]
         future: F,
         guard: Option<StatementGuard>,
-        busy: &'c mut Option<Target>,
+        busy: &'c mut Busy,
         // On the primary: the pool, and the node the connection goes to.
         primary: Option<(Arc<Shared>, Option<usize>)>,
     }
@@ -233,7 +276,7 @@ where
         if let Some(guard) = this.guard.take() {
             guard.disarm();
         }
-        **this.busy = None;
+        this.busy.clear();
         Poll::Ready(match (output, this.primary.take()) {
             (Err(error), Some((shared, node))) => Err(shared.primary_error(node, error)),
             (output, _) => output,

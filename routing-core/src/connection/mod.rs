@@ -1,9 +1,12 @@
 //! [`RoutedConnection`]: a diesel-async connection that sends each statement where the routing
 //! rules say, checking server connections out of the pool's servers as it needs them.
 
+mod cancel;
 mod diesel_impls;
 mod dispatch;
 mod held;
+mod instrument;
+mod pg;
 mod read;
 mod transaction;
 mod transaction_builder;
@@ -25,6 +28,7 @@ use crate::owned::OwnedQuery;
 use crate::route::{self, Route, State, Statement, Target, log as log_route};
 use crate::servers::{Lease, Outcome, PooledConn, RoutedPool, ServerSession, Shared, catalog};
 use crate::trace::Trace;
+pub use cancel::RoutedCancelToken;
 use held::Held;
 pub use transaction::RoutedTransactionManager;
 pub use transaction_builder::TransactionBuilder;
@@ -79,8 +83,11 @@ pub struct RoutedConnection {
     abandoned: Option<Arc<AtomicU32>>,
     wrote: bool,
     idle_status: TransactionManagerStatus,
+    /// diesel's instrumentation: the user's, else the default one, else none.
     instrumentation: DynInstrumentation,
     instrumented: bool,
+    /// The session the instrumentation is lent to (see `instrument.rs`).
+    lent: Option<Target>,
     cache_size: Option<CacheSize>,
     /// The telemetry of the statement running.
     trace: Trace,
@@ -99,6 +106,7 @@ impl fmt::Debug for RoutedConnection {
 
 impl RoutedConnection {
     pub(crate) fn new(pool: RoutedPool) -> Self {
+        let (instrumentation, instrumented) = instrument::default_instrumentation();
         RoutedConnection {
             pool,
             held: Held::default(),
@@ -107,8 +115,9 @@ impl RoutedConnection {
             abandoned: None,
             wrote: false,
             idle_status: TransactionManagerStatus::default(),
-            instrumentation: DynInstrumentation::none(),
-            instrumented: false,
+            instrumentation,
+            instrumented,
+            lent: None,
             cache_size: None,
             trace: Trace::default(),
         }
@@ -148,7 +157,17 @@ impl RoutedConnection {
         self.mark_written();
         log_route(route, None);
         self.count(route);
-        let session = self.checkout_primary().await?;
+        self.checkout_primary().await?;
+        // The caller's statements report to this connection's instrumentation, until the next
+        // call on this connection takes it back.
+        self.lend_instrumentation(Target::Primary, false);
+        let session = self
+            .held
+            .conn(Target::Primary)
+            .ok_or_else(|| Error::Query {
+                role: Role::Primary,
+                source: lost_connection(),
+            })?;
         session.prepared().ok_or(Error::NotWithTransactionPooler {
             what: "RoutedConnection::primary",
             why: "the pool's sessions run unnamed statements",
@@ -271,6 +290,7 @@ impl RoutedConnection {
     /// connection, and later statements run outside it; a transaction that lost its server
     /// connection while it goes on fails its statements until it ends.
     fn settle(&mut self) {
+        self.reclaim_instrumentation();
         if self.held.holds(Target::Primary) {
             self.primary_moved();
         }

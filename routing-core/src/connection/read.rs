@@ -252,17 +252,28 @@ impl RoutedConnection {
             return Attempt::Next(replica_error(self.role_of(index), super::lost_connection()));
         };
         let result = match owned.resolve(conn, shared.types()).await {
-            Ok(()) => match (run(conn, owned).await, first_row) {
-                (Ok(value), Some(first_row)) => {
-                    let after = AfterRows {
-                        key: StatementKey::of(owned.static_id(), owned.shared_sql()),
-                        role: shared.replicas()[index].role(),
-                        shared,
-                    };
-                    first_row(value, after).await
+            Ok(()) => {
+                self.lend_instrumentation(Target::Replica, true);
+                let Some(conn) = self.held.conn(Target::Replica) else {
+                    return Attempt::Next(replica_error(
+                        self.role_of(index),
+                        super::lost_connection(),
+                    ));
+                };
+                let ran = run(conn, owned).await;
+                self.reclaim_instrumentation();
+                match (ran, first_row) {
+                    (Ok(value), Some(first_row)) => {
+                        let after = AfterRows {
+                            key: StatementKey::of(owned.static_id(), owned.shared_sql()),
+                            role: shared.replicas()[index].role(),
+                            shared,
+                        };
+                        first_row(value, after).await
+                    }
+                    (result, _) => result,
                 }
-                (result, _) => result,
-            },
+            }
             Err(error) => Err(error),
         };
         self.held.finish(guard);
@@ -311,7 +322,7 @@ async fn optional_timeout<F: std::future::Future>(
     future: F,
 ) -> Option<F::Output> {
     match limit {
-        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+        Some(limit) => crate::clock::timeout(limit, future).await.ok(),
         None => Some(future.await),
     }
 }

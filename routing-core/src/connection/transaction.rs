@@ -174,8 +174,7 @@ where
         + sealed::AsyncFunc<&'r mut RoutedConnection, Result<R, E>, Fut: Send>
         + Send
         + 'a,
-    E: From<DieselError> + Send,
-    R: Send,
+    E: From<DieselError>,
 {
     conn.settle();
     let guard = conn.transaction_guard();
@@ -211,10 +210,12 @@ async fn begin(
         if conn.transaction_lost {
             return Err(Error::TransactionLost.into_diesel());
         }
+        conn.lend_instrumentation(target, false);
         let guard = conn.held.start(target);
         let inner = conn.held(target).ok_or_else(lost)?;
         let result = <Ansi as TransactionManager<ServerSession>>::begin_transaction(inner).await;
         conn.held.finish(guard);
+        conn.reclaim_instrumentation();
         return result;
     }
     let statement = Statement::Begin {
@@ -252,6 +253,7 @@ async fn begin(
     if route.target == Target::Primary {
         conn.checkout_primary().await.map_err(Error::into_diesel)?;
     }
+    conn.lend_instrumentation(route.target, false);
     let guard = conn.held.start(route.target);
     let inner = conn.held(route.target).ok_or_else(lost)?;
     // Inside a test transaction the pooled primary session is already in a transaction: a
@@ -267,6 +269,7 @@ async fn begin(
         _ => <Ansi as TransactionManager<ServerSession>>::begin_transaction(inner).await,
     };
     conn.held.finish(guard);
+    conn.reclaim_instrumentation();
     begun?;
     conn.pinned = Some(route.target);
     conn.transaction_lost = false;
@@ -303,6 +306,7 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
             End::Commit => Err(Error::TransactionLost.into_diesel()),
         };
     }
+    conn.lend_instrumentation(target, false);
     let guard = conn.held.start(target);
     let inner = conn.held(target).ok_or_else(lost)?;
     let result = match how {
@@ -312,6 +316,7 @@ async fn end(conn: &mut RoutedConnection, how: End) -> QueryResult<()> {
         }
     };
     conn.held.finish(guard);
+    conn.reclaim_instrumentation();
     unpin_when_done(conn, target);
     match target {
         Target::Primary => {

@@ -1,6 +1,9 @@
 //! [`TransactionBuilder`]: a transaction with options (`READ ONLY`, isolation levels), as
 //! diesel-async's `build_transaction`.
 
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::result::Error as DieselError;
 
 use super::RoutedConnection;
@@ -102,22 +105,29 @@ impl<'a> TransactionBuilder<'a> {
     }
 
     /// Runs `f` in the transaction: commits when it returns `Ok`, rolls back when it returns
-    /// `Err`.
+    /// `Err`. As diesel-async's, the builder stays usable: `run` may be called again.
     ///
     /// # Errors
     ///
     /// `f`'s error, or the error of `BEGIN`, `COMMIT` or `ROLLBACK`.
-    pub async fn run<T, E, F>(self, f: F) -> Result<T, E>
+    pub async fn run<'b, T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         for<'r> F: AsyncFnOnce(&'r mut RoutedConnection) -> Result<T, E>
             + sealed::AsyncFunc<&'r mut RoutedConnection, Result<T, E>, Fut: Send>
             + Send
             + 'a,
-        E: From<DieselError> + Send,
-        T: Send,
+        T: 'b,
+        E: From<DieselError> + 'b,
     {
-        let TransactionBuilder { conn, options } = self;
-        in_transaction(conn, Some(&options), f).await
+        in_transaction(self.conn, Some(&self.options), f).await
+    }
+}
+
+/// The `BEGIN` statement the builder sends, as diesel-async's builder renders it.
+impl QueryFragment<Pg> for TransactionBuilder<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(&self.options.sql());
+        Ok(())
     }
 }
 

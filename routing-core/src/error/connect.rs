@@ -108,6 +108,9 @@ pub enum ConnectError {
     /// The router's own session setup failed.
     #[error("cannot prepare the session: {0}")]
     Setup(#[source] diesel::result::Error),
+    /// Opening and setting up the session took longer than the connect timeout.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
     /// The pool's [`Credentials`](crate::Credentials) provider gave no password.
     #[error("cannot get the password for {login}: {source}")]
     Credentials {

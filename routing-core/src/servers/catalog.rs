@@ -114,7 +114,7 @@ pub(crate) async fn replayed(
         if done || now >= deadline {
             return Ok(done);
         }
-        tokio::time::sleep((deadline - now).min(REPLAY_POLL)).await;
+        crate::clock::sleep((deadline - now).min(REPLAY_POLL)).await;
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
-use diesel_async::AsyncPgConnection;
+use diesel::connection::{DynInstrumentation, Instrumentation, InstrumentationEvent};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio_postgres::CancelToken;
 
 use super::session::ServerSession;
@@ -98,11 +99,82 @@ pub(crate) async fn open(url: &DatabaseUrl, how: Open<'_>) -> Result<ServerSessi
         })
 }
 
+/// The instrumentation of the router's sessions: silent, but while a routed connection lends
+/// its own for a statement of its user's, whose events (queries, statement cache, transactions)
+/// then reach it as they happen. The router's own SQL (session setup, health probe, role and
+/// token checks, type lookups) runs with nothing lent, so no user sees it.
+#[derive(Default)]
+pub(crate) struct Relay {
+    lent: Option<DynInstrumentation>,
+    /// Forward only the statement cache's events: the routed connection reports the statement
+    /// itself (its own rendering of it, once, however many servers it tried).
+    cache_only: bool,
+}
+
+impl Instrumentation for Relay {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let Some(lent) = &mut self.lent {
+            if !self.cache_only || matches!(event, InstrumentationEvent::CacheQuery { .. }) {
+                lent.on_connection_event(event);
+            }
+        }
+    }
+}
+
+/// `conn` with the router's silent [`Relay`] instead of the default instrumentation
+/// diesel-async gave it when it opened.
+pub(crate) fn silenced(mut conn: ServerSession) -> ServerSession {
+    conn.set_instrumentation(Relay::default());
+    conn
+}
+
+/// Lends `instrumentation` to the session of `conn`, whose [`Relay`] forwards events to it until
+/// [`reclaim`]; gives it back when `conn` has no relay.
+pub(crate) fn lend(
+    conn: &mut ServerSession,
+    instrumentation: DynInstrumentation,
+    cache_only: bool,
+) -> Result<(), DynInstrumentation> {
+    match conn.instrumentation().downcast_mut::<Relay>() {
+        Some(relay) => {
+            relay.lent = Some(instrumentation);
+            relay.cache_only = cache_only;
+            Ok(())
+        }
+        None => Err(instrumentation),
+    }
+}
+
+/// Takes back what [`lend`] lent to the session of `conn`.
+pub(crate) fn reclaim(conn: &mut ServerSession) -> Option<DynInstrumentation> {
+    conn.instrumentation()
+        .downcast_mut::<Relay>()
+        .and_then(|relay| relay.lent.take())
+}
+
 /// What cancels the statement a session runs: its cancel key, and the connector its cancel
 /// request goes through (TLS as for the session itself).
 pub(crate) struct Canceller {
     token: CancelToken,
     connector: Option<tls::Connector>,
+}
+
+impl Canceller {
+    /// Asks the server to cancel whatever the session is running, connecting as `tls` says.
+    pub(crate) async fn cancel_with<T>(&self, tls: T) -> Result<(), tokio_postgres::Error>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    {
+        self.token.cancel_query(tls).await
+    }
+
+    /// Asks the server to cancel whatever the session is running, over TLS as the session is.
+    pub(crate) async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
+        match &self.connector {
+            Some(connector) => self.token.cancel_query(connector.clone()).await,
+            None => self.token.cancel_query(tokio_postgres::NoTls).await,
+        }
+    }
 }
 
 /// Asks the server behind `canceller` to cancel whatever its session is running, in the
@@ -113,13 +185,8 @@ pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
     };
     let canceller = Arc::clone(canceller);
     runtime.spawn(async move {
-        let request = async {
-            match &canceller.connector {
-                Some(connector) => canceller.token.cancel_query(connector.clone()).await,
-                None => canceller.token.cancel_query(tokio_postgres::NoTls).await,
-            }
-        };
-        let cancelled = tokio::time::timeout(patience, Box::pin(request));
+        let request = canceller.cancel();
+        let cancelled = crate::clock::timeout(patience, Box::pin(request));
         match cancelled.await {
             Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
             outcome => {
@@ -163,6 +230,12 @@ impl ServerConn {
         &self.cancel
     }
 
+    /// Drops anything lent to the session's [`Relay`]: nothing of one routed connection's
+    /// reaches the next.
+    pub(crate) fn clear_relay(&mut self) {
+        let _ = reclaim(&mut self.conn);
+    }
+
     /// Notes that a statement changed the session's state.
     pub(crate) fn mark_session_changed(&mut self) {
         self.session_changed = true;
@@ -188,6 +261,8 @@ pub(crate) struct Manager {
     on_connect: Option<OnConnect>,
     /// Whether every statement is unnamed (a transaction pooler): no session state is set.
     unnamed: bool,
+    /// How long opening a session, or checking a pooled one, may take.
+    timeout: Duration,
 }
 
 impl Manager {
@@ -205,6 +280,7 @@ impl Manager {
             credentials: config.credentials().cloned(),
             on_connect: config.on_connect().cloned(),
             unnamed: config.transaction_pooler(),
+            timeout: config.connect_timeout(),
         }
     }
 
@@ -240,23 +316,13 @@ impl deadpool::managed::Manager for Manager {
 
     /// A new session, set up by the router, then by the pool's `on_connect` hook.
     async fn create(&self) -> Result<ServerConn, ConnectError> {
-        let how = Open {
-            application_name: None,
-            credentials: self.credentials.as_ref(),
-            unnamed: self.unnamed,
-        };
-        let mut conn = open(&self.url, how).await?;
-        let role = self.set_up(&mut conn).await?;
-        if let (Some(hook), Some(pg)) = (&self.on_connect, conn.prepared()) {
-            (hook.0)(pg, role)
-                .await
-                .map_err(|source| ConnectError::OnConnect { role, source })?;
-        }
-        Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
+        crate::clock::timeout(self.timeout, self.open_session())
+            .await
+            .unwrap_or(Err(ConnectError::Timeout(self.timeout)))
     }
 
     /// A connection goes back into use only when it is open, outside every transaction, with
-    /// its session state untouched (and, with `verify_checkouts`, answers).
+    /// its session state untouched (and, with `verify_checkouts`, answers in time).
     async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<ConnectError> {
         if std::thread::panicking() || !conn.reusable() {
             return Err(RecycleError::message(
@@ -264,11 +330,31 @@ impl deadpool::managed::Manager for Manager {
             ));
         }
         if self.verify_checkouts {
-            conn.pg()
-                .ping()
+            crate::clock::timeout(self.timeout, conn.pg().ping())
                 .await
+                .map_err(|_| RecycleError::message("the connection did not answer in time"))?
                 .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;
         }
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Opens a session, silent to every instrumentation, and sets it up: the router's own
+    /// setup, then the pool's `on_connect` hook.
+    async fn open_session(&self) -> Result<ServerConn, ConnectError> {
+        let how = Open {
+            application_name: None,
+            credentials: self.credentials.as_ref(),
+            unnamed: self.unnamed,
+        };
+        let mut conn = silenced(open(&self.url, how).await?);
+        let role = self.set_up(&mut conn).await?;
+        if let (Some(hook), Some(pg)) = (&self.on_connect, conn.prepared()) {
+            (hook.0)(pg, role)
+                .await
+                .map_err(|source| ConnectError::OnConnect { role, source })?;
+        }
+        Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
     }
 }

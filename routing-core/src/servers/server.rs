@@ -59,7 +59,8 @@ pub(crate) struct Server {
     /// The pool's limits as the primary, then as a replica: a node of a discovering pool takes
     /// those of the role it has now.
     sizes: [usize; 2],
-    timeouts: [Timeouts; 2],
+    /// How long a checkout waits for a free connection, as the primary, then as a replica.
+    waits: [Duration; 2],
     /// Whether the server serves as the primary now: its configured role, or, for a node,
     /// what the probe found last.
     as_primary: AtomicBool,
@@ -78,20 +79,19 @@ impl Server {
         let verify_checkouts =
             matches!(role, Role::Primary | Role::Node(_)) && config.verify_primary_checkouts();
         let manager = Manager::new(role, url.clone(), config, verify_checkouts);
-        let timeouts = |primary| Timeouts {
-            wait: Some(config.checkout_timeout(primary)),
-            create: Some(config.connect_timeout()),
-            recycle: Some(config.connect_timeout()),
-        };
-        let timeouts = [timeouts(true), timeouts(false)];
+        let waits = [
+            config.checkout_timeout(true),
+            config.checkout_timeout(false),
+        ];
         let sizes = [config.max_size(true), config.max_size(false)];
         // A node starts as a replica, until the probe finds it is the primary.
         let as_primary = role == Role::Primary;
         let duty = usize::from(!as_primary);
+        // No deadpool timeouts: they would take the caller's runtime's timers, which a runtime
+        // may lack. The checkout's wait is timed here, connecting and recycling in `Manager`,
+        // all on the router's clock.
         let pool = Pool::builder(manager)
             .max_size(sizes[duty])
-            .timeouts(timeouts[duty])
-            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|source| BuildError::Pool {
                 role,
@@ -107,7 +107,7 @@ impl Server {
             health: Arc::new(Health::new(role)),
             metrics: PoolMetrics::new(role),
             sizes,
-            timeouts,
+            waits,
             as_primary: AtomicBool::new(as_primary),
         })
     }
@@ -164,45 +164,64 @@ impl Server {
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
-        let timeouts = self.timeouts();
+        let wait = self.wait();
         let began = Instant::now();
-        match self.pool.timeout_get(&timeouts).await {
+        // A free connection first, without a timer; else wait for one, on the clock.
+        let free = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..Timeouts::new()
+        };
+        let checked_out = match self.pool.timeout_get(&free).await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                crate::clock::timeout(wait, self.pool.timeout_get(&Timeouts::new()))
+                    .await
+                    .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)))
+            }
+            checked_out => checked_out,
+        };
+        match checked_out {
             Ok(conn) => {
                 self.metrics.checked_out(began.elapsed());
                 Ok(conn)
             }
             Err(error) => {
-                if matches!(error, PoolError::Timeout(_)) {
+                if matches!(
+                    error,
+                    PoolError::Timeout(_) | PoolError::Backend(ConnectError::Timeout(_))
+                ) {
                     self.metrics.timed_out();
                 }
-                Err(self.checkout_error(error, timeouts))
+                Err(self.checkout_error(error, wait))
             }
         }
     }
 
-    /// The checkout's timeouts for the role the server serves in now.
-    fn timeouts(&self) -> Timeouts {
-        self.timeouts[usize::from(!self.as_primary.load(Ordering::Relaxed))]
+    /// How long a checkout waits for a free connection, in the role the server serves in now.
+    fn wait(&self) -> Duration {
+        self.waits[usize::from(!self.as_primary.load(Ordering::Relaxed))]
     }
 
-    fn checkout_error(&self, error: PoolError<ConnectError>, timeouts: Timeouts) -> Error {
-        let timeout = |t: Option<Duration>| t.unwrap_or_default();
+    fn checkout_error(&self, error: PoolError<ConnectError>, wait: Duration) -> Error {
         let source = match error {
             PoolError::Timeout(TimeoutType::Wait) => {
                 return Error::PoolExhausted {
                     role: self.role,
                     url: self.url().clone(),
-                    timeout: timeout(timeouts.wait),
+                    timeout: wait,
                     max_size: self.pool.status().max_size,
                 };
             }
             PoolError::Backend(ConnectError::WrongRole { .. }) => return self.wrong_role(),
+            PoolError::Backend(ConnectError::Timeout(timeout)) => {
+                CheckoutError::ConnectTimeout(timeout)
+            }
             PoolError::Backend(e) => CheckoutError::Connect(e),
+            // `Manager` times these itself.
             PoolError::Timeout(TimeoutType::Create) => {
-                CheckoutError::ConnectTimeout(timeout(timeouts.create))
+                CheckoutError::ConnectTimeout(Duration::ZERO)
             }
             PoolError::Timeout(TimeoutType::Recycle) => {
-                CheckoutError::RecycleTimeout(timeout(timeouts.recycle))
+                CheckoutError::RecycleTimeout(Duration::ZERO)
             }
             PoolError::Closed => CheckoutError::Closed,
             PoolError::NoRuntimeSpecified => CheckoutError::NoRuntime,

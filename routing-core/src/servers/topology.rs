@@ -80,7 +80,7 @@ impl Topology {
             }
             self.look_again.notify_one();
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+            if left.is_zero() || crate::clock::timeout(left, changed).await.is_err() {
                 return self.primary().filter(|node| Some(*node) != failed);
             }
         }

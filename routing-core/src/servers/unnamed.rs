@@ -3,7 +3,9 @@
 //! tokio-postgres's `query_typed`), so that nothing is left on one server connection for a later
 //! statement, which the pooler may send to another, to miss.
 
-use diesel::connection::{CacheSize, DynInstrumentation, Instrumentation};
+use diesel::connection::{
+    CacheSize, DynInstrumentation, Instrumentation, InstrumentationEvent, StrQueryHelper,
+};
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AsQuery, QueryBuilder, QueryFragment, QueryId};
@@ -53,6 +55,22 @@ impl UnnamedSession {
         &self.client
     }
 
+    /// Reports that the statement `sql` finished, as diesel-async's connection does.
+    fn finish_query<T>(&mut self, sql: &str, result: &QueryResult<T>) {
+        self.instrumentation
+            .on_connection_event(InstrumentationEvent::finish_query(
+                &StrQueryHelper::new(sql),
+                result.as_ref().err(),
+            ));
+    }
+
+    /// A statement that could not be rendered, reported as finished with its error.
+    fn unrendered<T>(&mut self, error: DieselError) -> QueryResult<T> {
+        let error = Err(error);
+        self.finish_query("", &error);
+        error
+    }
+
     /// As diesel-async: a serialization failure inside a transaction dooms the transaction, up
     /// to its top level. (`COMMIT` runs through `batch_execute`, which does not mark.)
     fn note_failure<T>(&mut self, result: &QueryResult<T>) {
@@ -69,7 +87,11 @@ impl UnnamedSession {
 impl SimpleAsyncConnection for UnnamedSession {
     /// Runs `sql` with the simple query protocol: no statement at all.
     async fn batch_execute(&mut self, sql: &str) -> QueryResult<()> {
-        self.client.batch_execute(sql).await.map_err(diesel_error)
+        self.instrumentation
+            .on_connection_event(InstrumentationEvent::start_query(&StrQueryHelper::new(sql)));
+        let result = self.client.batch_execute(sql).await.map_err(diesel_error);
+        self.finish_query(sql, &result);
+        result
     }
 }
 
@@ -85,9 +107,18 @@ impl AsyncConnectionCore for UnnamedSession {
         T: AsQuery + 'query,
         T::Query: QueryFragment<Pg> + QueryId + 'query,
     {
-        let statement = Statement::of(&source.as_query());
+        let query = source.as_query();
+        self.instrumentation
+            .on_connection_event(InstrumentationEvent::start_query(&diesel::debug_query::<
+                Pg,
+                _,
+            >(&query)));
+        let statement = Statement::of(&query);
         async move {
-            let statement = statement?;
+            let statement = match statement {
+                Ok(statement) => statement,
+                Err(error) => return self.unrendered(error),
+            };
             let rows = self
                 .client
                 .query_typed_raw(&statement.sql, statement.params())
@@ -95,6 +126,7 @@ impl AsyncConnectionCore for UnnamedSession {
                 .map(RowStream::unnamed)
                 .map_err(diesel_error);
             self.note_failure(&rows);
+            self.finish_query(&statement.sql, &rows);
             rows
         }
         .boxed()
@@ -107,9 +139,17 @@ impl AsyncConnectionCore for UnnamedSession {
     where
         T: QueryFragment<Pg> + QueryId + 'query,
     {
+        self.instrumentation
+            .on_connection_event(InstrumentationEvent::start_query(&diesel::debug_query::<
+                Pg,
+                _,
+            >(&source)));
         let statement = Statement::of(&source);
         async move {
-            let statement = statement?;
+            let statement = match statement {
+                Ok(statement) => statement,
+                Err(error) => return self.unrendered(error),
+            };
             let counted = async {
                 let mut rows = std::pin::pin!(
                     self.client
@@ -123,6 +163,7 @@ impl AsyncConnectionCore for UnnamedSession {
                 usize::try_from(count).map_err(|e| DieselError::DeserializationError(Box::new(e)))
             });
             self.note_failure(&count);
+            self.finish_query(&statement.sql, &count);
             count
         }
         .boxed()

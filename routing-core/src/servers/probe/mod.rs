@@ -206,7 +206,7 @@ pub(super) async fn session<'c>(
                 application_name: Some(APPLICATION_NAME),
                 ..Open::of(shared.config())
             };
-            connect::open(url, how).await?
+            connect::silenced(connect::open(url, how).await?)
         }
     };
     Ok(conn.insert(session))
