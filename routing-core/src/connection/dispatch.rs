@@ -120,7 +120,7 @@ impl RoutedConnection {
         }
         let mut verdict = tokens.check(&token, shared.config().read_your_writes(), now_ms());
         if verdict == Verdict::Unknown {
-            verdict = match primary_position(&shared).await {
+            verdict = match self.primary_position(&shared).await {
                 Ok(lsn) => {
                     tokens.note_primary(lsn);
                     if token.lsn() <= lsn {
@@ -141,6 +141,31 @@ impl RoutedConnection {
             tokens.count_forged();
             needs.causal_token = None;
         }
+    }
+
+    /// The primary's WAL insert position: asked on the primary connection this connection
+    /// holds (a second checkout could wait for that very connection, in a pool of one or a busy
+    /// one), else on a connection of its own, returned to the pool at once, so that a reader
+    /// never holds the primary for it.
+    async fn primary_position(&mut self, shared: &Arc<Shared>) -> Result<u64, Error> {
+        let error = |source| Error::Query {
+            role: Role::Primary,
+            source,
+        };
+        if self.held.holds(Target::Primary) && !self.primary_moved() {
+            let asked = self
+                .held
+                .watched(Target::Primary, shared, catalog::wal_insert_position);
+            return match asked {
+                Some(asked) => asked.await.map_err(error),
+                None => Err(error(lost_connection())),
+            };
+        }
+        let (primary, _) = shared.wait_for_primary().await?;
+        let mut session = primary.checkout().await?;
+        catalog::wal_insert_position(session.pg())
+            .await
+            .map_err(error)
     }
 
     /// Sends `query` to its server: straight to a held connection when its route does not
@@ -337,19 +362,6 @@ impl RoutedConnection {
             Target::Replica => result,
         }
     }
-}
-
-/// The primary's WAL insert position, asked on a connection of its own (returned to the pool
-/// at once, so that a reader never holds the primary for it).
-async fn primary_position(shared: &Shared) -> Result<u64, Error> {
-    let (primary, _) = shared.wait_for_primary().await?;
-    let mut session = primary.checkout().await?;
-    catalog::wal_insert_position(session.pg())
-        .await
-        .map_err(|source| Error::Query {
-            role: Role::Primary,
-            source,
-        })
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.
