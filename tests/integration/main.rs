@@ -10,6 +10,7 @@ mod events;
 mod failover;
 mod faults;
 mod hooks;
+mod hostile;
 mod migrations;
 mod observe;
 mod pgbouncer;
