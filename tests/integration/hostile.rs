@@ -15,7 +15,7 @@ use routing_tests::{servers, unique, where_ran};
 use crate::events::{active_backends, all_servers};
 
 /// Polls `check` until it holds, for up to `limit`; how long it took.
-async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+pub(crate) async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -11,6 +11,7 @@ mod failover;
 mod faults;
 mod hooks;
 mod hostile;
+mod hostile_faults;
 mod migrations;
 mod observe;
 mod pgbouncer;
