@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Text};
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::{FutureExt, StreamExt};
 use routing_core::{CausalToken, RoutedPool, with_causal_token, with_read_replica};
 use routing_tests::{servers, unique, where_ran};
@@ -292,4 +292,42 @@ async fn a_primary_listed_as_a_replica_never_serves_reads_and_a_standby_as_prima
         .expect_err("a standby configured as primary took a write");
     eprintln!("standby as primary: {error}");
     assert!(error.to_string().contains("recovery"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_replica_connections_closed_by_the_server_neither_fail_a_read_nor_leave_it_to_the_primary()
+ {
+    let servers = servers().await;
+    let application_name = unique("terminated_idle");
+    let pool = servers
+        .pool_builder(&application_name)
+        .replica_max_size(1)
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let mut conn = pool.get().await.unwrap();
+        with_read_replica(true, where_ran(&mut conn)).await;
+    }
+    // An administrator (or idle_session_timeout, or a proxy) ends every idle session of the pool
+    // on both replicas.
+    for url in &servers.replica_urls {
+        let mut admin = diesel_async::AsyncPgConnection::establish(url)
+            .await
+            .unwrap();
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind::<Text, _>(&application_name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = pool.get().await.unwrap();
+    let read = with_read_replica(true, where_ran(&mut conn)).await;
+    eprintln!(
+        "idle sessions terminated: the next read ran on {read:?}\n{}",
+        pool.status()
+    );
+    assert!(servers.is_replica(&read), "{read:?}");
 }
