@@ -197,11 +197,10 @@ async fn one_step(
 }
 
 /// Runs [`TASKS`] tasks of mixed statements on `pool` and checks that every statement succeeded
-/// where it belonged.
-async fn run_workload(pool: RoutedPool, cluster: LocalCluster) {
-    let cluster = Arc::new(cluster);
+/// where it belonged. The cluster stays up for the caller's later statements.
+async fn run_workload(pool: RoutedPool, cluster: &Arc<LocalCluster>) {
     let tasks: Vec<_> = (0..TASKS)
-        .map(|task| tokio::spawn(mixed_statements(pool.clone(), Arc::clone(&cluster), task)))
+        .map(|task| tokio::spawn(mixed_statements(pool.clone(), Arc::clone(cluster), task)))
         .collect();
     let mut total = Outcome::default();
     for task in tasks {
@@ -235,7 +234,8 @@ async fn transaction_mode_with_transaction_pooler_runs_everything_where_the_serv
         .build()
         .unwrap();
     pool.check().await.unwrap();
-    run_workload(pool.clone(), cluster).await;
+    let cluster = Arc::new(cluster);
+    run_workload(pool.clone(), &cluster).await;
 
     // Session state outside a transaction is refused; inside one, a transaction-scoped form runs.
     let mut conn = pool.get().await.unwrap();
@@ -283,7 +283,7 @@ async fn session_mode_with_default_settings_runs_everything_where_the_servers_sa
     };
     let pool = through_bouncers(&cluster).build().unwrap();
     pool.check().await.unwrap();
-    run_workload(pool, cluster).await;
+    run_workload(pool, &Arc::new(cluster)).await;
 }
 
 /// Runs a cached statement on `first` while `second` holds a transaction: in transaction mode,
