@@ -353,7 +353,7 @@ impl RoutedConnection {
         let guard = self.held.start(route.target);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {
-            Ok(()) => run(conn, &owned).await,
+            Ok(()) => run(conn, &owned).await.map(|value| guard.watch(value)),
             Err(e) => Err(e),
         };
         self.held.finish(guard);

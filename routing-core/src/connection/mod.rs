@@ -61,7 +61,9 @@ type RunFn<I, R> =
 /// a primary connection, and one in a primary scope never holds a replica connection.
 ///
 /// A statement whose future is dropped before it finishes (a request timeout, a client gone) is
-/// cancelled on its server, and its server connection is closed rather than reused. A
+/// cancelled on its server, and its server connection is closed rather than reused. So is the
+/// statement of a row stream dropped before its end, unless the rest of its result had already
+/// arrived (as after `get_result` or `first`, which read one row and drop the stream). A
 /// transaction whose future is dropped midway is rolled back (its server connection closed) the
 /// next time this connection is used or when it is dropped; this connection's later statements
 /// run outside it. A server connection whose session state a statement changed (`SET`, a session
@@ -274,7 +276,7 @@ impl RoutedConnection {
         if self.held.holds(Target::Primary) {
             self.primary_moved();
         }
-        if let Some(target) = self.held.take_busy() {
+        while let Some(target) = self.held.take_busy() {
             self.held.discard(target);
             if self.pinned == Some(target) {
                 self.transaction_lost = true;

@@ -353,7 +353,7 @@ impl RoutedConnection {
             return Attempt::Next(replica_error(self.role_of(index), super::lost_connection()));
         };
         let result = match owned.resolve(conn, shared.types()).await {
-            Ok(()) => match (run(conn, owned).await, first_row) {
+            Ok(()) => match (run(conn, owned).await.map(|v| guard.watch(v)), first_row) {
                 (Ok(value), Some(first_row)) => {
                     let after = AfterRows {
                         key: StatementKey::of(owned.static_id(), owned.shared_sql()),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel_async::AsyncPgConnection;
-use tokio_postgres::CancelToken;
 
+use super::cancel::Canceller;
 use super::session::ServerSession;
 use super::unnamed::UnnamedSession;
 use super::{catalog, tls};
@@ -98,37 +98,6 @@ pub(crate) async fn open(url: &DatabaseUrl, how: Open<'_>) -> Result<ServerSessi
         })
 }
 
-/// What cancels the statement a session runs: its cancel key, and the connector its cancel
-/// request goes through (TLS as for the session itself).
-pub(crate) struct Canceller {
-    token: CancelToken,
-    connector: Option<tls::Connector>,
-}
-
-/// Asks the server behind `canceller` to cancel whatever its session is running, in the
-/// background: a server that does not answer (frozen) is given up on after `patience`.
-pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let canceller = Arc::clone(canceller);
-    runtime.spawn(async move {
-        let request = async {
-            match &canceller.connector {
-                Some(connector) => canceller.token.cancel_query(connector.clone()).await,
-                None => canceller.token.cancel_query(tokio_postgres::NoTls).await,
-            }
-        };
-        let cancelled = tokio::time::timeout(patience, Box::pin(request));
-        match cancelled.await {
-            Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
-            outcome => {
-                tracing::debug!(target: "routing_core", ?outcome, "cancel request not delivered")
-            }
-        }
-    });
-}
-
 /// A pooled server session and what the router knows of it.
 pub(crate) struct ServerConn {
     conn: ServerSession,
@@ -142,10 +111,7 @@ pub(crate) struct ServerConn {
 
 impl ServerConn {
     fn new(conn: ServerSession, connector: Option<tls::Connector>) -> Self {
-        let cancel = Arc::new(Canceller {
-            token: conn.cancel_token(),
-            connector,
-        });
+        let cancel = Arc::new(Canceller::new(conn.cancel_token(), connector));
         ServerConn {
             conn,
             cancel,
@@ -163,15 +129,26 @@ impl ServerConn {
         &self.cancel
     }
 
+    /// Whether a row stream of the session was dropped before its end: its statement may still
+    /// run, so the session must not run another.
+    pub(crate) fn stream_abandoned(&self) -> bool {
+        self.cancel.stream_abandoned()
+    }
+
     /// Notes that a statement changed the session's state.
     pub(crate) fn mark_session_changed(&mut self) {
         self.session_changed = true;
     }
 
     /// Whether the session may serve another checkout as it is: open, outside every
-    /// transaction, its state as the router set it up.
+    /// transaction, its state as the router set it up, no row stream of its alive or dropped
+    /// before its end.
     pub(crate) fn reusable(&mut self) -> bool {
-        !self.session_changed && !self.conn.is_broken()
+        // Open streams first: a stream dropped early marks the session before it stops counting.
+        !self.session_changed
+            && !self.cancel.streams_open()
+            && !self.cancel.stream_abandoned()
+            && !self.conn.is_broken()
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! [`RoutedPool`] is the handle to this state; its hand-out methods live in `pool.rs`.
 
+pub(crate) mod cancel;
 pub(crate) mod catalog;
 pub(crate) mod connect;
 mod health;
@@ -34,7 +35,7 @@ pub(crate) use health::Lease;
 pub(crate) use learned::{Learned, StatementKey};
 pub(crate) use row::{RoutedRow, RowStream};
 pub(crate) use server::Server;
-pub(crate) use session::{Outcome, ServerSession};
+pub(crate) use session::{Outcome, ServerSession, Watchable};
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;
