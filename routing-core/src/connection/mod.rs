@@ -64,11 +64,16 @@ type RunFn<I, R> =
 /// cancelled on its server, and its server connection is closed rather than reused. So is the
 /// statement of a row stream dropped before its end, unless the rest of its result had already
 /// arrived (as after `get_result` or `first`, which read one row and drop the stream). A
-/// transaction whose future is dropped midway is rolled back (its server connection closed) the
-/// next time this connection is used or when it is dropped; this connection's later statements
-/// run outside it. A server connection whose session state a statement changed (`SET`, a session
-/// advisory lock, `LISTEN`, a temporary table, `PREPARE`, ...) is closed when this connection
-/// releases it, so that nothing carries over to the next checkout.
+/// transaction whose future is dropped midway is rolled back at once: its server process is
+/// ended (`pg_terminate_backend`, in the background, from another connection of the same
+/// server's pool), so its locks do not wait for this connection's next use; its server
+/// connection is closed, and this connection's later statements run outside it. Behind a
+/// transaction pooler, whose sessions are not the server's, the transaction is rolled back when
+/// this connection is next used or dropped instead (its pooler connection closed).
+///
+/// A server connection whose session state a statement changed (`SET`, a session advisory
+/// lock, `LISTEN`, a temporary table, `PREPARE`, ...) is closed when this connection releases
+/// it, so that nothing carries over to the next checkout.
 pub struct RoutedConnection {
     pool: RoutedPool,
     held: Held,
@@ -266,11 +271,12 @@ impl RoutedConnection {
         true
     }
 
-    /// Clears what a dropped statement or transaction future left behind, before anything else
-    /// runs on this connection: a primary connection to a node that is no longer the primary is
-    /// released; a server connection that may still run a statement (its cancel request already
-    /// sent) is closed; an abandoned transaction is rolled back by closing its server
-    /// connection, and later statements run outside it; a transaction that lost its server
+    /// Clears what a dropped statement future, row stream or transaction future left behind,
+    /// before anything else runs on this connection: a primary connection to a node that is no
+    /// longer the primary is released; a server connection that may still run a statement (its
+    /// cancel request already sent) is closed; an abandoned transaction's server connection
+    /// (its process already being ended, where the router knows it) is closed, which rolls it
+    /// back, and later statements run outside it; a transaction that lost its server
     /// connection while it goes on fails its statements until it ends.
     fn settle(&mut self) {
         if self.held.holds(Target::Primary) {

@@ -10,6 +10,7 @@ use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel_async::AsyncPgConnection;
 
 use super::cancel::Canceller;
+use super::catalog::Backend;
 use super::session::ServerSession;
 use super::unnamed::UnnamedSession;
 use super::{catalog, tls};
@@ -107,15 +108,23 @@ pub(crate) struct ServerConn {
     /// Whether a statement changed the session's state (a `SET`, a session advisory lock, a
     /// `LISTEN`, a temporary table, ...): such a session is closed instead of being reused.
     session_changed: bool,
+    /// The server process of the session, learned when it was set up; `None` behind a
+    /// transaction pooler, whose sessions are not the server's.
+    backend: Option<Backend>,
 }
 
 impl ServerConn {
-    fn new(conn: ServerSession, connector: Option<tls::Connector>) -> Self {
+    fn new(
+        conn: ServerSession,
+        connector: Option<tls::Connector>,
+        backend: Option<Backend>,
+    ) -> Self {
         let cancel = Arc::new(Canceller::new(conn.cancel_token(), connector));
         ServerConn {
             conn,
             cancel,
             session_changed: false,
+            backend,
         }
     }
 
@@ -127,6 +136,11 @@ impl ServerConn {
     /// What cancels the statement this session runs.
     pub(crate) fn canceller(&self) -> &Arc<Canceller> {
         &self.cancel
+    }
+
+    /// The server process of the session (`None` behind a transaction pooler).
+    pub(crate) fn backend(&self) -> Option<Backend> {
+        self.backend
     }
 
     /// Whether a row stream of the session was dropped before its end: its statement may still
@@ -185,29 +199,42 @@ impl Manager {
         }
     }
 
-    /// The router's own setup of a new session: a configured replica's is read-only on the
-    /// server (unless no session state may be set), and with `verify_role` the server must be
-    /// in its configured role. A discovered node's session is left as it is: the node may be
-    /// promoted. Returns the role to tell the `on_connect` hook.
-    async fn set_up(&self, conn: &mut ServerSession) -> Result<Role, ConnectError> {
-        let in_recovery = match self.role {
-            Role::Node(_) if self.on_connect.is_none() => return Ok(self.role),
-            Role::Node(_) => catalog::in_recovery(conn).await,
-            Role::Replica(_) if !self.unnamed => catalog::set_up_session(conn, true).await,
-            _ => catalog::in_recovery(conn).await,
-        }
-        .map_err(ConnectError::Setup)?;
-        match self.role {
-            Role::Node(node) if in_recovery => Ok(Role::Replica(node)),
-            Role::Node(_) => Ok(Role::Primary),
+    /// The router's own setup of a new session, in one round trip: a configured replica's is
+    /// read-only on the server (unless no session state may be set), and with `verify_role` the
+    /// server must be in its configured role; the session's server process is noted (except
+    /// behind a transaction pooler, whose sessions are not the server's). A discovered node's
+    /// session is left read-write: the node may be promoted. Returns the role to tell the
+    /// `on_connect` hook.
+    async fn set_up(
+        &self,
+        conn: &mut ServerSession,
+    ) -> Result<(Role, Option<Backend>), ConnectError> {
+        let (in_recovery, backend) = if self.unnamed {
+            if matches!(self.role, Role::Node(_)) && self.on_connect.is_none() {
+                return Ok((self.role, None));
+            }
+            (catalog::in_recovery(conn).await, None)
+        } else {
+            let read_only = matches!(self.role, Role::Replica(_));
+            match catalog::set_up_session(conn, read_only).await {
+                Ok((in_recovery, backend)) => (Ok(in_recovery), backend),
+                Err(error) => (Err(error), None),
+            }
+        };
+        let in_recovery = in_recovery.map_err(ConnectError::Setup)?;
+        let role = match self.role {
+            Role::Node(_) if self.on_connect.is_none() => self.role,
+            Role::Node(node) if in_recovery => Role::Replica(node),
+            Role::Node(_) => Role::Primary,
             role => {
                 let replica = matches!(role, Role::Replica(_));
                 if self.verify_role && in_recovery != replica {
                     return Err(ConnectError::WrongRole { in_recovery });
                 }
-                Ok(role)
+                role
             }
-        }
+        };
+        Ok((role, backend))
     }
 }
 
@@ -223,13 +250,17 @@ impl deadpool::managed::Manager for Manager {
             unnamed: self.unnamed,
         };
         let mut conn = open(&self.url, how).await?;
-        let role = self.set_up(&mut conn).await?;
+        let (role, backend) = self.set_up(&mut conn).await?;
         if let (Some(hook), Some(pg)) = (&self.on_connect, conn.prepared()) {
             (hook.0)(pg, role)
                 .await
                 .map_err(|source| ConnectError::OnConnect { role, source })?;
         }
-        Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
+        Ok(ServerConn::new(
+            conn,
+            tls::connector(&self.url).ok(),
+            backend,
+        ))
     }
 
     /// A connection goes back into use only when it is open, outside every transaction, with

@@ -244,6 +244,15 @@ impl Shared {
         &self.replicas
     }
 
+    /// A server by its index among the replicas (or nodes); `None` names the configured
+    /// primary.
+    pub(crate) fn server(&self, index: Option<usize>) -> Option<&Server> {
+        match index {
+            Some(index) => self.replicas.get(index),
+            None => self.primary.as_ref(),
+        }
+    }
+
     /// The configured primary and the replicas, or every node, in configuration order.
     pub(crate) fn servers(&self) -> impl Iterator<Item = &Server> {
         self.primary.iter().chain(&self.replicas)
