@@ -11,6 +11,8 @@ mod events;
 mod failover;
 mod faults;
 mod hooks;
+mod hostile;
+mod hostile_faults;
 mod kinds;
 mod migrations;
 mod observe;

@@ -23,6 +23,8 @@ const SESSION_STATEMENTS: &[&str] = &[
     "DEALLOCATE",
     "DECLARE",
     "DISCARD",
+    // A `DO` block's body is procedural code the classifier does not read.
+    "DO",
     "LISTEN",
     "LOAD",
     "PREPARE",
@@ -34,9 +36,10 @@ impl Classifier {
     /// Whether `sql` (one statement or several) may change the state of the session that runs
     /// it beyond its transaction: `SET` (not `SET LOCAL`, `SET TRANSACTION` or
     /// `SET CONSTRAINTS`), `RESET`, `LISTEN`/`UNLISTEN`, `PREPARE`/`DEALLOCATE`, `DECLARE`,
-    /// `DISCARD`, `LOAD`, temporary tables, views and sequences, session advisory locks,
-    /// `set_config`, `setseed`, named dblink connections. Text that cannot be read counts as
-    /// changing the session.
+    /// `DISCARD`, `LOAD`, temporary tables, views, sequences and functions (`TEMP`, or made in
+    /// `pg_temp`), session advisory locks, `set_config`, `setseed` (named plainly or quoted),
+    /// named dblink connections, and `DO` blocks, whose bodies it does not read. Text that
+    /// cannot be read counts as changing the session.
     #[must_use]
     pub fn changes_session(&self, sql: &str) -> bool {
         let mut lexer = Lexer::new(sql);
@@ -58,24 +61,24 @@ impl Classifier {
                 Kind::Ident if at_start && statement_changes_session(token, &mut lexer) => {
                     return true;
                 }
-                // `SELECT ... INTO TEMP t`, `CREATE TEMP TABLE`, `CREATE GLOBAL TEMPORARY ...`.
+                // `SELECT ... INTO TEMP t`, `CREATE TEMP TABLE`, `CREATE GLOBAL TEMPORARY ...`,
+                // `CREATE OR REPLACE TEMP VIEW`.
                 Kind::Ident
                     if (token.is_kw("TEMP") || token.is_kw("TEMPORARY"))
                         && previous.is_some_and(|p| {
                             p.is_kw("INTO")
                                 || p.is_kw("CREATE")
+                                || p.is_kw("REPLACE")
                                 || p.is_kw("GLOBAL")
                                 || p.is_kw("LOCAL")
                         }) =>
                 {
                     return true;
                 }
-                Kind::LParen
-                    if previous
-                        .is_some_and(|p| p.kind == Kind::Ident && is_session_function(p.text)) =>
-                {
-                    return true;
-                }
+                // Anything named in the session's own schema: `CREATE TABLE pg_temp.t`,
+                // `CREATE FUNCTION pg_temp.f()`.
+                Kind::Dot if previous.is_some_and(|p| names(p, "pg_temp")) => return true,
+                Kind::LParen if previous.is_some_and(is_session_function) => return true,
                 _ => {}
             }
             at_start = false;
@@ -101,11 +104,24 @@ fn statement_changes_session(lead: Token<'_>, lexer: &mut Lexer<'_>) -> bool {
     false
 }
 
-fn is_session_function(name: &str) -> bool {
-    name.len() <= 32
-        && SESSION_FUNCTIONS
-            .binary_search(&name.to_ascii_lowercase().as_str())
-            .is_ok()
+/// Whether `token` names `name` (lowercase): an unquoted word in any case, or exactly quoted.
+fn names(token: Token<'_>, name: &str) -> bool {
+    match token.kind {
+        Kind::Ident => token.text.eq_ignore_ascii_case(name),
+        Kind::Quoted => token.text == name,
+        _ => false,
+    }
+}
+
+/// Whether `token` names one of [`SESSION_FUNCTIONS`] (a quoted name only as PostgreSQL folds
+/// it: in lowercase).
+fn is_session_function(token: Token<'_>) -> bool {
+    let name = match token.kind {
+        Kind::Ident if token.text.len() <= 32 => token.text.to_ascii_lowercase(),
+        Kind::Quoted => token.text.to_owned(),
+        _ => return false,
+    };
+    SESSION_FUNCTIONS.binary_search(&name.as_str()).is_ok()
 }
 
 #[cfg(test)]
@@ -137,6 +153,12 @@ mod tests {
             "select setseed(0.5)",
             "INSERT INTO t VALUES (1); SET work_mem = '1MB'",
             "(SELECT pg_advisory_lock(1))",
+            "SELECT \"set_config\"('statement_timeout', '1ms', false)",
+            "SELECT * FROM pg_catalog.\"pg_advisory_lock\"(1)",
+            "DO $$ BEGIN PERFORM set_config('x.y', 'z', false); END $$",
+            "CREATE TABLE pg_temp.t (a int)",
+            "CREATE FUNCTION \"pg_temp\".f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
             "SELECT 'unterminated",
         ] {
             assert!(classifier.changes_session(sql), "{sql}");
@@ -155,6 +177,8 @@ mod tests {
             "SET CONSTRAINTS ALL DEFERRED",
             "SELECT pg_advisory_xact_lock(1)",
             "SELECT 'SET x = 1', \"temp\" FROM temp_things",
+            "SELECT \"SET_CONFIG\"('x.y', 'z', false)",
+            "SELECT pg_temp_things.a FROM pg_temp_things",
             "CREATE TABLE t (a int)",
             "SELECT nextval('s')",
             "-- SET x = 1\nSELECT 1",

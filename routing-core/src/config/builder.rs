@@ -336,7 +336,10 @@ impl RoutedPoolBuilder {
     /// caching (each statement is planned again), session settings and
     /// [`on_connect`](Self::on_connect), and [`RoutedConnection::primary`](crate::RoutedConnection::primary).
     /// Transactions work as usual: the pooler keeps one server connection from `BEGIN` to
-    /// `COMMIT`.
+    /// `COMMIT`. One whose future is dropped midway is rolled back when its `RoutedConnection`
+    /// is next used or dropped (its pooler connection is closed, and PgBouncer releases the
+    /// server connection), not at once as on direct sessions, whose server process the router
+    /// ends: a pooler's sessions are not the server's.
     ///
     /// With `false` (the default), statements are prepared, named and cached per connection,
     /// which needs a session per connection: direct connections, or PgBouncer in session mode.

@@ -7,7 +7,7 @@ use tokio_postgres::Socket;
 use tokio_postgres::tls::MakeTlsConnect;
 
 use super::held::Running;
-use crate::servers::connect::Canceller;
+use crate::servers::cancel::Canceller;
 
 /// Cancels the statement its connection is running, on the server that runs it: the primary or
 /// a replica. Made by [`RoutedConnection::cancel_token`](super::RoutedConnection::cancel_token),

@@ -67,12 +67,38 @@ impl RoutedConnection {
             TokenCheck::Keep => true,
             TokenCheck::Drop => false,
             TokenCheck::AskPrimary => {
-                reads::keep_token(&shared, &token, primary_position(&shared).await)
+                let primary = self.primary_position(&shared).await;
+                reads::keep_token(&shared, &token, primary)
             }
         };
         if !keep {
             needs.causal_token = None;
         }
+    }
+
+    /// The primary's WAL insert position: asked on the primary connection this connection
+    /// holds (a second checkout could wait for that very connection, in a pool of one or a busy
+    /// one), else on a connection of its own, returned to the pool at once, so that a reader
+    /// never holds the primary for it.
+    async fn primary_position(&mut self, shared: &Arc<Shared>) -> Result<u64, Error> {
+        let error = |source| Error::Query {
+            role: Role::Primary,
+            source,
+        };
+        if self.held.holds(Target::Primary) && !self.primary_moved() {
+            let asked = self
+                .held
+                .watched(Target::Primary, shared, catalog::wal_insert_position);
+            return match asked {
+                Some(asked) => asked.await.map_err(error),
+                None => Err(error(lost_connection())),
+            };
+        }
+        let (primary, _) = shared.wait_for_primary().await?;
+        let mut session = primary.checkout().await?;
+        catalog::wal_insert_position(session.pg())
+            .await
+            .map_err(error)
     }
 
     /// Sends `query` to its server: straight to a held connection when its route does not
@@ -262,7 +288,7 @@ impl RoutedConnection {
             Ok(()) => {
                 self.lend_instrumentation(route.target, true);
                 let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
-                let result = run(conn, &owned).await;
+                let result = run(conn, &owned).await.map(|value| guard.watch(value));
                 self.reclaim_instrumentation();
                 result
             }
@@ -274,19 +300,6 @@ impl RoutedConnection {
             Target::Replica => result,
         }
     }
-}
-
-/// The primary's WAL insert position, asked on a connection of its own (returned to the pool
-/// at once, so that a reader never holds the primary for it).
-async fn primary_position(shared: &Shared) -> Result<u64, Error> {
-    let (primary, _) = shared.wait_for_primary().await?;
-    let mut session = primary.checkout().await?;
-    catalog::wal_insert_position(session.pg())
-        .await
-        .map_err(|source| Error::Query {
-            role: Role::Primary,
-            source,
-        })
 }
 
 /// How to run a statement's owned form, with or without the query's static id `Id`.

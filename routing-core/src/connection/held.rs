@@ -1,23 +1,21 @@
 //! The server connections a [`RoutedConnection`](super::RoutedConnection) holds, and when they
-//! go back to their pool: a connection still running a statement whose future was dropped, one
-//! inside a transaction, and one whose session state changed are closed instead.
+//! go back to their pool: a connection still running a statement whose future (or row stream)
+//! was dropped, one inside a transaction, and one whose session state changed are closed
+//! instead.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use deadpool::managed::Object;
 use diesel::QueryResult;
 use pin_project_lite::pin_project;
 
 use crate::route::Target;
-use crate::servers::connect::{self, Canceller, ServerConn};
-use crate::servers::{Lease, PooledConn, ServerSession, Shared};
-
-/// How long a cancel request may take before it is given up (a frozen server never answers).
-const CANCEL_PATIENCE: Duration = Duration::from_secs(5);
+use crate::servers::cancel::{self, CANCEL_PATIENCE, Canceller};
+use crate::servers::connect::ServerConn;
+use crate::servers::{Lease, PooledConn, ServerSession, Shared, Watchable};
 
 /// A connection to one replica, counted in its `in_flight` while held.
 pub(super) struct HeldReplica {
@@ -170,11 +168,16 @@ impl Held {
         }
     }
 
-    /// The connection a dropped statement future left running, cleared.
+    /// A connection that may still run a statement: one a dropped statement future left
+    /// running (cleared), or one with a row stream dropped before its end.
     pub(super) fn take_busy(&mut self) -> Option<Target> {
         let target = self.busy.target;
         self.busy.clear();
-        target
+        target.or_else(|| {
+            [Target::Primary, Target::Replica]
+                .into_iter()
+                .find(|&target| self.session(target).is_some_and(|s| s.stream_abandoned()))
+        })
     }
 
     /// Marks `target`'s connection busy with a statement: the guard cancels it on the server
@@ -241,13 +244,22 @@ impl StatementGuard {
     fn disarm(mut self) {
         self.cancel = None;
     }
+
+    /// What the statement gave, its rows watched: a row stream dropped before its end cancels
+    /// the statement and keeps its server connection from being reused.
+    pub(super) fn watch<T: Watchable>(&self, output: T) -> T {
+        match &self.cancel {
+            Some(canceller) => output.watch_rows(canceller),
+            None => output,
+        }
+    }
 }
 
 impl Drop for StatementGuard {
     fn drop(&mut self) {
         if let Some(token) = self.cancel.take() {
             tracing::debug!(target: "routing_core", "statement dropped before it finished: cancelling it");
-            connect::cancel(&token, CANCEL_PATIENCE);
+            cancel::cancel(&token, CANCEL_PATIENCE);
         }
     }
 }
@@ -267,13 +279,15 @@ pin_project! {
 impl<F, T> Future for Watched<'_, F>
 where
     F: Future<Output = QueryResult<T>>,
+    T: Watchable,
 {
     type Output = QueryResult<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<QueryResult<T>> {
         let this = self.project();
-        let output = std::task::ready!(this.future.poll(cx));
+        let mut output = std::task::ready!(this.future.poll(cx));
         if let Some(guard) = this.guard.take() {
+            output = output.map(|value| guard.watch(value));
             guard.disarm();
         }
         this.busy.clear();

@@ -65,12 +65,19 @@ type RunFn<I, R> =
 /// a primary connection, and one in a primary scope never holds a replica connection.
 ///
 /// A statement whose future is dropped before it finishes (a request timeout, a client gone) is
-/// cancelled on its server, and its server connection is closed rather than reused. A
-/// transaction whose future is dropped midway is rolled back (its server connection closed) the
-/// next time this connection is used or when it is dropped; this connection's later statements
-/// run outside it. A server connection whose session state a statement changed (`SET`, a session
-/// advisory lock, `LISTEN`, a temporary table, `PREPARE`, ...) is closed when this connection
-/// releases it, so that nothing carries over to the next checkout.
+/// cancelled on its server, and its server connection is closed rather than reused. So is the
+/// statement of a row stream dropped before its end, unless the rest of its result had already
+/// arrived (as after `get_result` or `first`, which read one row and drop the stream). A
+/// transaction whose future is dropped midway is rolled back at once: its server process is
+/// ended (`pg_terminate_backend`, in the background, from another connection of the same
+/// server's pool), so its locks do not wait for this connection's next use; its server
+/// connection is closed, and this connection's later statements run outside it. Behind a
+/// transaction pooler, whose sessions are not the server's, the transaction is rolled back when
+/// this connection is next used or dropped instead (its pooler connection closed).
+///
+/// A server connection whose session state a statement changed (`SET`, a session advisory
+/// lock, `LISTEN`, a temporary table, `PREPARE`, ...) is closed when this connection releases
+/// it, so that nothing carries over to the next checkout.
 pub struct RoutedConnection {
     pool: RoutedPool,
     held: Held,
@@ -283,18 +290,19 @@ impl RoutedConnection {
         true
     }
 
-    /// Clears what a dropped statement or transaction future left behind, before anything else
-    /// runs on this connection: a primary connection to a node that is no longer the primary is
-    /// released; a server connection that may still run a statement (its cancel request already
-    /// sent) is closed; an abandoned transaction is rolled back by closing its server
-    /// connection, and later statements run outside it; a transaction that lost its server
+    /// Clears what a dropped statement future, row stream or transaction future left behind,
+    /// before anything else runs on this connection: a primary connection to a node that is no
+    /// longer the primary is released; a server connection that may still run a statement (its
+    /// cancel request already sent) is closed; an abandoned transaction's server connection
+    /// (its process already being ended, where the router knows it) is closed, which rolls it
+    /// back, and later statements run outside it; a transaction that lost its server
     /// connection while it goes on fails its statements until it ends.
     fn settle(&mut self) {
         self.reclaim_instrumentation();
         if self.held.holds(Target::Primary) {
             self.primary_moved();
         }
-        if let Some(target) = self.held.take_busy() {
+        while let Some(target) = self.held.take_busy() {
             self.held.discard(target);
             if self.pinned == Some(target) {
                 self.transaction_lost = true;

@@ -260,7 +260,7 @@ impl RoutedConnection {
                         super::lost_connection(),
                     ));
                 };
-                let ran = run(conn, owned).await;
+                let ran = run(conn, owned).await.map(|value| guard.watch(value));
                 self.reclaim_instrumentation();
                 match (ran, first_row) {
                     (Ok(value), Some(first_row)) => {

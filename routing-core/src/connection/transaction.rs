@@ -1,9 +1,11 @@
 //! Transactions on a [`RoutedConnection`]: each is pinned to one server connection, the primary
 //! or (read-only, in a replica scope) a replica, and watched, so that one whose future is dropped
-//! midway is rolled back instead of swallowing the connection's later statements.
+//! midway is rolled back instead of swallowing the connection's later statements, and its
+//! server process ended at once so that its locks do not wait for the connection's next use.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::connection::TransactionManagerStatus;
@@ -16,7 +18,8 @@ use crate::causal::now_ms;
 use crate::context::read_needs;
 use crate::error::Error;
 use crate::route::{self, Statement, Target};
-use crate::servers::ServerSession;
+use crate::servers::catalog::{self, Backend};
+use crate::servers::{ServerSession, Shared};
 
 type Ansi = AnsiTransactionManager;
 
@@ -33,7 +36,7 @@ impl TransactionManager<RoutedConnection> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
     async fn begin_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
-        begin(conn, None).await
+        begin(conn, None, None).await
     }
 
     async fn rollback_transaction(conn: &mut RoutedConnection) -> QueryResult<()> {
@@ -136,20 +139,82 @@ impl RoutedConnection {
         TransactionGuard {
             cell: Some(Arc::clone(cell)),
             depth,
+            process: None,
         }
     }
 }
 
-/// Marks a transaction abandoned when dropped before [`TransactionGuard::complete`].
+/// How long ending an abandoned transaction's server process may take (a checkout, then one
+/// statement) before it is given up; the transaction is then rolled back when its connection
+/// is next used or dropped.
+const END_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The server process of a transaction, and where to reach its server from another session.
+struct ServerProcess {
+    shared: Arc<Shared>,
+    /// The server's index among the replicas (or nodes); `None` for the configured primary.
+    server: Option<usize>,
+    backend: Backend,
+}
+
+impl ServerProcess {
+    /// Ends the process from another session of the same server's pool, in the background:
+    /// its transaction is rolled back and its locks released at once. Outside a tokio runtime,
+    /// nothing is done.
+    fn end_in_background(self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let Some(server) = self.shared.server(self.server) else {
+                return;
+            };
+            let role = server.role();
+            let ended = tokio::time::timeout(END_PATIENCE, async {
+                let mut conn = server.checkout().await?;
+                catalog::terminate(conn.pg(), self.backend)
+                    .await
+                    .map_err(|source| Error::Query { role, source })
+            })
+            .await;
+            match ended {
+                Ok(Ok(ended)) => tracing::debug!(
+                    target: "routing_core",
+                    server = %role,
+                    ended,
+                    "transaction dropped midway: its server process ended"
+                ),
+                Ok(Err(error)) => tracing::debug!(
+                    target: "routing_core",
+                    server = %role,
+                    %error,
+                    "transaction dropped midway: cannot end its server process"
+                ),
+                Err(_) => tracing::debug!(
+                    target: "routing_core",
+                    server = %role,
+                    "transaction dropped midway: ending its server process timed out"
+                ),
+            }
+        });
+    }
+}
+
+/// Marks a transaction abandoned when dropped before [`TransactionGuard::complete`], and then
+/// ends the transaction's server process (see [`ServerProcess::end_in_background`]).
 struct TransactionGuard {
     cell: Option<Arc<AtomicU32>>,
     /// The transaction's depth: 1 for a transaction, more for a savepoint inside one.
     depth: u32,
+    /// The server process of a transaction (never of a savepoint, nor of a session behind a
+    /// transaction pooler), once it is about to begin.
+    process: Option<ServerProcess>,
 }
 
 impl TransactionGuard {
     fn complete(mut self) {
         self.cell = None;
+        self.process = None;
     }
 }
 
@@ -157,6 +222,9 @@ impl Drop for TransactionGuard {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
             cell.fetch_min(self.depth, Ordering::AcqRel);
+            if let Some(process) = self.process.take() {
+                process.end_in_background();
+            }
         }
     }
 }
@@ -177,8 +245,8 @@ where
     E: From<DieselError>,
 {
     conn.settle();
-    let guard = conn.transaction_guard();
-    let result = match begin(conn, options).await {
+    let mut guard = conn.transaction_guard();
+    let result = match begin(conn, options, Some(&mut guard)).await {
         Err(error) => Err(error.into()),
         Ok(()) => match callback(&mut *conn).await {
             Ok(value) => match end(conn, End::Commit).await {
@@ -197,10 +265,12 @@ where
 }
 
 /// Checks out the transaction's server and begins; `options` come from a
-/// [`TransactionBuilder`]. Inside a transaction, begins a savepoint.
+/// [`TransactionBuilder`]. Inside a transaction, begins a savepoint. A transaction's `guard`
+/// learns its server process before it begins.
 async fn begin(
     conn: &mut RoutedConnection,
     options: Option<&TransactionOptions>,
+    guard: Option<&mut TransactionGuard>,
 ) -> QueryResult<()> {
     conn.settle();
     if let Some(target) = conn.pinned {
@@ -254,7 +324,16 @@ async fn begin(
         conn.checkout_primary().await.map_err(Error::into_diesel)?;
     }
     conn.lend_instrumentation(route.target, false);
-    let guard = conn.held.start(route.target);
+    let process = conn
+        .held
+        .session(route.target)
+        .and_then(|session| session.backend())
+        .map(|backend| ServerProcess {
+            shared: Arc::clone(conn.shared()),
+            server: conn.held.index(route.target),
+            backend,
+        });
+    let statement_guard = conn.held.start(route.target);
     let inner = conn.held(route.target).ok_or_else(lost)?;
     // Inside a test transaction the pooled primary session is already in a transaction: a
     // configured one becomes a savepoint there, as a plain one does.
@@ -262,13 +341,16 @@ async fn begin(
         && <Ansi as TransactionManager<ServerSession>>::transaction_manager_status_mut(inner)
             .transaction_depth()
             .is_ok_and(|depth| depth.is_some());
+    if let Some(guard) = guard.filter(|_| !savepoint) {
+        guard.process = process;
+    }
     let begun = match options {
         Some(options) if !savepoint => {
             AnsiTransactionManager::begin_transaction_sql(inner, &options.sql()).await
         }
         _ => <Ansi as TransactionManager<ServerSession>>::begin_transaction(inner).await,
     };
-    conn.held.finish(guard);
+    conn.held.finish(statement_guard);
     conn.reclaim_instrumentation();
     begun?;
     conn.pinned = Some(route.target);

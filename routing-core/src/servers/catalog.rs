@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use diesel::QueryResult;
-use diesel::sql_types::{BigInt, Bool, Nullable, Oid, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Oid, Text};
 use diesel_async::RunQueryDsl;
 
 use super::ServerSession;
@@ -18,7 +18,9 @@ pub(crate) mod blocking;
 
 /// Whether the server is in recovery.
 const IN_RECOVERY: &str = "pg_is_in_recovery()";
-/// The same, in the round trip that makes the session read-only.
+/// The same, in the round trip that makes the session read-only (the sync pool's setup; the
+/// async pool's also learns the session's server process, see [`set_up_session`]).
+#[cfg(feature = "sync")]
 const READ_ONLY_IN_RECOVERY: &str =
     "pg_is_in_recovery() FROM set_config('default_transaction_read_only', 'on', false)";
 /// The primary's WAL insert position, in bytes.
@@ -40,15 +42,52 @@ pub(crate) async fn in_recovery(conn: &mut ServerSession) -> QueryResult<bool> {
         .await
 }
 
-/// Prepares a new session: a replica's is made read-only on the server. Returns whether the
-/// server is in recovery, in the same round trip.
-pub(crate) async fn set_up_session(conn: &mut ServerSession, read_only: bool) -> QueryResult<bool> {
-    if !read_only {
-        return in_recovery(conn).await;
-    }
-    diesel::select(diesel::dsl::sql::<Bool>(READ_ONLY_IN_RECOVERY))
-        .get_result(conn)
-        .await
+/// A session's server process, to end it from another session: its pid, and when it started
+/// (microseconds since the epoch), so that a pid the system gave to a later process is never
+/// mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backend {
+    pid: i32,
+    started: i64,
+}
+
+/// The start of a server process (see [`Backend`]), from `pg_stat_get_activity`.
+const BACKEND_START: &str = "(SELECT (extract(epoch FROM backend_start) * 1000000)::bigint \
+                             FROM pg_stat_get_activity(pg_backend_pid()))";
+
+/// Prepares a new session in one round trip: a replica's is made read-only on the server.
+/// Returns whether the server is in recovery, and the session's server process.
+pub(crate) async fn set_up_session(
+    conn: &mut ServerSession,
+    read_only: bool,
+) -> QueryResult<(bool, Option<Backend>)> {
+    let start = if read_only {
+        format!("{BACKEND_START} FROM set_config('default_transaction_read_only', 'on', false)")
+    } else {
+        BACKEND_START.to_owned()
+    };
+    let (in_recovery, pid, started) = diesel::select((
+        diesel::dsl::sql::<Bool>("pg_is_in_recovery()"),
+        diesel::dsl::sql::<Integer>("pg_backend_pid()"),
+        diesel::dsl::sql::<Nullable<BigInt>>(&start),
+    ))
+    .get_result::<(bool, i32, Option<i64>)>(conn)
+    .await?;
+    Ok((in_recovery, started.map(|started| Backend { pid, started })))
+}
+
+/// Ends the server process `backend` (another session's): its open transaction is rolled
+/// back and its locks released. Returns whether it was still there to end.
+pub(crate) async fn terminate(conn: &mut ServerSession, backend: Backend) -> QueryResult<bool> {
+    let ended: Option<bool> = diesel::select(diesel::dsl::sql::<Nullable<Bool>>(&format!(
+        "(SELECT pg_terminate_backend(pid) FROM pg_stat_get_activity({pid}) \
+         WHERE pid = {pid} AND (extract(epoch FROM backend_start) * 1000000)::bigint = {started})",
+        pid = backend.pid,
+        started = backend.started,
+    )))
+    .get_result(conn)
+    .await?;
+    Ok(ended == Some(true))
 }
 
 /// The primary's WAL insert position: every write committed before is behind it.

@@ -9,8 +9,9 @@ use std::time::Duration;
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 use diesel::connection::{DynInstrumentation, Instrumentation, InstrumentationEvent};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use tokio_postgres::CancelToken;
 
+use super::cancel::Canceller;
+use super::catalog::Backend;
 use super::session::ServerSession;
 use super::unnamed::UnnamedSession;
 use super::{catalog, tls};
@@ -152,50 +153,6 @@ pub(crate) fn reclaim(conn: &mut ServerSession) -> Option<DynInstrumentation> {
         .and_then(|relay| relay.lent.take())
 }
 
-/// What cancels the statement a session runs: its cancel key, and the connector its cancel
-/// request goes through (TLS as for the session itself).
-pub(crate) struct Canceller {
-    token: CancelToken,
-    connector: Option<tls::Connector>,
-}
-
-impl Canceller {
-    /// Asks the server to cancel whatever the session is running, connecting as `tls` says.
-    pub(crate) async fn cancel_with<T>(&self, tls: T) -> Result<(), tokio_postgres::Error>
-    where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    {
-        self.token.cancel_query(tls).await
-    }
-
-    /// Asks the server to cancel whatever the session is running, over TLS as the session is.
-    pub(crate) async fn cancel(&self) -> Result<(), tokio_postgres::Error> {
-        match &self.connector {
-            Some(connector) => self.token.cancel_query(connector.clone()).await,
-            None => self.token.cancel_query(tokio_postgres::NoTls).await,
-        }
-    }
-}
-
-/// Asks the server behind `canceller` to cancel whatever its session is running, in the
-/// background: a server that does not answer (frozen) is given up on after `patience`.
-pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let canceller = Arc::clone(canceller);
-    runtime.spawn(async move {
-        let request = canceller.cancel();
-        let cancelled = crate::clock::timeout(patience, Box::pin(request));
-        match cancelled.await {
-            Ok(Ok(())) => tracing::debug!(target: "routing_core", "cancel request sent"),
-            outcome => {
-                tracing::debug!(target: "routing_core", ?outcome, "cancel request not delivered")
-            }
-        }
-    });
-}
-
 /// A pooled server session and what the router knows of it.
 pub(crate) struct ServerConn {
     conn: ServerSession,
@@ -205,18 +162,23 @@ pub(crate) struct ServerConn {
     /// Whether a statement changed the session's state (a `SET`, a session advisory lock, a
     /// `LISTEN`, a temporary table, ...): such a session is closed instead of being reused.
     session_changed: bool,
+    /// The server process of the session, learned when it was set up; `None` behind a
+    /// transaction pooler, whose sessions are not the server's.
+    backend: Option<Backend>,
 }
 
 impl ServerConn {
-    fn new(conn: ServerSession, connector: Option<tls::Connector>) -> Self {
-        let cancel = Arc::new(Canceller {
-            token: conn.cancel_token(),
-            connector,
-        });
+    fn new(
+        conn: ServerSession,
+        connector: Option<tls::Connector>,
+        backend: Option<Backend>,
+    ) -> Self {
+        let cancel = Arc::new(Canceller::new(conn.cancel_token(), connector));
         ServerConn {
             conn,
             cancel,
             session_changed: false,
+            backend,
         }
     }
 
@@ -236,15 +198,31 @@ impl ServerConn {
         let _ = reclaim(&mut self.conn);
     }
 
+    /// The server process of the session (`None` behind a transaction pooler).
+    pub(crate) fn backend(&self) -> Option<Backend> {
+        self.backend
+    }
+
+    /// Whether a row stream of the session was dropped before its end: its statement may still
+    /// run, so the session must not run another.
+    pub(crate) fn stream_abandoned(&self) -> bool {
+        self.cancel.stream_abandoned()
+    }
+
     /// Notes that a statement changed the session's state.
     pub(crate) fn mark_session_changed(&mut self) {
         self.session_changed = true;
     }
 
     /// Whether the session may serve another checkout as it is: open, outside every
-    /// transaction, its state as the router set it up.
+    /// transaction, its state as the router set it up, no row stream of its alive or dropped
+    /// before its end.
     pub(crate) fn reusable(&mut self) -> bool {
-        !self.session_changed && !self.conn.is_broken()
+        // Open streams first: a stream dropped early marks the session before it stops counting.
+        !self.session_changed
+            && !self.cancel.streams_open()
+            && !self.cancel.stream_abandoned()
+            && !self.conn.is_broken()
     }
 }
 
@@ -284,29 +262,42 @@ impl Manager {
         }
     }
 
-    /// The router's own setup of a new session: a configured replica's is read-only on the
-    /// server (unless no session state may be set), and with `verify_role` the server must be
-    /// in its configured role. A discovered node's session is left as it is: the node may be
-    /// promoted. Returns the role to tell the `on_connect` hook.
-    async fn set_up(&self, conn: &mut ServerSession) -> Result<Role, ConnectError> {
-        let in_recovery = match self.role {
-            Role::Node(_) if self.on_connect.is_none() => return Ok(self.role),
-            Role::Node(_) => catalog::in_recovery(conn).await,
-            Role::Replica(_) if !self.unnamed => catalog::set_up_session(conn, true).await,
-            _ => catalog::in_recovery(conn).await,
-        }
-        .map_err(ConnectError::Setup)?;
-        match self.role {
-            Role::Node(node) if in_recovery => Ok(Role::Replica(node)),
-            Role::Node(_) => Ok(Role::Primary),
+    /// The router's own setup of a new session, in one round trip: a configured replica's is
+    /// read-only on the server (unless no session state may be set), and with `verify_role` the
+    /// server must be in its configured role; the session's server process is noted (except
+    /// behind a transaction pooler, whose sessions are not the server's). A discovered node's
+    /// session is left read-write: the node may be promoted. Returns the role to tell the
+    /// `on_connect` hook.
+    async fn set_up(
+        &self,
+        conn: &mut ServerSession,
+    ) -> Result<(Role, Option<Backend>), ConnectError> {
+        let (in_recovery, backend) = if self.unnamed {
+            if matches!(self.role, Role::Node(_)) && self.on_connect.is_none() {
+                return Ok((self.role, None));
+            }
+            (catalog::in_recovery(conn).await, None)
+        } else {
+            let read_only = matches!(self.role, Role::Replica(_));
+            match catalog::set_up_session(conn, read_only).await {
+                Ok((in_recovery, backend)) => (Ok(in_recovery), backend),
+                Err(error) => (Err(error), None),
+            }
+        };
+        let in_recovery = in_recovery.map_err(ConnectError::Setup)?;
+        let role = match self.role {
+            Role::Node(_) if self.on_connect.is_none() => self.role,
+            Role::Node(node) if in_recovery => Role::Replica(node),
+            Role::Node(_) => Role::Primary,
             role => {
                 let replica = matches!(role, Role::Replica(_));
                 if self.verify_role && in_recovery != replica {
                     return Err(ConnectError::WrongRole { in_recovery });
                 }
-                Ok(role)
+                role
             }
-        }
+        };
+        Ok((role, backend))
     }
 }
 
@@ -349,12 +340,16 @@ impl Manager {
             unnamed: self.unnamed,
         };
         let mut conn = silenced(open(&self.url, how).await?);
-        let role = self.set_up(&mut conn).await?;
+        let (role, backend) = self.set_up(&mut conn).await?;
         if let (Some(hook), Some(pg)) = (&self.on_connect, conn.prepared()) {
             (hook.0)(pg, role)
                 .await
                 .map_err(|source| ConnectError::OnConnect { role, source })?;
         }
-        Ok(ServerConn::new(conn, tls::connector(&self.url).ok()))
+        Ok(ServerConn::new(
+            conn,
+            tls::connector(&self.url).ok(),
+            backend,
+        ))
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! [`RoutedPool`] is the handle to this state; its hand-out methods live in `pool.rs`.
 
+pub(crate) mod cancel;
 pub(crate) mod catalog;
 pub(crate) mod connect;
 mod health;
@@ -36,7 +37,7 @@ pub(crate) use row::{RoutedRow, RowStream};
 pub(crate) use server::Server;
 #[cfg(feature = "sync")]
 pub(crate) use server::wrong_role;
-pub(crate) use session::{Outcome, ServerSession};
+pub(crate) use session::{Outcome, ServerSession, Watchable};
 pub use status::{PoolStatus, ServerStatus};
 use tokens::Tokens;
 pub(crate) use topology::Topology;
@@ -271,6 +272,15 @@ impl Shared {
     /// The configured replicas, or every node of a discovering pool.
     pub(crate) fn replicas(&self) -> &[Server] {
         &self.replicas
+    }
+
+    /// A server by its index among the replicas (or nodes); `None` names the configured
+    /// primary.
+    pub(crate) fn server(&self, index: Option<usize>) -> Option<&Server> {
+        match index {
+            Some(index) => self.replicas.get(index),
+            None => self.primary.as_ref(),
+        }
     }
 
     /// The configured primary and the replicas, or every node, in configuration order.

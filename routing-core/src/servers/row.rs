@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use diesel::QueryResult;
@@ -13,6 +14,8 @@ use diesel_async::{AsyncConnectionCore, AsyncPgConnection};
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use tokio_postgres::types::{FromSql, Type};
+
+use super::cancel::{Canceller, RowsWatch};
 
 /// diesel-async's row, which only diesel-async can make.
 pub(crate) type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
@@ -151,7 +154,15 @@ impl<'a> FromSql<'a> for Raw<'a> {
 }
 
 /// The rows of a statement, as they arrive.
-pub struct RowStream(Rows);
+///
+/// Dropped before its end (after a few rows, or by a caller that wanted only the first), the
+/// stream of a routed statement makes sure its statement does not run on: when the rest of the
+/// result has not already arrived, the statement is cancelled on its server and its server
+/// connection is closed rather than reused.
+pub struct RowStream {
+    rows: Rows,
+    watch: Option<RowsWatch>,
+}
 
 impl std::fmt::Debug for RowStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,25 +177,31 @@ enum Rows {
 }
 
 impl RowStream {
+    fn of(rows: Rows) -> Self {
+        RowStream { rows, watch: None }
+    }
+
     pub(crate) fn prepared(rows: BoxStream<'static, QueryResult<PgRow>>) -> Self {
-        RowStream(Rows::Prepared(rows))
+        RowStream::of(Rows::Prepared(rows))
     }
 
     pub(crate) fn unnamed(rows: tokio_postgres::RowStream) -> Self {
-        RowStream(Rows::Unnamed(Box::pin(rows)))
+        RowStream::of(Rows::Unnamed(Box::pin(rows)))
     }
 
     /// Rows passed through another stream (to check or replay them).
     pub(crate) fn boxed(rows: BoxStream<'static, QueryResult<RoutedRow>>) -> Self {
-        RowStream(Rows::Mapped(rows))
+        RowStream::of(Rows::Mapped(rows))
     }
-}
 
-impl Stream for RowStream {
-    type Item = QueryResult<RoutedRow>;
+    /// The stream, watched for the session behind `canceller` (see [`RowsWatch`]).
+    pub(crate) fn watched(mut self, canceller: &Arc<Canceller>) -> Self {
+        self.watch = Some(RowsWatch::new(canceller));
+        self
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.0 {
+    fn poll_rows(&mut self, cx: &mut Context<'_>) -> Poll<Option<QueryResult<RoutedRow>>> {
+        let polled = match &mut self.rows {
             Rows::Prepared(rows) => rows
                 .as_mut()
                 .poll_next(cx)
@@ -196,6 +213,42 @@ impl Stream for RowStream {
                 })
             }),
             Rows::Mapped(rows) => rows.as_mut().poll_next(cx),
+        };
+        // The end of the rows, or an error (which ends the statement), is the statement's end.
+        if let (Poll::Ready(None | Some(Err(_))), Some(watch)) = (&polled, &mut self.watch) {
+            watch.end();
         }
+        polled
+    }
+}
+
+/// How many rows already received a watched stream dropped early reads past, looking for its
+/// end, before it gives up and cancels the statement.
+const ROWS_READ_ON_DROP: usize = 8;
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        if self.watch.as_ref().is_none_or(RowsWatch::ended) {
+            return;
+        }
+        // A caller that wanted one row (diesel's `get_result`, `first`) drops the stream whose
+        // end has most often arrived with it: reading what is already here finds that end at no
+        // cost. Anything that would wait means the statement is still running.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        for _ in 0..ROWS_READ_ON_DROP {
+            match self.poll_rows(&mut cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(None | Some(Err(_))) | Poll::Pending => break,
+            }
+        }
+        // The watch, dropped with the stream, cancels the statement if it has not ended.
+    }
+}
+
+impl Stream for RowStream {
+    type Item = QueryResult<RoutedRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_rows(cx)
     }
 }

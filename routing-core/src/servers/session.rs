@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use diesel::connection::{CacheSize, Instrumentation};
@@ -19,6 +20,7 @@ use diesel_async::{
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+use super::cancel::Canceller;
 use super::row::{PgRow, RoutedRow, RowStream};
 use super::unnamed::UnnamedSession;
 use crate::error::Error;
@@ -166,8 +168,28 @@ impl AsyncConnection for ServerSession {
     }
 }
 
+/// What a statement gives, as it outlives the statement's future: a row stream, whose statement
+/// runs on until the stream ends, is watched (see [`RowStream`]); anything else is over.
+pub(crate) trait Watchable: Sized {
+    /// `self`, watched for the session behind `canceller`.
+    fn watch_rows(self, canceller: &Arc<Canceller>) -> Self {
+        let _ = canceller;
+        self
+    }
+}
+
+impl Watchable for RowStream {
+    fn watch_rows(self, canceller: &Arc<Canceller>) -> Self {
+        self.watched(canceller)
+    }
+}
+
+impl Watchable for usize {}
+
+impl Watchable for u64 {}
+
 /// What a statement gives, rows or a count, and the type of its future on a session.
-pub(crate) trait Outcome: Send + Sized + 'static {
+pub(crate) trait Outcome: Watchable + Send + Sized + 'static {
     /// The future of a statement on a session borrowed for `'c`.
     type Future<'c>: Future<Output = QueryResult<Self>> + Send + 'c;
 }
