@@ -165,23 +165,28 @@ impl Server {
     /// else [`Error::Checkout`].
     pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
         let wait = self.wait();
-        let began = Instant::now();
-        // A free connection first, without a timer; else wait for one, on the clock.
+        // A free connection first, without a timer or a clock read (it waited nothing); else
+        // wait for one, on the clock, and time the wait.
         let free = Timeouts {
             wait: Some(Duration::ZERO),
             ..Timeouts::new()
         };
+        let mut waited = Duration::ZERO;
         let checked_out = match self.pool.timeout_get(&free).await {
             Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                crate::clock::timeout(wait, self.pool.timeout_get(&Timeouts::new()))
-                    .await
-                    .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)))
+                let began = Instant::now();
+                let checked_out =
+                    crate::clock::timeout(wait, self.pool.timeout_get(&Timeouts::new()))
+                        .await
+                        .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
+                waited = began.elapsed();
+                checked_out
             }
             checked_out => checked_out,
         };
         match checked_out {
             Ok(conn) => {
-                self.metrics.checked_out(began.elapsed());
+                self.metrics.checked_out(waited);
                 Ok(conn)
             }
             Err(error) => {
