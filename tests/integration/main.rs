@@ -27,6 +27,7 @@ mod survival;
 mod sync_faults;
 mod telemetry;
 mod tls;
+mod tls_rules;
 mod tokens;
 mod transactions;
 mod web;

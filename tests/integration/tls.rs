@@ -21,19 +21,19 @@ use tokio::sync::OnceCell;
 
 /// Where a statement ran and whether its session is encrypted, from the statement's own columns.
 #[derive(Debug, QueryableByName)]
-struct Ran {
+pub(crate) struct Ran {
     #[diesel(sql_type = Bool)]
-    in_recovery: bool,
+    pub(crate) in_recovery: bool,
     #[diesel(sql_type = Integer)]
-    port: i32,
+    pub(crate) port: i32,
     #[diesel(sql_type = Bool)]
-    ssl: bool,
+    pub(crate) ssl: bool,
 }
 
-const READ: &str = "SELECT pg_is_in_recovery() AS in_recovery, inet_server_port() AS port, ssl \
+pub(crate) const READ: &str = "SELECT pg_is_in_recovery() AS in_recovery, inet_server_port() AS port, ssl \
                     FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 
-const WRITE: &str = "INSERT INTO products (name, price_cents) VALUES ($1, 100) \
+pub(crate) const WRITE: &str = "INSERT INTO products (name, price_cents) VALUES ($1, 100) \
                      RETURNING pg_is_in_recovery() AS in_recovery, inet_server_port() AS port, \
                      (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl";
 
@@ -42,7 +42,7 @@ const PASSWORD: &str = "tls-topsecret";
 
 /// The TLS-only cluster of this test process, migrated over verify-full; `None` (the test
 /// skips) on external servers.
-async fn cluster(test: &str) -> Option<&'static LocalCluster> {
+pub(crate) async fn cluster(test: &str) -> Option<&'static LocalCluster> {
     static CLUSTER: OnceCell<LocalCluster> = OnceCell::const_new();
     routing_tests::servers().await.local(test)?;
     let cluster = CLUSTER
@@ -88,12 +88,12 @@ fn with_host(url: &str, host: &str) -> String {
 }
 
 /// The CA file as a `sslrootcert` query value.
-fn root_cert(path: &Path) -> String {
+pub(crate) fn root_cert(path: &Path) -> String {
     format!("sslrootcert={}", path.display())
 }
 
 /// A pool over the cluster whose URLs all carry `query`.
-fn builder(cluster: &LocalCluster, query: &str, name: &str) -> RoutedPoolBuilder {
+pub(crate) fn builder(cluster: &LocalCluster, query: &str, name: &str) -> RoutedPoolBuilder {
     RoutedPool::builder(with_application_name(
         &with_query(&cluster.primary_url(), query),
         name,
