@@ -269,7 +269,7 @@ impl Report {
             let baseline = self
                 .costs
                 .iter()
-                .find(|b| b.system == SystemKind::Baseline && b.op == row.op)
+                .find(|b| b.system == row.system.baseline() && b.op == row.op)
                 .and_then(|b| b.per_request.as_ref().ok());
             match &row.per_request {
                 Ok(cost) => {
