@@ -11,23 +11,7 @@ use routing_fixtures::products;
 use routing_tests::{servers, unique, where_ran};
 
 use crate::events::{active_backends, all_servers, locks_held, sessions_in_transaction};
-use crate::support::insert_product;
-
-/// Polls `check` until it holds, for up to `limit`; how long it took.
-async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let began = Instant::now();
-    while began.elapsed() < limit {
-        if check().await {
-            return Some(began.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
+use crate::support::{insert_product, within};
 
 /// A statement that sleeps `seconds` on whatever server runs it, tagged with `marker`.
 fn sleeper(seconds: u32, marker: &str) -> String {

@@ -13,22 +13,7 @@ use routing_core::{CausalToken, RoutedPool, with_causal_token, with_read_replica
 use routing_tests::{servers, unique, where_ran};
 
 use crate::events::{active_backends, all_servers};
-
-/// Polls `check` until it holds, for up to `limit`; how long it took.
-pub(crate) async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let began = Instant::now();
-    while began.elapsed() < limit {
-        if check().await {
-            return Some(began.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
+use crate::support::within;
 
 #[derive(Debug, QueryableByName)]
 struct Wide {

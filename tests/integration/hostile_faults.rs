@@ -73,7 +73,7 @@ async fn a_commit_dropped_while_it_runs_leaves_nothing_running_and_the_connectio
         )
     };
     let settled =
-        crate::hostile::within(Duration::from_secs(3), || async { left().await == (0, 0) }).await;
+        crate::support::within(Duration::from_secs(3), || async { left().await == (0, 0) }).await;
     let left = left().await;
     let next_began = Instant::now();
     let (_, writer) = tokio::time::timeout(
@@ -207,7 +207,7 @@ async fn a_transaction_dropped_behind_a_transaction_pooler_releases_its_locks() 
         let next = with_read_replica(true, where_ran(&mut conn)).await;
         let next_took = began.elapsed();
         // Straight to the primary, past the bouncer: is the row free?
-        let released = crate::hostile::within(Duration::from_secs(3), || {
+        let released = crate::support::within(Duration::from_secs(3), || {
             row_free(cluster.primary_url(), product)
         })
         .await;
@@ -262,7 +262,7 @@ async fn a_dropped_transaction_releases_its_locks_before_the_connection_is_used_
     );
     // The request goes on with other work, holding its connection: the lock is released at once
     // all the same (the bound only catches a lock held until the connection's next use).
-    let released = crate::hostile::within(Duration::from_secs(2), || {
+    let released = crate::support::within(Duration::from_secs(2), || {
         row_free(servers.primary_url.clone(), product)
     })
     .await;
@@ -310,7 +310,7 @@ async fn a_dropped_replica_transaction_ends_on_its_replica_before_the_connection
         open
     };
     let ended =
-        crate::hostile::within(Duration::from_secs(2), || async { open().await == 0 }).await;
+        crate::support::within(Duration::from_secs(2), || async { open().await == 0 }).await;
     eprintln!("dropped replica transaction, connection kept: ended after {ended:?}");
     assert!(
         ended.is_some(),

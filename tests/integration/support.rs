@@ -1,5 +1,7 @@
 //! Rows and statements the tests share.
 
+use std::time::{Duration, Instant};
+
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer};
 use diesel_async::RunQueryDsl;
@@ -78,4 +80,20 @@ pub(crate) async fn private_cluster(test: &str) -> Option<routing_cluster::Local
 /// The port a server answered from.
 pub(crate) fn port_of(id: &ServerId) -> u16 {
     u16::try_from(id.port).expect("a port")
+}
+
+/// Polls `check` until it holds, for up to `limit`; how long it took.
+pub(crate) async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if check().await {
+            return Some(began.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
