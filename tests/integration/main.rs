@@ -18,6 +18,7 @@ mod migrations;
 mod observe;
 mod pgbouncer;
 mod pools;
+mod queries;
 mod refusals;
 mod routing;
 mod session_state;
