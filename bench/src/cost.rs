@@ -11,9 +11,12 @@ use std::alloc::System as SystemAlloc;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
+use std::fmt::Write as _;
+
 use crate::BoxError;
+use crate::report::{cell_text, ratio};
 use crate::setup::IdRange;
-use crate::systems::{Op, System};
+use crate::systems::{Op, System, SystemKind};
 
 /// The allocator of `routing-load`.
 #[global_allocator]
@@ -97,4 +100,70 @@ fn context_switches() -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// The cost per request of one operation on one system (see [`crate::cost`]).
+#[derive(Debug)]
+pub(crate) struct Costs {
+    /// The system.
+    pub(crate) system: SystemKind,
+    /// The operation.
+    pub(crate) op: Op,
+    /// The cost, or why it could not be measured.
+    pub(crate) per_request: Result<Cost, String>,
+}
+
+/// The cost table of `costs`, each row against its system's baseline.
+pub(crate) fn markdown(out: &mut String, costs: &[Costs]) {
+    if costs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
+         warm-up. Allocations are counted by a wrapper of the system allocator \
+         (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
+         every thread: the request's task, the connection's driver task and the router's \
+         health probe; the servers' work is not counted.\n",
+        REQUESTS
+    );
+    let _ = writeln!(
+        out,
+        "| operation | system | allocations | vs baseline | CPU µs | vs baseline | context switches |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
+    for row in costs {
+        let baseline = costs
+            .iter()
+            .find(|b| b.system == row.system.baseline() && b.op == row.op)
+            .and_then(|b| b.per_request.as_ref().ok());
+        match &row.per_request {
+            Ok(cost) => {
+                let (extra, cpu_ratio) = match baseline {
+                    Some(b) => (
+                        format!("{:+.1}", cost.allocations - b.allocations),
+                        ratio(Some(b.cpu_micros), Some(cost.cpu_micros)),
+                    ),
+                    None => ("–".to_owned(), "–".to_owned()),
+                };
+                let switches = cost
+                    .switches
+                    .map_or_else(|| "–".to_owned(), |s| format!("{s:.2}"));
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} | {switches} |",
+                    row.op, row.system, cost.allocations, cost.cpu_micros
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | failed: {} | – | – | – | – |",
+                    row.op,
+                    row.system,
+                    cell_text(error)
+                );
+            }
+        }
+    }
 }

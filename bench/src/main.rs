@@ -46,8 +46,9 @@ use std::time::Duration;
 use clap::Parser;
 use routing_cluster::LocalCluster;
 
+use crate::cost::Costs;
 use crate::pgpool::Pgpool;
-use crate::report::{Cell, Costs, Report, Settings};
+use crate::report::{Cell, Report, Settings};
 use crate::setup::IdRange;
 use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;

@@ -4,12 +4,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::cost::Cost;
+use crate::cost::Costs;
 use crate::failover::{self, Failover};
 use crate::machine::Machine;
 use crate::offload::{self, Offload};
 use crate::setup::{PRODUCTS, REPLICAS};
-use crate::systems::{Op, Recycling, SystemKind};
+use crate::systems::{Recycling, SystemKind};
 use crate::workload::{Measurement, Workload};
 
 /// How the run was configured.
@@ -61,17 +61,6 @@ pub(crate) struct Report {
     pub(crate) paths: Vec<crate::paths::PathRun>,
 }
 
-/// The cost per request of one operation on one system (see [`crate::cost`]).
-#[derive(Debug)]
-pub(crate) struct Costs {
-    /// The system.
-    pub(crate) system: SystemKind,
-    /// The operation.
-    pub(crate) op: Op,
-    /// The cost, or why it could not be measured.
-    pub(crate) per_request: Result<Cost, String>,
-}
-
 impl Report {
     /// The whole report.
     pub(crate) fn markdown(&self) -> String {
@@ -80,7 +69,7 @@ impl Report {
         for workload in &self.settings.workloads {
             self.write_workload(&mut out, *workload);
         }
-        self.write_costs(&mut out);
+        crate::cost::markdown(&mut out, &self.costs);
         crate::paths::markdown(&mut out, &self.paths, &self.settings);
         self.write_offload(&mut out, &self.offload);
         write_failover(&mut out, &self.failover);
@@ -244,61 +233,6 @@ impl Report {
         }
         for note in notes {
             let _ = writeln!(out, "\n- {}", cell_text(&note));
-        }
-    }
-
-    fn write_costs(&self, out: &mut String) {
-        if self.costs.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
-             warm-up. Allocations are counted by a wrapper of the system allocator \
-             (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
-             every thread: the request's task, the connection's driver task and the router's \
-             health probe; the servers' work is not counted.\n",
-            crate::cost::REQUESTS
-        );
-        let _ = writeln!(
-            out,
-            "| operation | system | allocations | vs baseline | CPU µs | vs baseline | context switches |"
-        );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
-        for row in &self.costs {
-            let baseline = self
-                .costs
-                .iter()
-                .find(|b| b.system == row.system.baseline() && b.op == row.op)
-                .and_then(|b| b.per_request.as_ref().ok());
-            match &row.per_request {
-                Ok(cost) => {
-                    let (extra, cpu_ratio) = match baseline {
-                        Some(b) => (
-                            format!("{:+.1}", cost.allocations - b.allocations),
-                            ratio(Some(b.cpu_micros), Some(cost.cpu_micros)),
-                        ),
-                        None => ("–".to_owned(), "–".to_owned()),
-                    };
-                    let switches = cost
-                        .switches
-                        .map_or_else(|| "–".to_owned(), |s| format!("{s:.2}"));
-                    let _ = writeln!(
-                        out,
-                        "| {} | {} | {:.1} | {extra} | {:.1} | {cpu_ratio} | {switches} |",
-                        row.op, row.system, cost.allocations, cost.cpu_micros
-                    );
-                }
-                Err(error) => {
-                    let _ = writeln!(
-                        out,
-                        "| {} | {} | failed: {} | – | – | – | – |",
-                        row.op,
-                        row.system,
-                        cell_text(error)
-                    );
-                }
-            }
         }
     }
 
