@@ -19,6 +19,7 @@ use crate::context::{ReadNeeds, read_needs};
 use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
 use crate::reads::{self, TokenCheck};
+use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
 use crate::servers::{Outcome, ServerSession, Shared, catalog};
 use crate::trace::Traced;
@@ -86,9 +87,9 @@ impl RoutedConnection {
             source,
         };
         if self.held.holds(Target::Primary) && !self.primary_moved() {
-            let asked = self
-                .held
-                .watched(Target::Primary, shared, catalog::wal_insert_position);
+            let asked =
+                self.held
+                    .watched(Target::Primary, shared, false, catalog::wal_insert_position);
             return match asked {
                 Some(asked) => asked.await.map_err(error),
                 None => Err(error(lost_connection())),
@@ -154,9 +155,12 @@ impl RoutedConnection {
             let index = self.held.index(route.target);
             self.trace
                 .sent(self.pool.shared(), route.target, index, route.reason);
-            let watched = self
-                .held
-                .watched(route.target, self.pool.shared(), |conn| direct(conn, query));
+            let autocommit_write = prepared.writes && self.pinned.is_none();
+            let watched =
+                self.held
+                    .watched(route.target, self.pool.shared(), autocommit_write, |conn| {
+                        direct(conn, query)
+                    });
             let Some(watched) = watched else {
                 let error = Err(lost_connection());
                 self.trace.finish(self.pool.shared(), &error);
@@ -282,7 +286,9 @@ impl RoutedConnection {
         self.trace
             .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
-        let guard = self.held.start(route.target);
+        let autocommit_write =
+            self.pinned.is_none() && matches!(route.reason, Reason::Write | Reason::RefusedAsWrite);
+        let guard = self.held.start(route.target).of_write(autocommit_write);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {
             Ok(()) => {

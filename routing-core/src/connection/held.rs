@@ -187,7 +187,10 @@ impl Held {
             .session(target)
             .map(|session| Arc::clone(session.canceller()));
         self.busy.start(target, cancel.as_ref());
-        StatementGuard { cancel }
+        StatementGuard {
+            cancel,
+            cancels_rows: true,
+        }
     }
 
     /// The statement `guard` watched has finished.
@@ -203,11 +206,12 @@ impl Held {
         &'c mut self,
         target: Target,
         shared: &Arc<Shared>,
+        autocommit_write: bool,
         run: impl FnOnce(&'c mut ServerSession) -> F,
     ) -> Option<Watched<'c, F>> {
         let on_primary =
             (target == Target::Primary).then(|| (Arc::clone(shared), self.primary_node));
-        let guard = self.start(target);
+        let guard = self.start(target).of_write(autocommit_write);
         let Held {
             primary,
             replica,
@@ -238,6 +242,9 @@ impl Drop for Held {
 /// was dropped (a request timed out, a client went away) while the server ran it.
 pub(super) struct StatementGuard {
     cancel: Option<Arc<Canceller>>,
+    /// Whether a row stream of the statement dropped before its end is cancelled (see
+    /// [`StatementGuard::of_write`]).
+    cancels_rows: bool,
 }
 
 impl StatementGuard {
@@ -245,11 +252,20 @@ impl StatementGuard {
         self.cancel = None;
     }
 
+    /// The guard of a write outside a transaction (when `autocommit_write`): its row stream,
+    /// dropped before its end, closes the server connection without cancelling the statement,
+    /// whose commit may still be waiting for a synchronous standby.
+    pub(super) fn of_write(mut self, autocommit_write: bool) -> Self {
+        self.cancels_rows = !autocommit_write;
+        self
+    }
+
     /// What the statement gave, its rows watched: a row stream dropped before its end cancels
-    /// the statement and keeps its server connection from being reused.
+    /// the statement (unless [`of_write`](Self::of_write) says not to) and keeps its server
+    /// connection from being reused.
     pub(super) fn watch<T: Watchable>(&self, output: T) -> T {
         match &self.cancel {
-            Some(canceller) => output.watch_rows(canceller),
+            Some(canceller) => output.watch_rows(canceller, self.cancels_rows),
             None => output,
         }
     }

@@ -200,6 +200,7 @@ impl RoutedConnection {
         let asked = self.held.watched(
             Target::Primary,
             self.pool.shared(),
+            false,
             catalog::wal_insert_position,
         );
         let lsn = match asked {

@@ -86,14 +86,23 @@ pub(crate) fn cancel(canceller: &Arc<Canceller>, patience: Duration) {
 pub(crate) struct RowsWatch {
     canceller: Arc<Canceller>,
     ended: bool,
+    /// Whether dropping the stream early cancels its statement: not for a write outside a
+    /// transaction, whose rows come before its commit is acknowledged. A cancel request then
+    /// could reach the commit's wait for a synchronous standby, which PostgreSQL ends with a
+    /// warning and a commit made on this server only: a write the caller saw succeed, lost if
+    /// a standby is promoted. Its session is closed all the same.
+    cancels: bool,
 }
 
 impl RowsWatch {
-    pub(crate) fn new(canceller: &Arc<Canceller>) -> Self {
+    /// Watches a stream of the session behind `canceller`; `cancels` says whether dropping it
+    /// early sends a cancel request (see [`RowsWatch`]'s `Drop`).
+    pub(crate) fn new(canceller: &Arc<Canceller>, cancels: bool) -> Self {
         canceller.open_streams.fetch_add(1, Ordering::AcqRel);
         RowsWatch {
             canceller: Arc::clone(canceller),
             ended: false,
+            cancels,
         }
     }
 
@@ -112,7 +121,9 @@ impl Drop for RowsWatch {
         if !self.ended {
             tracing::debug!(target: "routing_core", "row stream dropped before its end: cancelling its statement");
             self.canceller.abandoned.store(true, Ordering::Release);
-            cancel(&self.canceller, CANCEL_PATIENCE);
+            if self.cancels {
+                cancel(&self.canceller, CANCEL_PATIENCE);
+            }
         }
         self.canceller.open_streams.fetch_sub(1, Ordering::AcqRel);
     }

@@ -195,8 +195,8 @@ impl RowStream {
     }
 
     /// The stream, watched for the session behind `canceller` (see [`RowsWatch`]).
-    pub(crate) fn watched(mut self, canceller: &Arc<Canceller>) -> Self {
-        self.watch = Some(RowsWatch::new(canceller));
+    pub(crate) fn watched(mut self, canceller: &Arc<Canceller>, cancels: bool) -> Self {
+        self.watch = Some(RowsWatch::new(canceller, cancels));
         self
     }
 

@@ -171,16 +171,17 @@ impl AsyncConnection for ServerSession {
 /// What a statement gives, as it outlives the statement's future: a row stream, whose statement
 /// runs on until the stream ends, is watched (see [`RowStream`]); anything else is over.
 pub(crate) trait Watchable: Sized {
-    /// `self`, watched for the session behind `canceller`.
-    fn watch_rows(self, canceller: &Arc<Canceller>) -> Self {
-        let _ = canceller;
+    /// `self`, watched for the session behind `canceller`; `cancels` as for
+    /// [`RowsWatch`](super::cancel::RowsWatch).
+    fn watch_rows(self, canceller: &Arc<Canceller>, cancels: bool) -> Self {
+        let _ = (canceller, cancels);
         self
     }
 }
 
 impl Watchable for RowStream {
-    fn watch_rows(self, canceller: &Arc<Canceller>) -> Self {
-        self.watched(canceller)
+    fn watch_rows(self, canceller: &Arc<Canceller>, cancels: bool) -> Self {
+        self.watched(canceller, cancels)
     }
 }
 
