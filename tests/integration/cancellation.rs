@@ -11,7 +11,7 @@ use routing_fixtures::products;
 use routing_tests::{servers, unique, where_ran};
 
 use crate::events::{active_backends, all_servers, locks_held, sessions_in_transaction};
-use crate::support::{insert_product, within};
+use crate::support::{abandon_locking_transaction, insert_product, within};
 
 /// A statement that sleeps `seconds` on whatever server runs it, tagged with `marker`.
 fn sleeper(seconds: u32, marker: &str) -> String {
@@ -97,19 +97,7 @@ async fn a_transaction_dropped_midway_is_rolled_back_and_the_next_write_commits(
         .unwrap();
     let (product, _) = insert_product(&mut admin, &unique("locked")).await;
     let mut conn = pool.get().await.unwrap();
-    let transaction = conn.transaction(async |conn| {
-        diesel::update(products::table.find(product))
-            .set(products::price_cents.eq(7))
-            .execute(conn)
-            .await?;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Ok::<_, diesel::result::Error>(())
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), transaction)
-            .await
-            .is_err()
-    );
+    abandon_locking_transaction(&mut conn, product, 7).await;
     // The connection's next statement runs outside the abandoned transaction, and commits.
     let name = unique("after_abandoned");
     let (inserted, writer) = insert_product(&mut conn, &name).await;
@@ -157,19 +145,7 @@ async fn dropping_the_connection_of_an_abandoned_transaction_releases_its_locks_
         .unwrap();
     let (product, _) = insert_product(&mut admin, &unique("locked_too")).await;
     let mut conn = pool.get().await.unwrap();
-    let transaction = conn.transaction(async |conn| {
-        diesel::update(products::table.find(product))
-            .set(products::price_cents.eq(8))
-            .execute(conn)
-            .await?;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Ok::<_, diesel::result::Error>(())
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), transaction)
-            .await
-            .is_err()
-    );
+    abandon_locking_transaction(&mut conn, product, 8).await;
     drop(conn);
     let released = within(Duration::from_secs(1), || async {
         locks_held(&servers.primary_url, &application_name).await == 0

@@ -20,7 +20,7 @@ use routing_tests::{servers, unique, where_ran};
 use tower::ServiceExt;
 
 use crate::events::{active_backends, sessions_in_transaction};
-use crate::support::{insert_product, private_cluster};
+use crate::support::{abandon_locking_transaction, insert_product, private_cluster};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -188,19 +188,7 @@ async fn a_transaction_dropped_behind_a_transaction_pooler_releases_its_locks() 
     let mut conn = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut conn, &unique("bounced_lock")).await;
     for round in 0..3 {
-        let transaction = conn.transaction(async |conn| {
-            diesel::update(products::table.find(product))
-                .set(products::price_cents.eq(7))
-                .execute(conn)
-                .await?;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Ok::<_, diesel::result::Error>(())
-        });
-        assert!(
-            tokio::time::timeout(Duration::from_millis(500), transaction)
-                .await
-                .is_err()
-        );
+        abandon_locking_transaction(&mut conn, product, 7).await;
         // The connection's next statements run outside the dropped transaction.
         let began = Instant::now();
         let (_, writer) = insert_product(&mut conn, &unique("after_bounced_drop")).await;
@@ -247,19 +235,7 @@ async fn a_dropped_transaction_releases_its_locks_before_the_connection_is_used_
     let pool = servers.pool(&unique("dropped_tx_idle"));
     let mut conn = pool.get().await.unwrap();
     let (product, _) = insert_product(&mut conn, &unique("idle_lock")).await;
-    let transaction = conn.transaction(async |conn| {
-        diesel::update(products::table.find(product))
-            .set(products::price_cents.eq(9))
-            .execute(conn)
-            .await?;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Ok::<_, diesel::result::Error>(())
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), transaction)
-            .await
-            .is_err()
-    );
+    abandon_locking_transaction(&mut conn, product, 9).await;
     // The request goes on with other work, holding its connection: the lock is released at once
     // all the same (the bound only catches a lock held until the connection's next use).
     let released = crate::support::within(Duration::from_secs(2), || {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Integer};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use routing_core::RoutedConnection;
 use routing_fixtures::products;
 use routing_tests::{ServerId, inet_server_port, pg_is_in_recovery};
@@ -96,4 +96,27 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
+}
+
+/// Begins a transaction on `conn` that sets the price of `product` to `price` (holding its row
+/// lock) and then waits, and drops it midway, as a request timeout does.
+pub(crate) async fn abandon_locking_transaction(
+    conn: &mut RoutedConnection,
+    product: i64,
+    price: i64,
+) {
+    let transaction = conn.transaction(async |conn| {
+        diesel::update(products::table.find(product))
+            .set(products::price_cents.eq(price))
+            .execute(conn)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, diesel::result::Error>(())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), transaction)
+            .await
+            .is_err(),
+        "the transaction was still running when it was dropped"
+    );
 }
