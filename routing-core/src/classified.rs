@@ -147,6 +147,9 @@ pub(crate) struct Prepared {
     /// Whether the statement writes (or must run on the primary as if it did): the connection
     /// notes a write.
     pub(crate) writes: bool,
+    /// Whether the statement may write outside a transaction: it commits as it ends, and the
+    /// server tells how the commit went after the statement's rows.
+    pub(crate) commits: bool,
 }
 
 /// Classifies `query` for a connection in `state`, and fixes its route where the routing
@@ -170,6 +173,9 @@ pub(crate) fn prepare(
         None => Statement::Read,
     };
     let fixed = route::fixed(state, statement);
+    let commits = matches!(statement, Statement::Write | Statement::Learned)
+        && state.pinned.is_none()
+        && !state.test_transaction;
     if let Some(route) = fixed {
         let detail: Option<&dyn std::fmt::Display> = match class.write.as_deref() {
             Some(Classification::Write(why)) => Some(why),
@@ -188,5 +194,6 @@ pub(crate) fn prepare(
                 crate::reason::Reason::Write | crate::reason::Reason::RefusedAsWrite
             )
         }),
+        commits,
     })
 }

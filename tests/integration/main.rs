@@ -2,6 +2,7 @@
 
 mod actix;
 mod cancellation;
+mod commits;
 mod config;
 mod context;
 mod corpus;

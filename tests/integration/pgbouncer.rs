@@ -273,6 +273,38 @@ async fn transaction_mode_with_transaction_pooler_runs_everything_where_the_serv
         conn.primary().await,
         Err(Error::NotWithTransactionPooler { .. })
     ));
+
+    // A write whose commit fails after its row came back (a deferred constraint) fails.
+    routing_core::RoutedConnection::establish(&cluster.primary_url())
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE bounced_commits (k integer, \
+               CONSTRAINT bounced_commits_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED); \
+             INSERT INTO bounced_commits VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let again = diesel::sql_query("INSERT INTO bounced_commits VALUES (1) RETURNING k")
+        .get_result::<Key>(&mut conn)
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(DieselError::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        ),
+        "{again:?}"
+    );
+}
+
+#[derive(QueryableByName, Debug)]
+struct Key {
+    #[diesel(sql_type = Integer)]
+    #[allow(dead_code)]
+    k: i32,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

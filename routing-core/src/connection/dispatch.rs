@@ -9,7 +9,7 @@ use diesel::connection::{InstrumentationEvent, StrQueryHelper};
 use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use tracing::Instrument;
 
 use super::{FirstRow, RoutedConnection, RunFn, log_route, lost_connection};
@@ -155,11 +155,18 @@ impl RoutedConnection {
             let index = self.held.index(route.target);
             self.trace
                 .sent(self.pool.shared(), route.target, index, route.reason);
-            let autocommit_write = prepared.writes && self.pinned.is_none();
+            let autocommit_write = prepared.commits;
+            // The rows of a write outside a transaction are handed out once its commit is known.
+            let settles = autocommit_write && R::ROWS;
             let watched =
                 self.held
                     .watched(route.target, self.pool.shared(), autocommit_write, |conn| {
-                        direct(conn, query)
+                        let future = direct(conn, query);
+                        if settles {
+                            Either::Left(async move { future.await?.settled().await })
+                        } else {
+                            Either::Right(future)
+                        }
                     });
             let Some(watched) = watched else {
                 let error = Err(lost_connection());
@@ -260,19 +267,28 @@ impl RoutedConnection {
                 self.read_on_replica(owned, run, needs, first_row).await
             }
             _ => {
-                self.run_on(route, owned, run, prepared.changes_session)
-                    .await
+                self.run_on(
+                    route,
+                    owned,
+                    run,
+                    prepared.changes_session,
+                    prepared.commits,
+                )
+                .await
             }
         }
     }
 
     /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
+    /// `commits` when it may write outside a transaction (see [`Prepared::commits`]); a read
+    /// rerun on the primary after a replica refused it as a write does too.
     pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
         mut owned: OwnedQuery<I>,
         run: RunFn<I, R>,
         changes_session: bool,
+        commits: bool,
     ) -> QueryResult<R> {
         let shared = Arc::clone(self.shared());
         if route.target == Target::Primary {
@@ -286,15 +302,19 @@ impl RoutedConnection {
         self.trace
             .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
-        let autocommit_write =
-            self.pinned.is_none() && matches!(route.reason, Reason::Write | Reason::RefusedAsWrite);
+        let autocommit_write = self.pinned.is_none()
+            && (commits || matches!(route.reason, Reason::Write | Reason::RefusedAsWrite));
         let guard = self.held.start(route.target).of_write(autocommit_write);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {
             Ok(()) => {
                 self.lend_instrumentation(route.target, true);
                 let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
-                let result = run(conn, &owned).await.map(|value| guard.watch(value));
+                let result = match run(conn, &owned).await {
+                    Ok(value) if autocommit_write => value.settled().await,
+                    result => result,
+                };
+                let result = result.map(|value| guard.watch(value));
                 self.reclaim_instrumentation();
                 result
             }

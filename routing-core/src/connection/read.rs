@@ -151,7 +151,7 @@ impl RoutedConnection {
         }
         let route = attempts.fallback(&shared).map_err(Error::into_diesel)?;
         self.trace.fell_back();
-        Box::pin(self.run_on(route, owned, run, false)).await
+        Box::pin(self.run_on(route, owned, run, false, false)).await
     }
 
     /// One attempt to serve a read on replica `index`, given up as soon as the replica is banned
@@ -312,7 +312,7 @@ impl RoutedConnection {
         let key = StatementKey::of(owned.static_id(), owned.shared_sql());
         let route = reads::refusal(&shared, index, key, Some(owned.sql()), error)?;
         self.mark_written();
-        self.run_on(route, owned, run, false).await
+        self.run_on(route, owned, run, false, false).await
     }
 }
 

@@ -174,6 +174,8 @@ enum Rows {
     Prepared(BoxStream<'static, QueryResult<PgRow>>),
     Unnamed(Pin<Box<tokio_postgres::RowStream>>),
     Mapped(BoxStream<'static, QueryResult<RoutedRow>>),
+    /// Every row of a statement that has ended (see [`RowStream::settled`]).
+    Settled(std::vec::IntoIter<RoutedRow>),
 }
 
 impl RowStream {
@@ -194,10 +196,30 @@ impl RowStream {
         RowStream::of(Rows::Mapped(rows))
     }
 
-    /// The stream, watched for the session behind `canceller` (see [`RowsWatch`]).
+    /// The stream, watched for the session behind `canceller` (see [`RowsWatch`]). The rows
+    /// of a statement that has ended need no watch.
     pub(crate) fn watched(mut self, canceller: &Arc<Canceller>, cancels: bool) -> Self {
-        self.watch = Some(RowsWatch::new(canceller, cancels));
+        if !matches!(self.rows, Rows::Settled(_)) {
+            self.watch = Some(RowsWatch::new(canceller, cancels));
+        }
         self
+    }
+
+    /// Every row, read up to the end of the statement, where its server says whether it
+    /// succeeded: the first error fails the whole statement, rows read before it included.
+    ///
+    /// A row stream ends where its statement ends, and the rows come before it: an error the
+    /// server sends after them (a deferred constraint that fails the commit of a write outside
+    /// a transaction, a commit cut short when the server shuts down while it waits for a
+    /// synchronous standby) is lost on a caller that takes the first row and drops the rest, as
+    /// diesel's `get_result` does. That caller would take a write that was rolled back, or that
+    /// exists on this server only, for done.
+    pub(crate) async fn settled(mut self) -> QueryResult<Self> {
+        let mut rows = Vec::new();
+        while let Some(row) = futures_util::StreamExt::next(&mut self).await {
+            rows.push(row?);
+        }
+        Ok(RowStream::of(Rows::Settled(rows.into_iter())))
     }
 
     fn poll_rows(&mut self, cx: &mut Context<'_>) -> Poll<Option<QueryResult<RoutedRow>>> {
@@ -213,6 +235,7 @@ impl RowStream {
                 })
             }),
             Rows::Mapped(rows) => rows.as_mut().poll_next(cx),
+            Rows::Settled(rows) => Poll::Ready(rows.next().map(Ok)),
         };
         // The end of the rows, or an error (which ends the statement), is the statement's end.
         if let (Poll::Ready(None | Some(Err(_))), Some(watch)) = (&polled, &mut self.watch) {

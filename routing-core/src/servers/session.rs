@@ -193,10 +193,26 @@ impl Watchable for u64 {}
 pub(crate) trait Outcome: Watchable + Send + Sized + 'static {
     /// The future of a statement on a session borrowed for `'c`.
     type Future<'c>: Future<Output = QueryResult<Self>> + Send + 'c;
+
+    /// Whether the statement gives rows (a `load`), which a write outside a transaction reads
+    /// to its end before it hands them out (see [`RowStream::settled`]).
+    const ROWS: bool = false;
+
+    /// What the statement gave, once its server said whether it succeeded. A count comes
+    /// after that already: diesel-async's `execute` waits for the server to be ready again.
+    fn settled(self) -> impl Future<Output = QueryResult<Self>> + Send {
+        std::future::ready(Ok(self))
+    }
 }
 
 impl Outcome for RowStream {
     type Future<'c> = Load<'c>;
+
+    const ROWS: bool = true;
+
+    fn settled(self) -> impl Future<Output = QueryResult<Self>> + Send {
+        RowStream::settled(self)
+    }
 }
 
 impl Outcome for usize {
