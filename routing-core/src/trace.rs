@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use pin_project_lite::pin_project;
 // The processor's time-stamp counter: a fraction of the cost of the system clock, read twice
-// for every statement.
+// for every statement while a metrics recorder is installed.
 use quanta::Instant;
 use tracing::Span;
 use tracing::field::Empty;
@@ -51,8 +51,14 @@ impl Default for Trace {
 
 impl Trace {
     /// Starts the telemetry of a statement performing `operation`, with its text when the pool
-    /// records it.
-    pub(crate) fn start(&mut self, operation: Option<&'static str>, text: Option<&str>) {
+    /// records it. The clock is read only when a metrics recorder takes the statement's duration
+    /// (see [`Shared::times_statements`]).
+    pub(crate) fn start(
+        &mut self,
+        shared: &Shared,
+        operation: Option<&'static str>,
+        text: Option<&str>,
+    ) {
         self.span = tracing::info_span!(
             target: "routing_core::statement",
             "statement",
@@ -73,7 +79,7 @@ impl Trace {
             db.response.status_code = Empty,
             error.type = Empty,
         );
-        self.started = Some(Instant::now());
+        self.started = shared.times_statements().then(Instant::now);
         self.server = None;
         self.attempts = 0;
     }

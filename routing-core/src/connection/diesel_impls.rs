@@ -85,7 +85,8 @@ impl SimpleAsyncConnection for RoutedConnection {
             return Err(Error::TransactionLost.into_diesel());
         }
         let text = self.shared().config().record_query_text().then_some(query);
-        self.trace.start(operation_name(query), text);
+        self.trace
+            .start(self.pool.shared(), operation_name(query), text);
         let span = self.trace.span().clone();
         let result = self.run_batch(query).instrument(span).await;
         self.trace.finish(self.pool.shared(), &result);

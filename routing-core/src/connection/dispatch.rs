@@ -138,9 +138,11 @@ impl RoutedConnection {
                 Ok,
             );
             let text = text.as_ref().ok().map(|rendered| &*rendered.sql);
-            self.trace.start(prepared.operation, text);
+            self.trace
+                .start(self.pool.shared(), prepared.operation, text);
         } else {
-            self.trace.start(prepared.operation, None);
+            self.trace
+                .start(self.pool.shared(), prepared.operation, None);
         }
         if let Some(route) = prepared
             .fixed

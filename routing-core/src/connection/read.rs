@@ -63,7 +63,8 @@ impl RoutedConnection {
         query_id: Option<std::any::TypeId>,
     ) -> QueryResult<Option<usize>> {
         let prepared = self.prepare(query, query_id)?;
-        self.trace.start(prepared.operation, None);
+        self.trace
+            .start(self.pool.shared(), prepared.operation, None);
         let (route, needs) = match prepared.fixed {
             Some(route) => (route, ReadNeeds::default()),
             None => {

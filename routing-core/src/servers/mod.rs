@@ -21,7 +21,7 @@ mod unnamed;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use deadpool::managed::Object;
@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     probe_started: AtomicBool,
     learned: Learned,
     tokens: Tokens,
+    /// Whether statements are timed (see [`Shared::times_statements`]).
+    timed: OnceLock<bool>,
 }
 
 impl RoutedPool {
@@ -140,6 +142,7 @@ impl RoutedPool {
                 test_transaction: AtomicBool::new(false),
                 types: Arc::new(Mutex::new(HashMap::new())),
                 probe_started: AtomicBool::new(false),
+                timed: OnceLock::new(),
             }),
         })
     }
@@ -294,6 +297,13 @@ impl Shared {
 
     pub(crate) fn in_test_transaction(&self) -> bool {
         self.test_transaction.load(Ordering::Relaxed)
+    }
+
+    /// Whether statements are timed for `db.client.operation.duration`: when a metrics recorder
+    /// was installed as the pool ran its first statement, which also registers the histograms
+    /// with that recorder. Without one, a statement reads no clock.
+    pub(crate) fn times_statements(&self) -> bool {
+        *self.timed.get_or_init(telemetry::recorder_installed)
     }
 
     /// The statements this pool learned to send to the primary.

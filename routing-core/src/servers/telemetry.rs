@@ -46,6 +46,13 @@ pub(crate) const POOL_NAME: &str = "db.client.connection.pool.name";
 /// The attribute of a connection's state in [`CONNECTION_COUNT`].
 pub(crate) const STATE: &str = "db.client.connection.state";
 
+/// Whether a metrics recorder is installed for the calling thread (a local one, or the global
+/// one). The metrics facade runs without one on its no-op recorder, which has no state: a
+/// recorder of size zero is taken for it.
+pub(crate) fn recorder_installed() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
+
 /// Describes every metric to the installed recorder (units and help texts), once per process:
 /// called when a pool's metrics are first registered.
 pub(crate) fn describe() {

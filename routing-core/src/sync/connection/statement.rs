@@ -67,9 +67,11 @@ impl RoutedConnection {
                 .clone()
                 .map_or_else(|| classified::rendered(&shared, query, query_id), Ok);
             let text = text.as_ref().ok().map(|rendered| &*rendered.sql);
-            self.trace.start(prepared.operation, text);
+            self.trace
+                .start(self.pool.shared(), prepared.operation, text);
         } else {
-            self.trace.start(prepared.operation, None);
+            self.trace
+                .start(self.pool.shared(), prepared.operation, None);
         }
         let span = self.trace.span().clone();
         let result = span.in_scope(|| {
@@ -166,7 +168,8 @@ impl RoutedConnection {
             return Err(Error::TransactionLost.into_diesel());
         }
         let text = self.shared().config().record_query_text().then_some(query);
-        self.trace.start(operation_name(query), text);
+        self.trace
+            .start(self.pool.shared(), operation_name(query), text);
         let span = self.trace.span().clone();
         let result = span.in_scope(|| self.run_batch(query));
         self.trace.finish(self.pool.routed.shared(), &result);
