@@ -195,6 +195,20 @@ pub(crate) fn leader_name(cluster: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// Whether a `GET /cluster` answer names a synchronous standby (role `sync_standby`): the
+/// member Patroni recorded as synchronous, the only one a switchover may promote in
+/// synchronous mode.
+pub(crate) fn has_sync_standby(cluster: &Value) -> bool {
+    cluster
+        .get("members")
+        .and_then(Value::as_array)
+        .is_some_and(|members| {
+            members
+                .iter()
+                .any(|member| member.get("role").and_then(Value::as_str) == Some("sync_standby"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

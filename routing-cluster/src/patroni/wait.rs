@@ -205,6 +205,20 @@ impl PatroniCluster {
                     "no synchronous standby streams from leader node {leader} yet"
                 )));
             }
+            // Patroni records the synchronous standby a moment later; until it has, it refuses
+            // a switchover (HTTP 412).
+            match Request::get(leader_node.rest_port, "/cluster")
+                .json(REST_TIMEOUT)
+                .await
+            {
+                Ok(cluster) if rest::has_sync_standby(&cluster) => {}
+                Ok(_) => {
+                    return Ok(Check::Pending(
+                        "Patroni has not recorded a synchronous standby yet".to_owned(),
+                    ));
+                }
+                Err(err) => return Ok(Check::Pending(err.to_string())),
+            }
         }
         Ok(Check::Done(leader))
     }
