@@ -34,6 +34,12 @@ struct Count {
     n: i64,
 }
 
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
 /// A table whose `k` is unique, checked at commit; the commit of a row with a negative `k`
 /// waits 30 seconds first (a deferred constraint trigger). Its name.
 async fn table(servers: &Servers) -> String {
@@ -69,17 +75,19 @@ async fn insert(conn: &mut Conn, table: &str, k: i32) -> QueryResult<Inserted> {
         .get_result::<Inserted>(c))
 }
 
-/// How many rows of `table` have `k`, asked of the primary.
-async fn rows_with(servers: &Servers, table: &str, k: i32) -> i64 {
+/// The ids of the rows of `table` that have `k`, asked of the primary.
+async fn ids_with(servers: &Servers, table: &str, k: i32) -> Vec<i64> {
     let mut admin = AsyncPgConnection::establish(&servers.primary_url)
         .await
         .expect("connect to the primary");
-    let query = diesel::sql_query(format!("SELECT count(*) AS n FROM {table} WHERE k = $1"))
+    let query = diesel::sql_query(format!("SELECT id FROM {table} WHERE k = $1 ORDER BY id"))
         .bind::<Integer, _>(k);
-    diesel_async::RunQueryDsl::get_result::<Count>(query, &mut admin)
+    diesel_async::RunQueryDsl::load::<Id>(query, &mut admin)
         .await
-        .expect("count the rows")
-        .n
+        .expect("read the rows")
+        .into_iter()
+        .map(|row| row.id)
+        .collect()
 }
 
 fn is_unique_violation(error: &DieselError) -> bool {
@@ -110,15 +118,16 @@ async fn a_write_whose_deferred_constraint_fails_its_commit_is_an_error(kind: Ki
             format!("INSERT INTO {table} (k) VALUES (1), (2) RETURNING id, false AS in_recovery");
         let all = on!(fresh, |c| diesel::sql_query(&sql).load::<Inserted>(c));
         assert!(all.as_ref().is_err_and(is_unique_violation), "{all:?}");
-        assert_eq!(rows_with(servers, &table, 1).await, 1);
-        assert_eq!(rows_with(servers, &table, 2).await, 0);
+        assert_eq!(ids_with(servers, &table, 1).await, [inserted.id]);
+        assert_eq!(ids_with(servers, &table, 2).await, Vec::<i64>::new());
         // Both connections go on.
         for conn in [&mut first, &mut fresh] {
             conn.where_ran().await;
         }
-        insert(&mut first, &table, 2).await.expect("insert k = 2");
-        insert(&mut fresh, &table, 3).await.expect("insert k = 3");
-        assert_eq!(rows_with(servers, &table, 2).await, 1);
+        let two = insert(&mut first, &table, 2).await.expect("insert k = 2");
+        let three = insert(&mut fresh, &table, 3).await.expect("insert k = 3");
+        assert_eq!(ids_with(servers, &table, 2).await, [two.id]);
+        assert_eq!(ids_with(servers, &table, 3).await, [three.id]);
     })
     .await;
 }
@@ -164,9 +173,10 @@ async fn a_write_whose_server_goes_away_while_it_commits_is_an_error(kind: Kind)
         );
         assert!(routed.is_some_and(Error::is_retryable), "{error:?}");
     }
-    assert_eq!(rows_with(servers, &table, -1).await, 0);
+    assert_eq!(ids_with(servers, &table, -1).await, Vec::<i64>::new());
     // The pool goes on: a new connection writes on the primary.
     let mut next = pool.get().await;
     let inserted = insert(&mut next, &table, 5).await.expect("insert after");
     assert!(!inserted.in_recovery);
+    assert_eq!(ids_with(servers, &table, 5).await, [inserted.id]);
 }
