@@ -44,7 +44,8 @@ impl RoutedConnection {
     pub(super) async fn route_read(&mut self) -> (Route, ReadNeeds) {
         let mut needs = read_needs();
         if needs.causal_token.is_some() {
-            self.vet_token(&mut needs).await;
+            // Boxed: its checks of the primary would make every read's future larger.
+            Box::pin(self.vet_token(&mut needs)).await;
         }
         let route = route::decide(
             &self.state(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::result::Error as DieselError;
+use futures_util::future::Either;
 
 use super::{FirstRow, RoutedConnection, RunFn, Target};
 use crate::causal::ReadYourWrites;
@@ -317,14 +318,16 @@ impl RoutedConnection {
     }
 }
 
-/// `future`, given up after `limit` when there is one.
-async fn optional_timeout<F: std::future::Future>(
+/// `future`, given up after `limit` when there is one. Not an `async fn`: one that moved
+/// `future` into a `match` arm would hold it twice, and every read's future with it.
+fn optional_timeout<F: std::future::Future>(
     limit: Option<Duration>,
     future: F,
-) -> Option<F::Output> {
+) -> impl std::future::Future<Output = Option<F::Output>> {
+    use futures_util::FutureExt;
     match limit {
-        Some(limit) => crate::clock::timeout(limit, future).await.ok(),
-        None => Some(future.await),
+        Some(limit) => Either::Left(crate::clock::timeout(limit, future).map(Result::ok)),
+        None => Either::Right(future.map(Some)),
     }
 }
 

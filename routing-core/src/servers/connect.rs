@@ -305,11 +305,15 @@ impl deadpool::managed::Manager for Manager {
     type Type = ServerConn;
     type Error = ConnectError;
 
-    /// A new session, set up by the router, then by the pool's `on_connect` hook.
-    async fn create(&self) -> Result<ServerConn, ConnectError> {
-        crate::clock::timeout(self.timeout, self.open_session())
-            .await
-            .unwrap_or(Err(ConnectError::Timeout(self.timeout)))
+    /// A new session, set up by the router, then by the pool's `on_connect` hook. Its future is
+    /// boxed: opening a session is rare and its future large (the TLS handshake, the setup, the
+    /// hook), and every checkout's future would hold it, moved with it on every statement.
+    fn create(&self) -> impl Future<Output = Result<ServerConn, ConnectError>> + Send {
+        Box::pin(async move {
+            crate::clock::timeout(self.timeout, self.open_session())
+                .await
+                .unwrap_or(Err(ConnectError::Timeout(self.timeout)))
+        })
     }
 
     /// A connection goes back into use only when it is open, outside every transaction, with
@@ -321,7 +325,8 @@ impl deadpool::managed::Manager for Manager {
             ));
         }
         if self.verify_checkouts {
-            crate::clock::timeout(self.timeout, conn.pg().ping())
+            // Boxed, as `create`'s future is.
+            Box::pin(crate::clock::timeout(self.timeout, conn.pg().ping()))
                 .await
                 .map_err(|_| RecycleError::message("the connection did not answer in time"))?
                 .map_err(|e| RecycleError::Backend(ConnectError::Setup(e)))?;

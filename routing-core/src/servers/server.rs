@@ -175,10 +175,13 @@ impl Server {
         let checked_out = match self.pool.timeout_get(&free).await {
             Err(PoolError::Timeout(TimeoutType::Wait)) => {
                 let began = Instant::now();
-                let checked_out =
-                    crate::clock::timeout(wait, self.pool.timeout_get(&Timeouts::new()))
-                        .await
-                        .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
+                // Boxed: the future of every checkout would hold this second one too.
+                let checked_out = Box::pin(crate::clock::timeout(
+                    wait,
+                    self.pool.timeout_get(&Timeouts::new()),
+                ))
+                .await
+                .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
                 waited = began.elapsed();
                 checked_out
             }
