@@ -41,7 +41,7 @@ struct Id {
 }
 
 /// A table whose `k` is unique, checked at commit; the commit of a row with a negative `k`
-/// waits 30 seconds first (a deferred constraint trigger). Its name.
+/// waits `-k / 10` seconds first (a deferred constraint trigger). Its name.
 async fn table(servers: &Servers) -> String {
     let table = unique("commits");
     let mut admin = AsyncPgConnection::establish(&servers.primary_url)
@@ -53,7 +53,7 @@ async fn table(servers: &Servers) -> String {
             "CREATE TABLE {table} (id bigserial PRIMARY KEY, k integer NOT NULL, \
                CONSTRAINT {table}_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED); \
              CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql \
-               AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$; \
+               AS $$ BEGIN PERFORM pg_sleep(-NEW.k / 10.0); RETURN NULL; END $$; \
              CREATE CONSTRAINT TRIGGER {table}_commit AFTER INSERT ON {table} \
                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.k < 0) \
                EXECUTE FUNCTION {table}_slow();"
@@ -162,7 +162,7 @@ async fn a_write_whose_server_goes_away_while_it_commits_is_an_error(kind: Kind)
         })
     };
     let mut conn = pool.get().await;
-    let cut = insert(&mut conn, &table, -1).await;
+    let cut = insert(&mut conn, &table, -300).await;
     terminator.await.expect("the terminating task");
     let error = cut.expect_err("a write whose commit was cut short returned Ok");
     if kind == Kind::Async {
@@ -173,10 +173,58 @@ async fn a_write_whose_server_goes_away_while_it_commits_is_an_error(kind: Kind)
         );
         assert!(routed.is_some_and(Error::is_retryable), "{error:?}");
     }
-    assert_eq!(ids_with(servers, &table, -1).await, Vec::<i64>::new());
-    // The pool goes on: a new connection writes on the primary.
-    let mut next = pool.get().await;
-    let inserted = insert(&mut next, &table, 5).await.expect("insert after");
+    assert_eq!(ids_with(servers, &table, -300).await, Vec::<i64>::new());
+    // The same connection goes on, on an open session: it writes on the primary.
+    let inserted = insert(&mut conn, &table, 5).await.expect("insert after");
     assert!(!inserted.in_recovery);
     assert_eq!(ids_with(servers, &table, 5).await, [inserted.id]);
+    // And so does the pool.
+    let mut next = pool.get().await;
+    let inserted = insert(&mut next, &table, 6)
+        .await
+        .expect("insert on another connection");
+    assert_eq!(ids_with(servers, &table, 6).await, [inserted.id]);
+}
+
+/// A request that gives up on a write whose rows have arrived, while its commit waits (a
+/// timeout), does not cancel it: the statement ran and only its commit is left. The connection
+/// is closed, and the server completes the commit (a cancel would cut it short, and during a
+/// wait for a synchronous standby leave it on the primary only). The connection goes on.
+/// (A result too small to fill the server's output buffer arrives only with the commit's
+/// outcome: until then the statement is still running, and is cancelled as any other.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_after_its_rows_while_it_commits_is_not_cancelled() {
+    let servers = servers().await;
+    let table = table(servers).await;
+    let pool = Pool::build(
+        Kind::Async,
+        servers.pool_builder(&unique("commit_given_up")),
+    );
+    let mut conn = pool.get().await;
+    // Once on a fresh connection (the owned form), once on one that holds the primary.
+    for (round, slow) in [(1, -20), (2, -21)] {
+        // 2,000 rows (about 40 kB, flushed by the server as they come), then one whose commit
+        // waits two seconds.
+        let sql = format!(
+            "INSERT INTO {table} (k) SELECT g FROM generate_series({from}, {to}) g \
+             UNION ALL SELECT {slow} RETURNING id, pg_is_in_recovery() AS in_recovery",
+            from = round * 10_000,
+            to = round * 10_000 + 1_999,
+        );
+        let write = async { on!(conn, |c| diesel::sql_query(&sql).get_result::<Inserted>(c)) };
+        let given_up = tokio::time::timeout(Duration::from_millis(500), write).await;
+        assert!(given_up.is_err(), "the commit did not wait: {given_up:?}");
+        let began = Instant::now();
+        while ids_with(servers, &table, slow).await.is_empty() {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "the write given up while it committed was never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let inserted = insert(&mut conn, &table, -slow)
+            .await
+            .expect("the next write");
+        assert_eq!(ids_with(servers, &table, -slow).await, [inserted.id]);
+    }
 }

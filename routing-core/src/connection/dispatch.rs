@@ -159,24 +159,26 @@ impl RoutedConnection {
             self.trace
                 .sent(self.pool.shared(), route.target, index, route.reason);
             let autocommit_write = prepared.commits;
-            // The rows of a write outside a transaction are handed out once its commit is known.
-            let settles = autocommit_write && R::ROWS;
+            let on_primary = (route.target == Target::Primary)
+                .then(|| (Arc::clone(self.pool.shared()), self.held.primary_node()));
             let watched =
                 self.held
                     .watched(route.target, self.pool.shared(), autocommit_write, |conn| {
-                        let future = direct(conn, query);
-                        if settles {
-                            Either::Left(async move { future.await?.settled().await })
-                        } else {
-                            Either::Right(future)
-                        }
+                        direct(conn, query)
                     });
             let Some(watched) = watched else {
                 let error = Err(lost_connection());
                 self.trace.finish(self.pool.shared(), &error);
                 return futures_util::future::ready(error).boxed();
             };
-            return Box::pin(Traced::new(watched, &mut self.trace, self.pool.shared()));
+            // The rows of a write outside a transaction are handed out once its commit is known
+            // (see `RowStream::settled`).
+            let future = if autocommit_write && R::ROWS {
+                Either::Left(settle(watched, on_primary))
+            } else {
+                Either::Right(watched)
+            };
+            return Box::pin(Traced::new(future, &mut self.trace, self.pool.shared()));
         }
         // This connection reports the statement, once, as the user wrote it, wherever it runs.
         let debug_sql = self
@@ -313,21 +315,40 @@ impl RoutedConnection {
             Ok(()) => {
                 self.lend_instrumentation(route.target, true);
                 let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
-                let result = match run(conn, &owned).await {
-                    Ok(value) if autocommit_write => value.settled().await,
-                    result => result,
-                };
-                let result = result.map(|value| guard.watch(value));
+                let result = run(conn, &owned).await.map(|value| guard.watch(value));
                 self.reclaim_instrumentation();
                 result
             }
             Err(e) => Err(e),
         };
         self.held.finish(guard);
+        // Its statement guard finished, a write's commit is no longer cancelled (see
+        // `settle`): dropped while it settles, its row stream closes the connection.
+        let result = match result {
+            Ok(value) if autocommit_write => value.settled().await,
+            result => result,
+        };
         match route.target {
             Target::Primary => result.map_err(|e| shared.primary_error(node, e)),
             Target::Replica => result,
         }
+    }
+}
+
+/// What the statement of `watched` gave, once its server said whether its commit succeeded (see
+/// `RowStream::settled`). Settled after the statement guard
+/// finished: the rows have arrived, the statement ran, and only its commit is left, which may be
+/// waiting for a synchronous standby. A cancel then would leave the write committed on this
+/// server only; dropped meanwhile, the watched row stream closes the connection instead (see
+/// `StatementGuard::of_write`), and the commit completes or fails on the server.
+async fn settle<R: Outcome>(
+    watched: impl Future<Output = QueryResult<R>>,
+    on_primary: Option<(Arc<Shared>, Option<usize>)>,
+) -> QueryResult<R> {
+    let settled = watched.await?.settled().await;
+    match on_primary {
+        Some((shared, node)) => settled.map_err(|e| shared.primary_error(node, e)),
+        None => settled,
     }
 }
 
