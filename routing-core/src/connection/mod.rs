@@ -303,6 +303,15 @@ impl RoutedConnection {
         if self.held.holds(Target::Primary) {
             self.primary_moved();
         }
+        // A primary session that broke (the server ended it, or it was lost with its server)
+        // is let go, outside a transaction: the next statement checks out an open one.
+        if self.pinned.is_none()
+            && self
+                .held(Target::Primary)
+                .is_some_and(|conn| conn.is_broken())
+        {
+            self.held.discard(Target::Primary);
+        }
         while let Some(target) = self.held.take_busy() {
             self.held.discard(target);
             if self.pinned == Some(target) {

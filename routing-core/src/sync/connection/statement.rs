@@ -149,10 +149,15 @@ impl RoutedConnection {
             session.mark_session_changed();
         }
         let result = exec(session.pg());
-        if let Err(error) = &result {
-            // A session the server or the network closed is not reused.
-            if Failure::of(error, false) == Failure::Unreachable {
-                session.discard();
+        // A session the server or the network closed is not reused; outside a transaction, the
+        // connection lets go of it at once, and its next statement checks out an open one.
+        let closed = result
+            .as_ref()
+            .is_err_and(|error| Failure::of(error, false) == Failure::Unreachable);
+        if closed {
+            session.discard();
+            if route.target == Target::Primary && self.pinned.is_none() {
+                self.primary = None;
             }
         }
         match route.target {
