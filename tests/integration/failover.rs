@@ -153,25 +153,9 @@ async fn first_writable(cluster: &PatroniCluster, old: usize, began: Instant) ->
         assert!(
             began.elapsed() < Duration::from_secs(120),
             "no new primary took a write; the logs end with:\n{}",
-            log_tails(cluster)
+            cluster.log_tails()
         );
     }
-}
-
-/// The last lines of every node's log and of etcd's.
-fn log_tails(cluster: &PatroniCluster) -> String {
-    let logs = cluster.data_dir().join("log");
-    let mut tails = String::new();
-    for name in (0..cluster.node_count())
-        .map(|node| format!("node{node}.log"))
-        .chain(["etcd.log".to_owned()])
-    {
-        let text = std::fs::read_to_string(logs.join(&name)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        tails.push_str(&format!("--- {name}:\n{tail}\n"));
-    }
-    tails
 }
 
 /// Prints and checks what the load saw around a switch at `switch` (since the start), when the

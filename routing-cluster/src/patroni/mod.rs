@@ -279,8 +279,10 @@ impl PatroniCluster {
         self.nodes.iter().position(|node| node.files.name == name)
     }
 
-    /// The last lines of every log, for a timeout's message.
-    fn log_tails(&self) -> String {
+    /// The last lines of every log (each node's Patroni and PostgreSQL, and etcd's), for a
+    /// failure's message.
+    #[must_use]
+    pub fn log_tails(&self) -> String {
         self.nodes
             .iter()
             .map(|node| &node.files.log)
