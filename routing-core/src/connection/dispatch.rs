@@ -19,7 +19,6 @@ use crate::context::{ReadNeeds, read_needs};
 use crate::error::{Error, Role};
 use crate::owned::{Identity, NoId, OwnedQuery, Rendered, StaticId};
 use crate::reads::{self, TokenCheck};
-use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
 use crate::servers::{Outcome, ServerSession, Shared, catalog};
 use crate::trace::Traced;
@@ -159,8 +158,7 @@ impl RoutedConnection {
             self.trace
                 .sent(self.pool.shared(), route.target, index, route.reason);
             let autocommit_write = prepared.commits;
-            let on_primary = (route.target == Target::Primary)
-                .then(|| (Arc::clone(self.pool.shared()), self.held.primary_node()));
+            let node = self.held.primary_node();
             let watched =
                 self.held
                     .watched(route.target, self.pool.shared(), autocommit_write, |conn| {
@@ -174,6 +172,8 @@ impl RoutedConnection {
             // The rows of a write outside a transaction are handed out once its commit is known
             // (see `RowStream::settled`).
             let future = if autocommit_write && R::ROWS {
+                let on_primary = (route.target == Target::Primary)
+                    .then(|| (Arc::clone(self.pool.shared()), node));
                 Either::Left(settle(watched, on_primary))
             } else {
                 Either::Right(watched)
@@ -285,8 +285,8 @@ impl RoutedConnection {
     }
 
     /// Runs an owned statement on `route`'s server, watched (see [`held::Held::start`]).
-    /// `commits` when it may write outside a transaction (see [`Prepared::commits`]); a read
-    /// rerun on the primary after a replica refused it as a write does too.
+    /// `commits` when it may write outside a transaction (see [`Prepared::commits`]), as a read
+    /// rerun on the primary after a replica refused it as a write may.
     pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
@@ -307,8 +307,7 @@ impl RoutedConnection {
         self.trace
             .sent(self.pool.shared(), route.target, index, route.reason);
         let node = self.held.primary_node();
-        let autocommit_write = self.pinned.is_none()
-            && (commits || matches!(route.reason, Reason::Write | Reason::RefusedAsWrite));
+        let autocommit_write = commits && self.pinned.is_none();
         let guard = self.held.start(route.target).of_write(autocommit_write);
         let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
         let result = match owned.resolve(conn, shared.types()).await {

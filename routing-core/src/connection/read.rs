@@ -314,7 +314,7 @@ impl RoutedConnection {
         let key = StatementKey::of(owned.static_id(), owned.shared_sql());
         let route = reads::refusal(&shared, index, key, Some(owned.sql()), error)?;
         self.mark_written();
-        self.run_on(route, owned, run, false, false).await
+        self.run_on(route, owned, run, false, true).await
     }
 }
 
