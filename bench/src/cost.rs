@@ -77,10 +77,7 @@ async fn request(system: &System, op: Op, id: i64) -> Result<(), BoxError> {
 
 /// This process's CPU time so far, in seconds.
 fn cpu_time() -> f64 {
-    let time = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
-    #[allow(clippy::cast_precision_loss)]
-    let seconds = time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9;
-    seconds
+    crate::cpu::process_cpu().as_secs_f64()
 }
 
 /// The context switches of every thread of this process so far, from `/proc/self/task`.

@@ -102,12 +102,23 @@ impl Report {
         let _ = writeln!(
             out,
             "- Each cell: {} warm-up per system (not measured), then {} measured per system, in \
-             five slices in which the systems take turns (in a rotating order), so that a drift \
-             of the machine weighs on every system alike. Every request takes a fresh connection \
-             from its pool and returns it, as a web handler does; its latency runs from the \
-             checkout to the release. Throughput counts successful requests.",
+             {} slices of {} in which the systems take turns (in a rotating order), so that a \
+             drift of the machine (a checkpoint, the servers' background work, another process) \
+             weighs on every system alike. Every request takes a fresh connection from its pool \
+             and returns it, as a web handler does; its latency runs from the checkout to the \
+             release. Throughput counts successful requests.",
             secs(s.warmup),
             secs(s.cell),
+            crate::ROUNDS,
+            secs(s.cell / crate::ROUNDS),
+        );
+        let _ = writeln!(
+            out,
+            "- CPU per request, read before and after each slice: `client` is this process (the \
+             clients, the connections' driver tasks, the router or the hand-written routing), \
+             `server` the PostgreSQL, PgBouncer and pgpool-II processes (in clock ticks of \
+             10 ms, summed over the slices). Where the machine is saturated, throughput follows \
+             their sum."
         );
         let _ = writeln!(
             out,
@@ -172,9 +183,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | errors |"
+            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | client CPU µs/req | server CPU µs/req | errors |"
         );
-        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         let mut notes = Vec::new();
         for clients in &self.settings.clients {
             let cells: Vec<&Cell> = self
@@ -195,9 +206,13 @@ impl Report {
                 let baseline = baseline_of(cell.system);
                 match &cell.outcome {
                     Ok(m) => {
+                        let (client_cpu, server_cpu) = m.cpu_micros_per_request().map_or_else(
+                            || ("–".to_owned(), "–".to_owned()),
+                            |(client, servers)| (format!("{client:.1}"), format!("{servers:.1}")),
+                        );
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {client_cpu} | {server_cpu} | {} |",
                             cell.system,
                             m.throughput(),
                             opt_ms(m.percentile(50.0)),
@@ -223,7 +238,7 @@ impl Report {
                     Err(error) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | – | – | – | – | – | – | failed |",
+                            "| {clients} | {} | – | – | – | – | – | – | – | – | failed |",
                             cell.system
                         );
                         notes.push(format!("{} at {clients} clients: {error}", cell.system));

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cpu::CpuTimes;
 use crate::setup::IdRange;
 use crate::systems::{Op, System};
 
@@ -64,6 +65,8 @@ pub(crate) struct Measurement {
     pub(crate) elapsed: Duration,
     /// Latencies of the successful requests, sorted ascending.
     latencies: Vec<Duration>,
+    /// The CPU time this process and the servers spent meanwhile.
+    pub(crate) cpu: CpuTimes,
 }
 
 impl Measurement {
@@ -75,6 +78,18 @@ impl Measurement {
         } else {
             0.0
         }
+    }
+
+    /// CPU time per successful request, in microseconds: this process's and the servers'.
+    pub(crate) fn cpu_micros_per_request(&self) -> Option<(f64, f64)> {
+        #[allow(clippy::cast_precision_loss)]
+        let requests = self.requests as f64;
+        (self.requests > 0).then(|| {
+            (
+                self.cpu.client.as_secs_f64() * 1e6 / requests,
+                self.cpu.servers.as_secs_f64() * 1e6 / requests,
+            )
+        })
     }
 
     /// The `p`-th percentile latency (nearest rank), `None` without successful requests.
@@ -92,6 +107,7 @@ impl Measurement {
             first_error: None,
             elapsed,
             latencies,
+            cpu: CpuTimes::default(),
         }
     }
 
@@ -103,6 +119,7 @@ impl Measurement {
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
         self.latencies.sort_unstable();
+        self.cpu = self.cpu + other.cpu;
         self
     }
 }
@@ -128,7 +145,8 @@ struct ClientLog {
 /// Runs `workload` on `system` with `clients` concurrent tasks for `duration`; each task sends
 /// one request after another, and each request is timed from before the checkout until after
 /// the connection is back in its pool. Requests started before the deadline are finished and
-/// counted; the elapsed time runs until the last one finished.
+/// counted; the elapsed time runs until the last one finished. The CPU time is read before the
+/// first client starts and after the last one finished.
 pub(crate) async fn run(
     system: &Arc<System>,
     workload: Workload,
@@ -136,6 +154,7 @@ pub(crate) async fn run(
     duration: Duration,
     ids: IdRange,
 ) -> Measurement {
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let deadline = started + duration;
     // A synchronous system's clients are threads, as its requests block.
@@ -169,6 +188,7 @@ pub(crate) async fn run(
         }
     }
     let elapsed = started.elapsed();
+    let cpu = CpuTimes::now() - cpu_before;
     all.latencies.sort_unstable();
     Measurement {
         requests: all.latencies.len(),
@@ -176,6 +196,7 @@ pub(crate) async fn run(
         first_error: all.first_error,
         elapsed,
         latencies: all.latencies,
+        cpu,
     }
 }
 
