@@ -32,7 +32,10 @@ const MIN_PAUSE: Duration = Duration::from_millis(50);
 /// timeout measures the servers, not the application's queue. The thread ends within one
 /// interval of the pool's last clone being dropped.
 pub(crate) fn start(shared: &Arc<Shared>) {
-    if tokio::runtime::Handle::try_current().is_ok() {
+    // The flag first: every `get` passes here, and `try_current` clones the runtime's handle.
+    if !shared.probe_started.load(Ordering::Acquire)
+        && tokio::runtime::Handle::try_current().is_ok()
+    {
         start_anywhere(shared);
     }
 }
