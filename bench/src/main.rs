@@ -425,8 +425,8 @@ async fn node_selects_note(pgpool: &Pgpool) -> String {
 /// Slices each cell is measured in: the systems take turns, so that a drift of the machine
 /// (another process, the servers' background work) weighs on every system alike. Short slices
 /// (200 ms in a 5 s cell) leave a drift no time to favour one system: with five slices of a
-/// second, one cell's ratio of the router to the baseline ranged from 0.85× to 1.03× over three
-/// runs of the same code; with 25, within 0.92× to 0.97×.
+/// second, one cell's ratio of the router to the baseline was 0.83×, 1.01× and 0.91× in three
+/// runs of the same code; with 25, 0.93×, 0.97× and 0.93×.
 pub(crate) const ROUNDS: u32 = 25;
 
 /// Measures every system at one workload and client count, each on pools of its own: after a
