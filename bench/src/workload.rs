@@ -15,6 +15,8 @@ pub(crate) enum Workload {
     Point,
     /// 90 % point `SELECT`s, 10 % single-row `UPDATE`s (which go to the primary).
     Mixed,
+    /// Single-row `UPDATE`s only, in a replica scope: what routing a write costs.
+    Write,
 }
 
 impl Workload {
@@ -27,6 +29,7 @@ impl Workload {
             Workload::Point => Op::Read,
             Workload::Mixed if rng.u8(0..Self::MIXED_WRITE_ONE_IN) == 0 => Op::Write,
             Workload::Mixed => Op::Read,
+            Workload::Write => Op::Write,
         }
     }
 
@@ -39,6 +42,9 @@ impl Workload {
             Workload::Mixed => {
                 "90 % the point `SELECT`, 10 % `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1`"
             }
+            Workload::Write => {
+                "`UPDATE products SET price_cents = price_cents + 1 WHERE id = $1` (random id), read scope"
+            }
         }
     }
 }
@@ -48,6 +54,7 @@ impl fmt::Display for Workload {
         f.write_str(match self {
             Workload::Point => "point",
             Workload::Mixed => "mixed",
+            Workload::Write => "write",
         })
     }
 }
