@@ -154,7 +154,12 @@ pub(crate) fn reclaim(conn: &mut ServerSession) -> Option<DynInstrumentation> {
 }
 
 /// A pooled server session and what the router knows of it.
-pub(crate) struct ServerConn {
+///
+/// Its contents are boxed: the pool's connections move whole (into and out of the pool, into
+/// and out of a routed connection, through every checkout's future), and a session is large.
+pub(crate) struct ServerConn(Box<Session>);
+
+struct Session {
     conn: ServerSession,
     /// For cancel requests: made once per session, so that a statement's guard only clones an
     /// `Arc`.
@@ -174,44 +179,44 @@ impl ServerConn {
         backend: Option<Backend>,
     ) -> Self {
         let cancel = Arc::new(Canceller::new(conn.cancel_token(), connector));
-        ServerConn {
+        ServerConn(Box::new(Session {
             conn,
             cancel,
             session_changed: false,
             backend,
-        }
+        }))
     }
 
     /// The server session.
     pub(crate) fn pg(&mut self) -> &mut ServerSession {
-        &mut self.conn
+        &mut self.0.conn
     }
 
     /// What cancels the statement this session runs.
     pub(crate) fn canceller(&self) -> &Arc<Canceller> {
-        &self.cancel
+        &self.0.cancel
     }
 
     /// Drops anything lent to the session's [`Relay`]: nothing of one routed connection's
     /// reaches the next.
     pub(crate) fn clear_relay(&mut self) {
-        let _ = reclaim(&mut self.conn);
+        let _ = reclaim(&mut self.0.conn);
     }
 
     /// The server process of the session (`None` behind a transaction pooler).
     pub(crate) fn backend(&self) -> Option<Backend> {
-        self.backend
+        self.0.backend
     }
 
     /// Whether a row stream of the session was dropped before its end: its statement may still
     /// run, so the session must not run another.
     pub(crate) fn stream_abandoned(&self) -> bool {
-        self.cancel.stream_abandoned()
+        self.0.cancel.stream_abandoned()
     }
 
     /// Notes that a statement changed the session's state.
     pub(crate) fn mark_session_changed(&mut self) {
-        self.session_changed = true;
+        self.0.session_changed = true;
     }
 
     /// Whether the session may serve another checkout as it is: open, outside every
@@ -219,10 +224,10 @@ impl ServerConn {
     /// before its end.
     pub(crate) fn reusable(&mut self) -> bool {
         // Open streams first: a stream dropped early marks the session before it stops counting.
-        !self.session_changed
-            && !self.cancel.streams_open()
-            && !self.cancel.stream_abandoned()
-            && !self.conn.is_broken()
+        !self.0.session_changed
+            && !self.0.cancel.streams_open()
+            && !self.0.cancel.stream_abandoned()
+            && !self.0.conn.is_broken()
     }
 }
 

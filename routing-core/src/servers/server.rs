@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{HookError, Pool, PoolError, TimeoutType, Timeouts};
+use futures_util::future::BoxFuture;
 
 use super::PooledConn;
 use super::connect::Manager;
@@ -163,7 +164,13 @@ impl Server {
     /// [`Error::PoolExhausted`] when every connection stayed in use for the checkout timeout;
     /// [`Error::ReplicaIsPrimary`] or [`Error::PrimaryIsStandby`] for a server in the wrong role;
     /// else [`Error::Checkout`].
-    pub(crate) async fn checkout(&self) -> Result<PooledConn, Error> {
+    pub(crate) fn checkout(&self) -> BoxFuture<'_, Result<PooledConn, Error>> {
+        // Boxed: deadpool's checkout future is about 2 KiB, and every future that awaits a
+        // checkout (a read's, through several layers) would carry it and be copied with it.
+        Box::pin(self.checkout_inline())
+    }
+
+    async fn checkout_inline(&self) -> Result<PooledConn, Error> {
         let wait = self.wait();
         // A free connection first, without a timer or a clock read (it waited nothing); else
         // wait for one, on the clock, and time the wait.
