@@ -88,6 +88,46 @@ thread_local! {
     static CLASSIFIED: RefCell<ClassCache> = RefCell::new(ClassCache::default());
 }
 
+/// How many SQL texts of one pool [`class_of_text`] keeps per thread before it starts over.
+const TEXTS_KEPT: usize = 512;
+
+/// How many pools' texts [`class_of_text`] keeps per thread before it starts over.
+const POOLS_KEPT: usize = 8;
+
+type TextCache = HashMap<usize, HashMap<Arc<str>, Class, foldhash::fast::RandomState>>;
+
+thread_local! {
+    /// Classes of statements without a static id, by pool and SQL text: diesel's `UPDATE`s,
+    /// `INSERT`s, `DELETE`s and boxed queries have none, but an application sends a bounded set
+    /// of texts, and classifying one takes a few passes of the lexer.
+    static BY_TEXT: RefCell<TextCache> = RefCell::new(TextCache::default());
+}
+
+/// The class of `sql`, classified once per pool and thread while the cache keeps it.
+fn class_of_text(shared: &Shared, sql: &Arc<str>) -> Class {
+    let pool = shared.id();
+    let cached = BY_TEXT.with(|cache| {
+        let cache = cache.borrow();
+        cache.get(&pool).and_then(|texts| texts.get(&**sql)).cloned()
+    });
+    if let Some(class) = cached {
+        return class;
+    }
+    let class = Class::of(shared, sql);
+    BY_TEXT.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if !cache.contains_key(&pool) && cache.len() >= POOLS_KEPT {
+            cache.clear();
+        }
+        let texts = cache.entry(pool).or_default();
+        if texts.len() >= TEXTS_KEPT {
+            texts.clear();
+        }
+        texts.insert(Arc::clone(sql), class.clone());
+    });
+    class
+}
+
 /// Classifies `query` with `shared`'s classifier, and returns its SQL when it had to be
 /// rendered. Queries with a static id (whose SQL never changes) are rendered and classified once
 /// per pool and thread: a cached read costs one lookup, and its SQL is fetched by [`rendered`]
@@ -106,7 +146,7 @@ pub(crate) fn classify(
         }
     }
     let rendered = Rendered::of(query)?;
-    let class = Class::of(shared, &rendered.sql);
+    let class = class_of_text(shared, &rendered.sql);
     // Diesel's own statement cache trusts a static id only for SQL that is safe to cache.
     if let Some(key) = key.filter(|_| rendered.safe_to_cache) {
         let cached = Classified {
