@@ -15,7 +15,13 @@ const UNKNOWN: u64 = u64::MAX;
 
 /// The router's knowledge of one server. Every field is updated without locks on the read path
 /// except the ban reason.
+///
+/// Aligned to a cache line pair, as are the parts every statement writes ([`Load`], the ban
+/// signal): the `Arc`'s reference counts, changed by every lease, and the counters stay off the
+/// lines every read checks (ban, lag), which clients on other cores would otherwise keep
+/// taking from each other.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Health {
     label: Arc<str>,
     banned: AtomicBool,
@@ -27,9 +33,7 @@ pub(crate) struct Health {
     lag_bytes: AtomicU64,
     lag_micros: AtomicU64,
     latency_micros: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Statements sent to this server, per reason.
-    routed: [AtomicU64; Reason::COUNT],
+    load: Load,
     failures: AtomicU64,
     bans: AtomicU64,
     /// `routing_queries_total` per reason, registered on first use.
@@ -38,8 +42,22 @@ pub(crate) struct Health {
     /// registered on first use.
     durations: [OnceLock<metrics::Histogram>; 4],
     /// Wakes the reads waiting on this server when it is banned.
-    banned_now: Notify,
+    banned_now: BanSignal,
 }
+
+/// What every statement sent to a server writes.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Load {
+    in_flight: AtomicUsize,
+    /// Statements sent to this server, per reason.
+    routed: [AtomicU64; Reason::COUNT],
+}
+
+/// The ban signal, which every read on a replica registers with while it runs.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct BanSignal(Notify);
 
 impl Health {
     pub(crate) fn new(role: Role) -> Self {
@@ -57,13 +75,12 @@ impl Health {
             lag_bytes: AtomicU64::new(UNKNOWN),
             lag_micros: AtomicU64::new(UNKNOWN),
             latency_micros: AtomicU64::new(UNKNOWN),
-            in_flight: AtomicUsize::new(0),
-            routed: Default::default(),
+            load: Load::default(),
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             queries: Default::default(),
             durations: Default::default(),
-            banned_now: Notify::new(),
+            banned_now: BanSignal::default(),
         }
     }
 
@@ -96,14 +113,14 @@ impl Health {
             metrics::counter!(BANS, "server" => Arc::clone(&self.label)).increment(1);
             metrics::gauge!(HEALTHY, "server" => Arc::clone(&self.label)).set(0.0);
             tracing::warn!(target: "routing_core", server = &*self.label, reason, "server banned");
-            self.banned_now.notify_waiters();
+            self.banned_now.0.notify_waiters();
         }
     }
 
     /// Notified when the server is banned: wait on `notified()` (enabled before checking
     /// [`is_banned`](Self::is_banned), so that no ban is missed).
     pub(crate) fn ban_signal(&self) -> &Notify {
-        &self.banned_now
+        &self.banned_now.0
     }
 
     /// Puts the server back in rotation.
@@ -140,17 +157,17 @@ impl Health {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.load.in_flight.load(Ordering::Relaxed)
     }
 
     /// Statements sent to this server so far.
     pub(crate) fn routed(&self) -> u64 {
-        self.routed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+        self.load.routed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 
     /// Statements sent to this server so far for `reason`.
     pub(crate) fn routed_for(&self, reason: Reason) -> u64 {
-        self.routed[reason.index()].load(Ordering::Relaxed)
+        self.load.routed[reason.index()].load(Ordering::Relaxed)
     }
 
     pub(crate) fn failures(&self) -> u64 {
@@ -164,7 +181,7 @@ impl Health {
     /// Counts a statement sent to this server for `reason`. The metric's handle is registered
     /// once (install a recorder before the first query).
     pub(crate) fn count_routed(&self, reason: Reason) {
-        self.routed[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.load.routed[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.queries[reason.index()]
             .get_or_init(|| {
                 metrics::counter!(
@@ -238,14 +255,14 @@ pub(crate) struct Lease(Arc<Health>);
 
 impl Lease {
     pub(crate) fn new(health: &Arc<Health>) -> Self {
-        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        health.load.in_flight.fetch_add(1, Ordering::Relaxed);
         Lease(Arc::clone(health))
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
