@@ -108,7 +108,10 @@ fn class_of_text(shared: &Shared, sql: &Arc<str>) -> Class {
     let pool = shared.id();
     let cached = BY_TEXT.with(|cache| {
         let cache = cache.borrow();
-        cache.get(&pool).and_then(|texts| texts.get(&**sql)).cloned()
+        cache
+            .get(&pool)
+            .and_then(|texts| texts.get(&**sql))
+            .cloned()
     });
     if let Some(class) = cached {
         return class;
@@ -236,4 +239,74 @@ pub(crate) fn prepare(
         }),
         commits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RoutedPool;
+
+    fn pool() -> RoutedPool {
+        RoutedPool::builder("postgres://app:secret@127.0.0.1:1/app")
+            .replica("postgres://app:secret@127.0.0.1:2/app")
+            .build()
+            .unwrap()
+    }
+
+    fn kept(pool: &RoutedPool) -> usize {
+        let id = pool.shared().id();
+        BY_TEXT.with(|cache| cache.borrow().get(&id).map_or(0, HashMap::len))
+    }
+
+    #[test]
+    fn a_text_is_classified_once_and_stays_what_it_is() {
+        let pool = pool();
+        let write: Arc<str> = Arc::from("UPDATE products SET price_cents = price_cents + 1");
+        let read: Arc<str> = Arc::from("SELECT 1");
+        let set: Arc<str> = Arc::from("SET search_path TO other");
+        for _ in 0..2 {
+            let class = class_of_text(pool.shared(), &write);
+            assert!(class.write.is_some());
+            assert!(!class.changes_session);
+            assert_eq!(class.operation, Some("UPDATE"));
+            let class = class_of_text(pool.shared(), &read);
+            assert!(class.write.is_none());
+            assert_eq!(class.operation, Some("SELECT"));
+            let class = class_of_text(pool.shared(), &set);
+            assert!(class.write.is_some());
+            assert!(class.changes_session);
+        }
+        assert_eq!(kept(&pool), 3, "each text kept once");
+    }
+
+    #[test]
+    fn the_cache_of_texts_is_bounded_per_pool_and_in_pools() {
+        let pool = pool();
+        for n in 0..TEXTS_KEPT + 10 {
+            let sql: Arc<str> = Arc::from(format!("DELETE FROM t WHERE id = {n}"));
+            assert!(class_of_text(pool.shared(), &sql).write.is_some());
+        }
+        assert!(kept(&pool) <= TEXTS_KEPT);
+        let pools: Vec<RoutedPool> = (0..POOLS_KEPT + 2).map(|_| self::pool()).collect();
+        for other in &pools {
+            class_of_text(other.shared(), &Arc::from("SELECT 1"));
+        }
+        BY_TEXT.with(|cache| assert!(cache.borrow().len() <= POOLS_KEPT));
+    }
+
+    #[test]
+    fn a_pool_s_texts_are_classified_by_its_own_classifier() {
+        let plain = pool();
+        let custom = RoutedPool::builder("postgres://app:secret@127.0.0.1:1/app")
+            .replica("postgres://app:secret@127.0.0.1:2/app")
+            .classifier(crate::Classifier::default().replica_safe_functions(["report_total"]))
+            .build()
+            .unwrap();
+        // An unknown function may write; the custom pool was told this one does not.
+        let sql: Arc<str> = Arc::from("SELECT report_total()");
+        for _ in 0..2 {
+            assert!(class_of_text(plain.shared(), &sql).write.is_some());
+            assert!(class_of_text(custom.shared(), &sql).write.is_none());
+        }
+    }
 }

@@ -162,7 +162,11 @@ impl Health {
 
     /// Statements sent to this server so far.
     pub(crate) fn routed(&self) -> u64 {
-        self.load.routed.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+        self.load
+            .routed
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Statements sent to this server so far for `reason`.
