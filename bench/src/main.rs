@@ -119,6 +119,11 @@ struct Args {
     )]
     paths: Vec<paths::Path>,
 
+    /// The operations whose cost per request is measured, comma-separated: `read` (the point
+    /// `SELECT`) and `write` (the single-row `UPDATE`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "read,write")]
+    cost_ops: Vec<Op>,
+
     /// Skip the connection paths.
     #[arg(long)]
     no_paths: bool,
@@ -250,7 +255,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
             );
         }
     }
-    let costs = measure_costs(&servers, &settings, &systems, ids).await;
+    let costs = measure_costs(&servers, &settings, &systems, &args.cost_ops, ids).await;
     let pgpool_note = match &pgpool {
         Some(pgpool) => format!("{pgpool_note} {}", node_selects_note(pgpool).await),
         None => pgpool_note,
@@ -337,15 +342,19 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
 }
 
 /// The client-side cost per request of each system but pgpool-II (whose work is in its own
-/// processes), for a read and for a write.
+/// processes), for each of `ops` (a read, a write).
 async fn measure_costs(
     servers: &Servers,
     settings: &Settings,
     systems: &[SystemKind],
+    ops: &[Op],
     ids: IdRange,
 ) -> Vec<Costs> {
     let mut rows = Vec::new();
-    for op in [Op::Read, Op::Write] {
+    for op in [Op::Read, Op::Write]
+        .into_iter()
+        .filter(|op| ops.contains(op))
+    {
         for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
             eprintln!("cost per request: {system}, {op} ...");
             let per_request = match System::build(system, servers, 1, settings.recycling) {

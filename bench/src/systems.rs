@@ -93,7 +93,7 @@ impl fmt::Display for SystemKind {
 }
 
 /// One request's operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Op {
     /// The point `SELECT` by primary key.
     Read,
