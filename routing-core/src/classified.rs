@@ -94,6 +94,10 @@ const TEXTS_KEPT: usize = 512;
 /// How many pools' texts [`class_of_text`] keeps per thread before it starts over.
 const POOLS_KEPT: usize = 8;
 
+/// The longest text [`class_of_text`] keeps, in bytes: a longer one (a multi-row `INSERT`'s)
+/// costs more to render than to classify, and would fill the cache with megabytes.
+const LONGEST_KEPT: usize = 4096;
+
 type TextCache = HashMap<usize, HashMap<Arc<str>, Class, foldhash::fast::RandomState>>;
 
 thread_local! {
@@ -117,6 +121,9 @@ fn class_of_text(shared: &Shared, sql: &Arc<str>) -> Class {
         return class;
     }
     let class = Class::of(shared, sql);
+    if sql.len() > LONGEST_KEPT {
+        return class;
+    }
     BY_TEXT.with(|cache| {
         let mut cache = cache.borrow_mut();
         if !cache.contains_key(&pool) && cache.len() >= POOLS_KEPT {
@@ -292,6 +299,18 @@ mod tests {
             class_of_text(other.shared(), &Arc::from("SELECT 1"));
         }
         BY_TEXT.with(|cache| assert!(cache.borrow().len() <= POOLS_KEPT));
+    }
+
+    #[test]
+    fn a_long_text_is_classified_but_not_kept() {
+        let pool = pool();
+        let values = vec!["($1, $2)"; 1000].join(", ");
+        let sql: Arc<str> = Arc::from(format!("INSERT INTO t (a, b) VALUES {values}"));
+        assert!(sql.len() > LONGEST_KEPT);
+        for _ in 0..2 {
+            assert!(class_of_text(pool.shared(), &sql).write.is_some());
+        }
+        assert_eq!(kept(&pool), 0);
     }
 
     #[test]
