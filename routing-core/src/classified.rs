@@ -89,14 +89,15 @@ thread_local! {
 }
 
 /// How many SQL texts of one pool [`class_of_text`] keeps per thread before it starts over.
-const TEXTS_KEPT: usize = 512;
+const TEXTS_KEPT: usize = 256;
 
 /// How many pools' texts [`class_of_text`] keeps per thread before it starts over.
-const POOLS_KEPT: usize = 8;
+const POOLS_KEPT: usize = 4;
 
 /// The longest text [`class_of_text`] keeps, in bytes: a longer one (a multi-row `INSERT`'s)
-/// costs more to render than to classify, and would fill the cache with megabytes.
-const LONGEST_KEPT: usize = 4096;
+/// costs more to render than to classify. With the two bounds above, a thread keeps at most
+/// 1 MiB of texts, however many threads run statements (a blocking pool's can be hundreds).
+const LONGEST_KEPT: usize = 1024;
 
 type TextCache = HashMap<usize, HashMap<Arc<str>, Class, foldhash::fast::RandomState>>;
 
@@ -107,24 +108,27 @@ thread_local! {
     static BY_TEXT: RefCell<TextCache> = RefCell::new(TextCache::default());
 }
 
-/// The class of `sql`, classified once per pool and thread while the cache keeps it.
+/// The class of `sql`, classified once per pool and thread while the cache keeps it (and
+/// classified every time on a thread whose cache is gone, as it exits).
 fn class_of_text(shared: &Shared, sql: &Arc<str>) -> Class {
     let pool = shared.id();
-    let cached = BY_TEXT.with(|cache| {
+    let cached = BY_TEXT.try_with(|cache| {
         let cache = cache.borrow();
         cache
             .get(&pool)
             .and_then(|texts| texts.get(&**sql))
             .cloned()
     });
-    if let Some(class) = cached {
+    if let Ok(Some(class)) = cached {
         return class;
     }
     let class = Class::of(shared, sql);
+    #[cfg(test)]
+    tests::TEXTS_CLASSIFIED.with(|n| n.set(n.get() + 1));
     if sql.len() > LONGEST_KEPT {
         return class;
     }
-    BY_TEXT.with(|cache| {
+    let _ = BY_TEXT.try_with(|cache| {
         let mut cache = cache.borrow_mut();
         if !cache.contains_key(&pool) && cache.len() >= POOLS_KEPT {
             cache.clear();
@@ -149,9 +153,9 @@ pub(crate) fn classify(
 ) -> QueryResult<(Class, Option<Rendered>)> {
     let key = query_id.map(|id| (shared.id(), id));
     if let Some(key) = key {
-        let cached =
-            CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|cached| cached.class.clone()));
-        if let Some(class) = cached {
+        let cached = CLASSIFIED
+            .try_with(|cache| cache.borrow().get(&key).map(|cached| cached.class.clone()));
+        if let Ok(Some(class)) = cached {
             return Ok((class, None));
         }
     }
@@ -163,7 +167,7 @@ pub(crate) fn classify(
             class: class.clone(),
             rendered: rendered.clone(),
         };
-        CLASSIFIED.with(|cache| cache.borrow_mut().insert(key, cached));
+        let _ = CLASSIFIED.try_with(|cache| cache.borrow_mut().insert(key, cached));
     }
     Ok((class, Some(rendered)))
 }
@@ -176,7 +180,10 @@ pub(crate) fn rendered(
 ) -> QueryResult<Rendered> {
     let key = query_id.map(|id| (shared.id(), id));
     let cached = key.and_then(|key| {
-        CLASSIFIED.with(|cache| cache.borrow().get(&key).map(|c| c.rendered.clone()))
+        CLASSIFIED
+            .try_with(|cache| cache.borrow().get(&key).map(|c| c.rendered.clone()))
+            .ok()
+            .flatten()
     });
     match cached {
         Some(rendered) => Ok(rendered),
@@ -250,8 +257,19 @@ pub(crate) fn prepare(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
     use crate::RoutedPool;
+
+    thread_local! {
+        /// Texts this thread classified with the lexer: misses of the cache.
+        pub(super) static TEXTS_CLASSIFIED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn classified() -> usize {
+        TEXTS_CLASSIFIED.with(Cell::get)
+    }
 
     fn pool() -> RoutedPool {
         RoutedPool::builder("postgres://app:secret@127.0.0.1:1/app")
@@ -271,7 +289,8 @@ mod tests {
         let write: Arc<str> = Arc::from("UPDATE products SET price_cents = price_cents + 1");
         let read: Arc<str> = Arc::from("SELECT 1");
         let set: Arc<str> = Arc::from("SET search_path TO other");
-        for _ in 0..2 {
+        let before = classified();
+        for _ in 0..3 {
             let class = class_of_text(pool.shared(), &write);
             assert!(class.write.is_some());
             assert!(!class.changes_session);
@@ -283,6 +302,11 @@ mod tests {
             assert!(class.write.is_some());
             assert!(class.changes_session);
         }
+        assert_eq!(
+            classified() - before,
+            3,
+            "each text classified once, then found"
+        );
         assert_eq!(kept(&pool), 3, "each text kept once");
     }
 
@@ -294,6 +318,10 @@ mod tests {
             assert!(class_of_text(pool.shared(), &sql).write.is_some());
         }
         assert!(kept(&pool) <= TEXTS_KEPT);
+        assert!(
+            kept(&pool) >= 10,
+            "the texts after the last start-over are kept"
+        );
         let pools: Vec<RoutedPool> = (0..POOLS_KEPT + 2).map(|_| self::pool()).collect();
         for other in &pools {
             class_of_text(other.shared(), &Arc::from("SELECT 1"));
@@ -307,9 +335,11 @@ mod tests {
         let values = vec!["($1, $2)"; 1000].join(", ");
         let sql: Arc<str> = Arc::from(format!("INSERT INTO t (a, b) VALUES {values}"));
         assert!(sql.len() > LONGEST_KEPT);
+        let before = classified();
         for _ in 0..2 {
             assert!(class_of_text(pool.shared(), &sql).write.is_some());
         }
+        assert_eq!(classified() - before, 2, "classified each time");
         assert_eq!(kept(&pool), 0);
     }
 
