@@ -160,9 +160,14 @@ pub(crate) fn classify(
         }
     }
     let rendered = Rendered::of(query)?;
-    let class = class_of_text(shared, &rendered.sql);
-    // Diesel's own statement cache trusts a static id only for SQL that is safe to cache.
-    if let Some(key) = key.filter(|_| rendered.safe_to_cache) {
+    // Diesel's own statement cache trusts a static id only for SQL that is safe to cache. Such a
+    // query is kept by its type from now on; any other, by its text.
+    let by_type = key.filter(|_| rendered.safe_to_cache);
+    let class = match by_type {
+        Some(_) => Class::of(shared, &rendered.sql),
+        None => class_of_text(shared, &rendered.sql),
+    };
+    if let Some(key) = by_type {
         let cached = Classified {
             class: class.clone(),
             rendered: rendered.clone(),
@@ -327,6 +332,11 @@ mod tests {
             class_of_text(other.shared(), &Arc::from("SELECT 1"));
         }
         BY_TEXT.with(|cache| assert!(cache.borrow().len() <= POOLS_KEPT));
+        assert_eq!(
+            kept(&pools[POOLS_KEPT + 1]),
+            1,
+            "the last pool's text is kept"
+        );
     }
 
     #[test]
