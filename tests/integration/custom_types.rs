@@ -98,3 +98,77 @@ async fn enum_array_write_from_a_replica_scope_reaches_the_primary() {
     })
     .await;
 }
+
+/// The synchronous connection runs a query without a static id from the text it rendered to
+/// classify it, with binds it collects itself: an enum, alone and in an array, written from a
+/// replica scope on a fresh pool (no OID known yet) and read back on a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_enum_writes_and_reads_work_from_a_replica_scope() {
+    let servers = servers().await;
+    let pool = servers.pool_builder(&unique("sync_enum")).build().unwrap();
+    let mut setup = pool.get().await.unwrap();
+    let (product, _) = insert_product(&mut setup, &unique("sync_enum")).await;
+    insert_order(&mut setup, product, OrderStatus::Pending).await;
+    drop(setup);
+
+    let sync_pool = servers
+        .pool_builder(&unique("sync_enum_fresh"))
+        .build_sync()
+        .unwrap();
+    let (changed, inserted) = tokio::task::spawn_blocking(move || {
+        routing_core::with_read_replica_sync(true, || {
+            let mut conn = sync_pool.get().unwrap();
+            let update = diesel::update(
+                orders::table
+                    .filter(orders::product_id.eq(product))
+                    .filter(orders::status.eq_any(vec![OrderStatus::Pending, OrderStatus::Paid])),
+            )
+            .set(orders::status.eq(OrderStatus::Cancelled))
+            .returning((orders::status, pg_is_in_recovery()));
+            let changed: Vec<(OrderStatus, bool)> =
+                diesel::RunQueryDsl::get_results(update, &mut conn).unwrap();
+            let mut conn = sync_pool.get().unwrap();
+            let insert = diesel::insert_into(orders::table).values((
+                orders::product_id.eq(product),
+                orders::quantity.eq(2),
+                orders::status.eq(OrderStatus::Shipped),
+            ));
+            let inserted = diesel::RunQueryDsl::execute(insert, &mut conn).unwrap();
+            (changed, inserted)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(changed, [(OrderStatus::Cancelled, false)]);
+    assert_eq!(inserted, 1);
+    servers.wait_for_replicas().await;
+
+    let sync_pool = servers
+        .pool_builder(&unique("sync_enum_read"))
+        .build_sync()
+        .unwrap();
+    let statuses = tokio::task::spawn_blocking(move || {
+        routing_core::with_read_replica_sync(true, || {
+            let mut conn = sync_pool.get().unwrap();
+            // A boxed query has no static id either.
+            let boxed = orders::table
+                .filter(orders::product_id.eq(product))
+                .filter(orders::status.eq_any(vec![OrderStatus::Cancelled, OrderStatus::Shipped]))
+                .select((orders::status, pg_is_in_recovery(), inet_server_port()))
+                .into_boxed();
+            diesel::RunQueryDsl::load::<(OrderStatus, bool, i32)>(boxed, &mut conn).unwrap()
+        })
+    })
+    .await
+    .unwrap();
+    let (statuses, servers_seen): (Vec<_>, Vec<_>) = statuses
+        .into_iter()
+        .map(|(status, in_recovery, port)| (status, ServerId { port, in_recovery }))
+        .unzip();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(statuses.contains(&OrderStatus::Cancelled) && statuses.contains(&OrderStatus::Shipped));
+    assert!(
+        servers_seen.iter().all(|id| servers.is_replica(id)),
+        "{servers_seen:?}"
+    );
+}

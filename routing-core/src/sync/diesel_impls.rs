@@ -12,6 +12,7 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel::{ConnectionResult, PgConnection, QueryResult};
 
+use super::prerendered::PreRendered;
 use super::{RoutedConnection, RoutedPool, RoutedTransactionManager};
 use crate::config::RoutedPoolBuilder;
 
@@ -52,9 +53,18 @@ impl Connection for RoutedConnection {
         let debug_sql = self
             .instrumented()
             .then(|| diesel::debug_query::<Pg, _>(source).to_string());
-        self.run_statement(source, T::query_id(), debug_sql, |conn| {
-            conn.execute_returning_count(source)
-        })
+        self.run_statement(
+            source,
+            T::query_id(),
+            debug_sql,
+            |conn, rendered| match rendered {
+                Some(rendered) => {
+                    let query = PreRendered::new(rendered, source, conn)?;
+                    conn.execute_returning_count(&query)
+                }
+                None => conn.execute_returning_count(source),
+            },
+        )
     }
 
     /// Begins a transaction that is never committed, on the primary, and from then on sends every
@@ -104,9 +114,18 @@ impl LoadConnection<DefaultLoadingMode> for RoutedConnection {
         let debug_sql = self
             .instrumented()
             .then(|| diesel::debug_query::<Pg, _>(&source).to_string());
-        self.run_statement(&source, T::query_id(), debug_sql, |conn| {
-            LoadConnection::<DefaultLoadingMode>::load(conn, &source)
-        })
+        self.run_statement(
+            &source,
+            T::query_id(),
+            debug_sql,
+            |conn, rendered| match rendered {
+                Some(rendered) => {
+                    let query = PreRendered::new(rendered, &source, conn)?;
+                    LoadConnection::<DefaultLoadingMode>::load(conn, query)
+                }
+                None => LoadConnection::<DefaultLoadingMode>::load(conn, &source),
+            },
+        )
     }
 }
 

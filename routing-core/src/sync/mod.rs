@@ -34,6 +34,7 @@
 mod connection;
 mod conninfo;
 mod diesel_impls;
+mod prerendered;
 mod read;
 mod server;
 mod transaction;

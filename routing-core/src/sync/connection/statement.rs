@@ -16,20 +16,24 @@ use crate::classify::operation_name;
 use crate::context::{ReadNeeds, read_needs};
 use crate::error::Error;
 use crate::failure::Failure;
+use crate::owned::Rendered;
 use crate::reads::{self, TokenCheck};
 use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
 
 impl RoutedConnection {
     /// Runs a statement (`query`, with static id `query_id`) where the rules say: `exec` runs it
-    /// on a server's session, again on the next one when a replica fails it. Inside diesel's
-    /// query events when the connection is instrumented (`debug_sql`).
+    /// on a server's session, again on the next one when a replica fails it, given the SQL of a
+    /// query without a static id, rendered already to classify it (see [`PreRendered`]). Inside
+    /// diesel's query events when the connection is instrumented (`debug_sql`).
+    ///
+    /// [`PreRendered`]: crate::sync::prerendered::PreRendered
     pub(in crate::sync) fn run_statement<R>(
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
         debug_sql: Option<String>,
-        exec: impl FnMut(&mut PgConnection) -> QueryResult<R>,
+        exec: impl FnMut(&mut PgConnection, Option<&Rendered>) -> QueryResult<R>,
     ) -> QueryResult<R> {
         let Some(sql) = debug_sql else {
             return self.route_and_run(query, query_id, exec);
@@ -50,7 +54,7 @@ impl RoutedConnection {
         &mut self,
         query: &dyn QueryFragment<Pg>,
         query_id: Option<TypeId>,
-        exec: impl FnMut(&mut PgConnection) -> QueryResult<R>,
+        mut exec: impl FnMut(&mut PgConnection, Option<&Rendered>) -> QueryResult<R>,
     ) -> QueryResult<R> {
         self.primary_moved();
         if self.pinned.is_some() && self.transaction_lost {
@@ -73,6 +77,9 @@ impl RoutedConnection {
             self.trace
                 .start(self.pool.shared(), prepared.operation, None);
         }
+        // A query without a static id was rendered to classify it: it runs as rendered.
+        let rendered = prepared.rendered.clone().filter(|_| query_id.is_none());
+        let exec = move |conn: &mut PgConnection| exec(conn, rendered.as_ref());
         let span = self.trace.span().clone();
         let result = span.in_scope(|| {
             let (route, needs) = match prepared.fixed {
