@@ -78,8 +78,8 @@ impl RoutedConnection {
                 .start(self.pool.shared(), prepared.operation, None);
         }
         // A query without a static id was rendered to classify it: it runs as rendered.
-        let rendered = prepared.rendered.clone().filter(|_| query_id.is_none());
-        let exec = move |conn: &mut PgConnection| exec(conn, rendered.as_ref());
+        let rendered = prepared.rendered.as_ref().filter(|_| query_id.is_none());
+        let exec = move |conn: &mut PgConnection| exec(conn, rendered);
         let span = self.trace.span().clone();
         let result = span.in_scope(|| {
             let (route, needs) = match prepared.fixed {
