@@ -248,11 +248,48 @@ async fn the_default_instrumentation_sees_each_statement_once() {
         .unwrap();
     let write = format!("SET application_name = 'x' /* {DEFAULT_MARKER} */");
     diesel::sql_query(&write).execute(&mut conn).await.unwrap();
-    diesel::connection::set_default_instrumentation(|| None).unwrap();
     let seen = std::mem::take(&mut *DEFAULT_SEEN.lock().unwrap());
+
+    // The synchronous pool's sessions take the default instrumentation: it sees a statement
+    // without a static id as diesel renders it, bind values included, for a read in a replica
+    // scope and for a statement hinted to the primary.
+    let sync_pool = servers
+        .pool_builder(&unique("default_instrumentation_sync"))
+        .build_sync()
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = sync_pool.get().unwrap();
+        let read = format!("SELECT $1::int4 AS n /* {DEFAULT_MARKER} */");
+        let query = diesel::sql_query(&read).bind::<diesel::sql_types::Integer, _>(42);
+        routing_core::with_read_replica_sync(true, || {
+            diesel::RunQueryDsl::execute(query, &mut conn)
+        })
+        .unwrap();
+        let write = format!("SELECT $1::int4 AS n /* routing:primary */ /* {DEFAULT_MARKER} */");
+        let query = diesel::sql_query(&write).bind::<diesel::sql_types::Integer, _>(43);
+        diesel::RunQueryDsl::execute(query, &mut conn).unwrap();
+    })
+    .await
+    .unwrap();
+    diesel::connection::set_default_instrumentation(|| None).unwrap();
+    let sync_seen = std::mem::take(&mut *DEFAULT_SEEN.lock().unwrap());
+
     let starts = seen.iter().filter(|e| e.starts_with("StartQuery")).count();
     let finishes = seen.iter().filter(|e| e.starts_with("FinishQuery")).count();
     assert_eq!((starts, finishes), (2, 2), "{seen:#?}");
+    for bind in ["binds: [42]", "binds: [43]"] {
+        let shown = |kind: &str| {
+            sync_seen
+                .iter()
+                .filter(|e| e.starts_with(kind) && e.contains(bind))
+                .count()
+        };
+        assert_eq!(
+            (shown("StartQuery"), shown("FinishQuery")),
+            (1, 1),
+            "{bind}: {sync_seen:#?}"
+        );
+    }
 }
 
 /// Behind a transaction pooler every session runs unnamed statements: instrumentation still sees

@@ -12,7 +12,7 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel::{ConnectionResult, PgConnection, QueryResult};
 
-use super::prerendered::PreRendered;
+use super::prerendered::{PreRendered, reports_statements};
 use super::{RoutedConnection, RoutedPool, RoutedTransactionManager};
 use crate::config::RoutedPoolBuilder;
 
@@ -57,7 +57,7 @@ impl Connection for RoutedConnection {
             source,
             T::query_id(),
             debug_sql,
-            |conn, rendered| match rendered {
+            |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
                 Some(rendered) => {
                     let query = PreRendered::new(rendered, source, conn)?;
                     conn.execute_returning_count(&query)
@@ -118,7 +118,7 @@ impl LoadConnection<DefaultLoadingMode> for RoutedConnection {
             &source,
             T::query_id(),
             debug_sql,
-            |conn, rendered| match rendered {
+            |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
                 Some(rendered) => {
                     let query = PreRendered::new(rendered, &source, conn)?;
                     LoadConnection::<DefaultLoadingMode>::load(conn, query)

@@ -4,9 +4,17 @@
 //! Only for queries without a static query id (writes, `sql_query`, boxed queries): those are
 //! the ones the classifier renders, and the ones `PgConnection` renders again for its statement
 //! cache's key. A query with a static id keeps its own form, since `PgConnection` finds its
-//! prepared statement by type without rendering it.
+//! prepared statement by type without rendering it. So does any query on a session that reports
+//! its statements to an instrumentation (diesel's default one): the events show the query as
+//! diesel renders it, with its bind values, which the pre-rendered form cannot show.
 
+use std::any::Any;
 use std::marker::PhantomData;
+
+use diesel::Connection;
+use diesel::PgConnection;
+use diesel::connection::{DynInstrumentation, Instrumentation};
+use downcast_rs::Downcast;
 
 use diesel::QueryResult;
 use diesel::pg::{Pg, PgMetadataLookup};
@@ -51,6 +59,20 @@ impl<Q> QueryFragment<Pg> for PreRendered<'_, Q> {
         pass.push_sql(self.sql);
         pass.push_bind_collector_data::<RawBytesBindCollector<Pg>>(&self.binds)
     }
+}
+
+/// Whether `session` reports its statements to an instrumentation: anything but diesel's
+/// no-op, which a session opened without a default instrumentation has.
+pub(super) fn reports_statements(session: &mut PgConnection) -> bool {
+    !is_no_op(session.instrumentation())
+}
+
+/// Whether `instrumentation` is diesel's no-op, that of a connection without one.
+fn is_no_op(instrumentation: &dyn Instrumentation) -> bool {
+    let none = DynInstrumentation::none();
+    let no_op: &dyn Any = Downcast::as_any(&*none);
+    let this: &dyn Any = Downcast::as_any(instrumentation);
+    this.type_id() == no_op.type_id()
 }
 
 /// No static id: the statement cache finds the statement by its SQL, as it would the query's.
@@ -129,6 +151,20 @@ mod tests {
         };
         let (sql, other_binds, _) = sent(&pre_rendered(&other, &update));
         assert_eq!((sql.as_str(), other_binds), ("SELECT $1, $2", binds));
+    }
+
+    #[test]
+    fn tells_diesels_no_op_instrumentation_from_any_other() {
+        use diesel::connection::{DynInstrumentation, InstrumentationEvent};
+
+        assert!(super::is_no_op(&*DynInstrumentation::none()));
+        let closure = DynInstrumentation::from(|_: InstrumentationEvent<'_>| {});
+        assert!(!super::is_no_op(&*closure));
+        struct Silent;
+        impl diesel::connection::Instrumentation for Silent {
+            fn on_connection_event(&mut self, _: InstrumentationEvent<'_>) {}
+        }
+        assert!(!super::is_no_op(&Silent));
     }
 
     #[test]
