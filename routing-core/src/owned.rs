@@ -144,6 +144,27 @@ impl<I: Identity> OwnedQuery<I> {
         })
     }
 
+    /// Collects the binds of `query`, rendered as `rendered`, with `types` looking up the OIDs
+    /// of custom types (a synchronous session, which asks its server at once): nothing is left
+    /// to resolve.
+    #[cfg(feature = "sync")]
+    pub(crate) fn collected(
+        query: &dyn QueryFragment<Pg>,
+        rendered: Rendered,
+        types: &mut (dyn PgMetadataLookup + 'static),
+    ) -> QueryResult<Self> {
+        let Rendered { sql, safe_to_cache } = rendered;
+        let mut binds = RawBytesBindCollector::<Pg>::new();
+        query.collect_binds(&mut binds, types, &Pg)?;
+        Ok(OwnedQuery {
+            sql,
+            safe_to_cache,
+            binds,
+            unresolved: None,
+            identity: PhantomData,
+        })
+    }
+
     /// The rendered SQL.
     pub(crate) fn sql(&self) -> &str {
         &self.sql

@@ -12,9 +12,10 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel::{ConnectionResult, PgConnection, QueryResult};
 
-use super::prerendered::{PreRendered, reports_statements};
+use super::prerendered::{self, reports_statements};
 use super::{RoutedConnection, RoutedPool, RoutedTransactionManager};
 use crate::config::RoutedPoolBuilder;
+use crate::owned::{NoId, OwnedQuery};
 
 /// The rows of a [`RoutedConnection`]'s results: `PgConnection`'s, all received at once.
 type PgCursor = <PgConnection as LoadConnection<DefaultLoadingMode>>::Cursor<'static, 'static>;
@@ -59,7 +60,7 @@ impl Connection for RoutedConnection {
             debug_sql,
             |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
                 Some(rendered) => {
-                    let query = PreRendered::new(rendered, source, conn)?;
+                    let query = prerendered::owned(rendered, source, conn)?;
                     conn.execute_returning_count(&query)
                 }
                 None => conn.execute_returning_count(source),
@@ -120,13 +121,19 @@ impl LoadConnection<DefaultLoadingMode> for RoutedConnection {
             debug_sql,
             |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
                 Some(rendered) => {
-                    let query = PreRendered::new(rendered, &source, conn)?;
-                    LoadConnection::<DefaultLoadingMode>::load(conn, query)
+                    let query = prerendered::owned(rendered, &source, conn)?;
+                    load_owned(conn, query)
                 }
                 None => LoadConnection::<DefaultLoadingMode>::load(conn, &source),
             },
         )
     }
+}
+
+/// Loads the owned form of a query on `session`: outside the generic `load`, whose bound on the
+/// caller's SQL type would be taken for the owned form's.
+fn load_owned(session: &mut PgConnection, query: OwnedQuery<NoId>) -> QueryResult<PgCursor> {
+    LoadConnection::<DefaultLoadingMode>::load(session, query)
 }
 
 impl diesel::migration::MigrationConnection for RoutedConnection {

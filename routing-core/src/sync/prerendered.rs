@@ -1,64 +1,34 @@
-//! A query whose SQL the router rendered already, to classify it: `PgConnection` takes the text
-//! from here instead of rendering the query a second time.
+//! When the synchronous connection runs a query from the SQL the router rendered to classify
+//! it ([`OwnedQuery::collected`], binds collected once on the session it runs on) instead of
+//! letting `PgConnection` render it a second time for its statement cache's key.
 //!
-//! Only for queries without a static query id (writes, `sql_query`, boxed queries): those are
-//! the ones the classifier renders, and the ones `PgConnection` renders again for its statement
-//! cache's key. A query with a static id keeps its own form, since `PgConnection` finds its
-//! prepared statement by type without rendering it. So does any query on a session that reports
-//! its statements to an instrumentation (diesel's default one): the events show the query as
-//! diesel renders it, with its bind values, which the pre-rendered form cannot show.
+//! Only queries without a static query id (writes, `sql_query`, boxed queries): those are the
+//! ones the classifier renders. A query with a static id keeps its own form, since
+//! `PgConnection` finds its prepared statement by type without rendering it. So does any query
+//! on a session that reports its statements to an instrumentation (diesel's default one): the
+//! events show the query as diesel renders it, with its bind values, which the owned form cannot
+//! show.
+//!
+//! [`OwnedQuery::collected`]: crate::owned::OwnedQuery::collected
 
 use std::any::Any;
-use std::marker::PhantomData;
 
-use diesel::Connection;
-use diesel::PgConnection;
 use diesel::connection::{DynInstrumentation, Instrumentation};
+use diesel::pg::Pg;
+use diesel::query_builder::QueryFragment;
+use diesel::{Connection, PgConnection, QueryResult};
 use downcast_rs::Downcast;
 
-use diesel::QueryResult;
-use diesel::pg::{Pg, PgMetadataLookup};
-use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use crate::owned::{NoId, OwnedQuery, Rendered};
 
-use crate::owned::Rendered;
-
-/// A query as rendered (`sql`) with its binds collected: `PgConnection` walks this instead of
-/// the query's tree, of type `Q` (whose SQL type `load` needs).
-pub(super) struct PreRendered<'q, Q> {
-    sql: &'q str,
-    safe_to_cache: bool,
-    binds: RawBytesBindCollector<Pg>,
-    query: PhantomData<fn() -> Q>,
-}
-
-impl<'q, Q: QueryFragment<Pg>> PreRendered<'q, Q> {
-    /// `query`, rendered as `rendered`, with its binds collected by `types` (the connection it
-    /// runs on, which looks up the OIDs of custom types as it would for the query).
-    pub(super) fn new(
-        rendered: &'q Rendered,
-        query: &Q,
-        types: &mut (dyn PgMetadataLookup + 'static),
-    ) -> QueryResult<Self> {
-        let mut binds = RawBytesBindCollector::<Pg>::new();
-        query.collect_binds(&mut binds, types, &Pg)?;
-        Ok(PreRendered {
-            sql: &rendered.sql,
-            safe_to_cache: rendered.safe_to_cache,
-            binds,
-            query: PhantomData,
-        })
-    }
-}
-
-impl<Q> QueryFragment<Pg> for PreRendered<'_, Q> {
-    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        if !self.safe_to_cache {
-            pass.unsafe_to_cache_prepared();
-        }
-        pass.push_sql(self.sql);
-        pass.push_bind_collector_data::<RawBytesBindCollector<Pg>>(&self.binds)
-    }
+/// `query` as the router rendered it, with its binds collected on `session`: what the session
+/// runs when [`reports_statements`] does not forbid it.
+pub(super) fn owned(
+    rendered: &Rendered,
+    query: &dyn QueryFragment<Pg>,
+    session: &mut PgConnection,
+) -> QueryResult<OwnedQuery<NoId>> {
+    OwnedQuery::collected(query, rendered.clone(), session)
 }
 
 /// Whether `session` reports its statements to an instrumentation: anything but diesel's
@@ -75,16 +45,6 @@ fn is_no_op(instrumentation: &dyn Instrumentation) -> bool {
     this.type_id() == no_op.type_id()
 }
 
-/// No static id: the statement cache finds the statement by its SQL, as it would the query's.
-impl<Q> QueryId for PreRendered<'_, Q> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<Q: Query> Query for PreRendered<'_, Q> {
-    type SqlType = Q::SqlType;
-}
-
 #[cfg(test)]
 mod tests {
     use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
@@ -92,8 +52,7 @@ mod tests {
     use diesel::query_builder::bind_collector::RawBytesBindCollector;
     use diesel::query_builder::{QueryBuilder, QueryFragment};
 
-    use super::PreRendered;
-    use crate::owned::Rendered;
+    use crate::owned::{NoId, OwnedQuery, Rendered};
 
     diesel::table! {
         items (id) {
@@ -122,11 +81,8 @@ mod tests {
         (builder.finish(), binds.binds, binds.metadata)
     }
 
-    fn pre_rendered<'q, Q: QueryFragment<Pg>>(
-        rendered: &'q Rendered,
-        query: &Q,
-    ) -> PreRendered<'q, Q> {
-        PreRendered::new(rendered, query, &mut NoCustomTypes).unwrap()
+    fn pre_rendered(rendered: &Rendered, query: &impl QueryFragment<Pg>) -> OwnedQuery<NoId> {
+        OwnedQuery::collected(query, rendered.clone(), &mut NoCustomTypes).unwrap()
     }
 
     #[test]

@@ -24,10 +24,8 @@ use crate::route::{self, Route, Statement, Target};
 impl RoutedConnection {
     /// Runs a statement (`query`, with static id `query_id`) where the rules say: `exec` runs it
     /// on a server's session, again on the next one when a replica fails it, given the SQL of a
-    /// query without a static id, rendered already to classify it (see [`PreRendered`]). Inside
-    /// diesel's query events when the connection is instrumented (`debug_sql`).
-    ///
-    /// [`PreRendered`]: crate::sync::prerendered::PreRendered
+    /// query without a static id, rendered already to classify it (see `sync/prerendered.rs`).
+    /// Inside diesel's query events when the connection is instrumented (`debug_sql`).
     pub(in crate::sync) fn run_statement<R>(
         &mut self,
         query: &dyn QueryFragment<Pg>,
