@@ -10,6 +10,7 @@ use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::sql_types::Untyped;
+use futures_util::future::Either;
 
 use crate::servers::ServerSession;
 use crate::servers::catalog::{TypeCache, lookup_type};
@@ -181,7 +182,20 @@ impl<I: Identity> OwnedQuery<I> {
     }
 
     /// Looks up the OIDs of custom types that were not cached, on `conn`, and patches them in.
-    pub(crate) async fn resolve(
+    /// Ready at once when there are none, as for most statements; the lookup's future is boxed,
+    /// so that the future of every statement does not carry it.
+    pub(crate) fn resolve<'a>(
+        &'a mut self,
+        conn: &'a mut ServerSession,
+        types: &'a TypeCache,
+    ) -> impl Future<Output = QueryResult<()>> + Send + 'a {
+        match self.unresolved {
+            None => Either::Left(std::future::ready(Ok(()))),
+            Some(_) => Either::Right(Box::pin(self.look_up_types(conn, types))),
+        }
+    }
+
+    async fn look_up_types(
         &mut self,
         conn: &mut ServerSession,
         types: &TypeCache,

@@ -224,7 +224,7 @@ impl RoutedConnection {
         first_row: Option<FirstRow<R>>,
         debug_sql: Option<String>,
     ) -> BoxFuture<'conn, QueryResult<R>> {
-        let owned = match OwnedQuery::<I>::new(query, rendered, self.shared().types()) {
+        let mut owned = match OwnedQuery::<I>::new(query, rendered, self.shared().types()) {
             Ok(owned) => owned,
             Err(e) => {
                 let error = Err(e);
@@ -236,12 +236,17 @@ impl RoutedConnection {
         async move {
             let result =
                 match debug_sql {
-                    None => self.route_owned(prepared, owned, run, first_row).await,
+                    None => {
+                        self.route_owned(&prepared, &mut owned, run, first_row)
+                            .await
+                    }
                     Some(sql) => {
                         let query = StrQueryHelper::new(&sql);
                         self.instrumentation
                             .on_connection_event(InstrumentationEvent::start_query(&query));
-                        let result = self.route_owned(prepared, owned, run, first_row).await;
+                        let result = self
+                            .route_owned(&prepared, &mut owned, run, first_row)
+                            .await;
                         self.instrumentation.on_connection_event(
                             InstrumentationEvent::finish_query(&query, result.as_ref().err()),
                         );
@@ -256,10 +261,12 @@ impl RoutedConnection {
     }
 
     /// Routes an owned statement (a read by the context of the task running it) and runs it.
+    /// The statement is borrowed down to where it runs, never moved: each move would copy it
+    /// into one more layer of the read's future.
     async fn route_owned<I: Identity, R: Outcome>(
         &mut self,
-        prepared: Prepared,
-        owned: OwnedQuery<I>,
+        prepared: &Prepared,
+        owned: &mut OwnedQuery<I>,
         run: RunFn<I, R>,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
@@ -269,7 +276,7 @@ impl RoutedConnection {
         };
         match route.target {
             Target::Replica if self.pinned.is_none() => {
-                self.read_on_replica(owned, run, needs, first_row).await
+                self.read_on_replica(owned, run, &needs, first_row).await
             }
             _ => {
                 self.run_on(
@@ -290,7 +297,7 @@ impl RoutedConnection {
     pub(super) async fn run_on<I: Identity, R: Outcome>(
         &mut self,
         route: Route,
-        mut owned: OwnedQuery<I>,
+        owned: &mut OwnedQuery<I>,
         run: RunFn<I, R>,
         changes_session: bool,
         commits: bool,
@@ -314,7 +321,7 @@ impl RoutedConnection {
             Ok(()) => {
                 self.lend_instrumentation(route.target, true);
                 let conn = self.held.conn(route.target).ok_or_else(lost_connection)?;
-                let result = run(conn, &owned).await.map(|value| guard.watch(value));
+                let result = run(conn, owned).await.map(|value| guard.watch(value));
                 self.reclaim_instrumentation();
                 result
             }

@@ -128,18 +128,18 @@ impl RoutedConnection {
     /// reached. A statement a replica refuses as a write runs on the primary.
     pub(super) async fn read_on_replica<I: Identity, R: Outcome>(
         &mut self,
-        mut owned: OwnedQuery<I>,
+        owned: &mut OwnedQuery<I>,
         run: RunFn<I, R>,
-        needs: ReadNeeds,
+        needs: &ReadNeeds,
         first_row: Option<FirstRow<R>>,
     ) -> QueryResult<R> {
         let shared = Arc::clone(self.shared());
         let mut attempts = ReadAttempts::new();
         while let Some((index, verify_token)) =
-            attempts.next(&shared, self.held.replica_index(), &needs, true)
+            attempts.next(&shared, self.held.replica_index(), needs, true)
         {
             let attempt = self
-                .try_replica(index, verify_token, &mut owned, run, &needs, first_row)
+                .try_replica(index, verify_token, owned, run, needs, first_row)
                 .await;
             match attempts.record(attempt) {
                 Step::Again => {}
@@ -235,7 +235,8 @@ impl RoutedConnection {
                 (ReadYourWrites::Lsn { wait }, Ok(_)) => wait,
                 _ => Duration::ZERO,
             };
-            let replayed = catalog::replayed(conn, token, wait).await;
+            // Boxed: few reads carry a token, and every read's future would hold this one.
+            let replayed = Box::pin(catalog::replayed(conn, token, wait)).await;
             drop(permit);
             match replayed {
                 Ok(true) => health.note_replay(token.lsn()),
@@ -306,7 +307,7 @@ impl RoutedConnection {
     async fn refused<I: Identity, R: Outcome>(
         &mut self,
         index: usize,
-        owned: OwnedQuery<I>,
+        owned: &mut OwnedQuery<I>,
         run: RunFn<I, R>,
         error: DieselError,
     ) -> QueryResult<R> {
