@@ -1,30 +1,36 @@
 //! `routing-load`: a load benchmark of read-replica routing, on a throwaway local cluster.
 //!
 //! ```text
-//! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--clients 1,4,16]
-//!     [--workloads point,mixed] [--markdown FILE] [--plain-recycling fast|verified]
-//!     [--systems baseline,routed,pgpool,sync-baseline,sync-routed] [--paths tls,pgbouncer]
-//!     [--no-paths] [--no-scenarios] [--charts DIR]
+//! cargo run --release -p routing-bench --bin routing-load -- [--seconds N] [--epochs N]
+//!     [--clients 1,4,16] [--workloads point,mixed] [--markdown FILE]
+//!     [--plain-recycling fast|verified]
+//!     [--systems baseline,baseline-twin,routed,pgpool,sync-baseline,sync-baseline-twin,
+//!     sync-routed]
+//!     [--paths tls,pgbouncer] [--no-paths] [--no-scenarios] [--charts DIR]
 //! ```
 //!
-//! It starts a primary with two streaming replicas, migrates and seeds them, and measures three
+//! It starts a primary with two streaming replicas, migrates and seeds them, and measures four
 //! async systems with pools of the same size over the same servers, at every workload and client
-//! count: `baseline` (hand-written round robin over plain deadpool pools), `routed`
+//! count: `baseline` (hand-written round robin over plain deadpool pools), `baseline-twin` (the
+//! same again, on pools of its own: an A/A control of the measurement), `routed`
 //! (`routing_core::RoutedPool`) and `pgpool` (pgpool-II in load-balancing mode, skipped when not
 //! installed), and two synchronous ones: `sync-baseline` (hand-written round robin over plain
-//! r2d2 pools of `diesel::PgConnection`) and `sync-routed` (`routing_core::sync::RoutedPool`).
+//! r2d2 pools of `diesel::PgConnection`, and its twin `sync-baseline-twin`) and `sync-routed`
+//! (`routing_core::sync::RoutedPool`).
 //! Then the baseline and the router again on two connection paths, each on a cluster of its
 //! own: over TLS, and through PgBouncer. Then it measures the primary's share of a read-only
 //! workload's transactions through the router, and the router's behaviour while a replica stops
 //! and starts again. The results go to stdout as Markdown (and to `--markdown FILE`), and as SVG
 //! charts to `--charts DIR`; progress goes to stderr.
 //!
-//! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`pgpool`]
+//! Modules: [`systems`] the systems under test, [`workload`] the timed loop, [`cells`] the
+//! slices and epochs of a cell, [`pgpool`]
 //! pgpool-II's process, [`paths`] TLS and PgBouncer, [`offload`] and [`failover`] the two router
 //! scenarios, [`setup`] the cluster, [`cost`] the cost per request, [`machine`], [`report`] and
 //! [`charts`] the output.
 
 mod blocking;
+mod cells;
 mod charts;
 mod cost;
 mod cpu;
@@ -41,7 +47,6 @@ mod workload;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -49,7 +54,7 @@ use routing_cluster::LocalCluster;
 
 use crate::cost::Costs;
 use crate::pgpool::Pgpool;
-use crate::report::{Cell, Report, Settings};
+use crate::report::{Report, Settings};
 use crate::setup::IdRange;
 use crate::systems::{Op, Recycling, Servers, System, SystemKind};
 use crate::workload::Workload;
@@ -61,7 +66,8 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// child and backend besides the pools.
 const MAX_CLIENTS: i64 = 64;
 
-/// Unmeasured requests before each cell: pools open their connections, caches warm up.
+/// Unmeasured requests before each epoch of a cell: pools open their connections, caches warm
+/// up.
 const WARMUP: Duration = Duration::from_millis(500);
 
 /// A load benchmark of read-replica routing on a throwaway local PostgreSQL cluster: a plain
@@ -73,6 +79,11 @@ struct Args {
     /// primary offload run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
+
+    /// Epochs per cell: each builds every system's pools anew (new sessions, new server
+    /// processes) and takes its share of the cell's slices; from 1 to 25.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=25))]
+    epochs: u32,
 
     /// Concurrent clients, comma-separated; each from 1 to 64.
     #[arg(
@@ -104,7 +115,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "baseline,routed,pgpool,sync-baseline,sync-routed"
+        default_value = "baseline,baseline-twin,routed,pgpool,sync-baseline,sync-baseline-twin,sync-routed"
     )]
     systems: Vec<SystemKind>,
 
@@ -155,6 +166,7 @@ impl Args {
         }
         Settings {
             cell: Duration::from_secs(self.seconds),
+            epochs: self.epochs,
             warmup: WARMUP,
             clients,
             workloads,
@@ -251,7 +263,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     for workload in &settings.workloads {
         for clients in &settings.clients {
             cells.extend(
-                measure_cells(&servers, &settings, *workload, *clients, &systems, ids).await,
+                cells::measure(&servers, &settings, *workload, *clients, &systems, ids).await,
             );
         }
     }
@@ -342,7 +354,7 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
 }
 
 /// The client-side cost per request of each system but pgpool-II (whose work is in its own
-/// processes), for each of `ops` (a read, a write).
+/// processes) and the baselines' twins, for each of `ops` (a read, a write).
 async fn measure_costs(
     servers: &Servers,
     settings: &Settings,
@@ -355,7 +367,13 @@ async fn measure_costs(
         .into_iter()
         .filter(|op| ops.contains(op))
     {
-        for &system in systems.iter().filter(|s| **s != SystemKind::Pgpool) {
+        // pgpool-II's work is in its own processes; a twin's is its baseline's.
+        for &system in systems.iter().filter(|s| {
+            !matches!(
+                s,
+                SystemKind::Pgpool | SystemKind::BaselineTwin | SystemKind::SyncBaselineTwin
+            )
+        }) {
             eprintln!("cost per request: {system}, {op} ...");
             let per_request = match System::build(system, servers, 1, settings.recycling) {
                 Ok(pools) => cost::per_request(&pools, op, ids)
@@ -429,79 +447,4 @@ async fn node_selects_note(pgpool: &Pgpool) -> String {
             "`SHOW POOL_NODES` failed after its cells.".to_owned()
         }
     }
-}
-
-/// Slices each cell is measured in: the systems take turns, so that a drift of the machine
-/// (another process, the servers' background work) weighs on every system alike. Short slices
-/// (200 ms in a 5 s cell) leave a drift no time to favour one system: with five slices of a
-/// second, one cell's ratio of the router to the baseline was 0.83×, 1.01× and 0.91× in three
-/// runs of the same code; with 25, 0.93×, 0.97× and 0.93×.
-pub(crate) const ROUNDS: u32 = 25;
-
-/// Measures every system at one workload and client count, each on pools of its own: after a
-/// warm-up, the systems take turns in [`ROUNDS`] slices (in a rotating order) that add up to the
-/// cell's duration.
-async fn measure_cells(
-    servers: &Servers,
-    settings: &Settings,
-    workload: Workload,
-    clients: usize,
-    systems: &[SystemKind],
-    ids: IdRange,
-) -> Vec<Cell> {
-    let mut built = Vec::new();
-    for &system in systems {
-        match System::build(system, servers, clients, settings.recycling) {
-            Ok(pools) => {
-                let pools = Arc::new(pools);
-                workload::run(&pools, workload, clients, settings.warmup, ids).await;
-                built.push((system, Ok(pools), None::<workload::Measurement>));
-            }
-            Err(error) => built.push((
-                system,
-                Err(format!("cannot build the system: {error}")),
-                None,
-            )),
-        }
-    }
-    let slice = settings.cell / ROUNDS;
-    for round in 0..ROUNDS as usize {
-        let count = built.len();
-        for turn in 0..count {
-            let (_, pools, measured) = &mut built[(round + turn) % count];
-            if let Ok(pools) = pools {
-                let run = workload::run(pools, workload, clients, slice, ids).await;
-                *measured = Some(match measured.take() {
-                    Some(so_far) => so_far.merge(run),
-                    None => run,
-                });
-            }
-        }
-    }
-    built
-        .into_iter()
-        .map(|(system, pools, measured)| {
-            let outcome = pools.and_then(|_| measured.ok_or_else(|| "not measured".to_owned()));
-            match &outcome {
-                Ok(m) => eprintln!(
-                    "  {workload:<5} {clients:>2} clients  {system:<8} {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}",
-                    m.throughput(),
-                    m.percentile(50.0)
-                        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-                    m.percentile(99.0)
-                        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-                    m.errors
-                ),
-                Err(error) => {
-                    eprintln!("  {workload:<5} {clients:>2} clients  {system:<8} failed: {error}")
-                }
-            }
-            Cell {
-                workload,
-                clients,
-                system,
-                outcome,
-            }
-        })
-        .collect()
 }

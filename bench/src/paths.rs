@@ -93,7 +93,7 @@ async fn run(path: Path, settings: &Settings) -> Result<Vec<Cell>, BoxError> {
     for workload in &settings.workloads {
         for clients in &settings.clients {
             let measured =
-                crate::measure_cells(&servers, settings, *workload, *clients, path.systems(), ids)
+                crate::cells::measure(&servers, settings, *workload, *clients, path.systems(), ids)
                     .await;
             cells.extend(measured);
         }

@@ -17,6 +17,8 @@ use crate::workload::{Measurement, Workload};
 pub(crate) struct Settings {
     /// Measured time per cell.
     pub(crate) cell: Duration,
+    /// Epochs per cell, each on fresh pools.
+    pub(crate) epochs: u32,
     /// Unmeasured warm-up before each cell.
     pub(crate) warmup: Duration,
     /// Client counts.
@@ -101,16 +103,19 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "- Each cell: {} warm-up per system (not measured), then {} measured per system, in \
-             {} slices of {} in which the systems take turns (in a rotating order), so that a \
-             drift of the machine (a checkpoint, the servers' background work, another process) \
-             weighs on every system alike. Every request takes a fresh connection from its pool \
-             and returns it, as a web handler does; its latency runs from the checkout to the \
-             release. Throughput counts successful requests.",
-            secs(s.warmup),
+            "- Each cell: {} measured per system, in {} slices of {} in which the systems take \
+             turns (in a rotating order), so that a drift of the machine (a checkpoint, the \
+             servers' background work, another process) weighs on every system alike; in {} \
+             epoch(s), each of which builds every system's pools anew (new sessions, served by \
+             new server processes) and warms them up for {} (not measured). Every request takes \
+             a fresh connection from its pool and returns it, as a web handler does; its \
+             latency runs from the checkout to the release. Throughput counts successful \
+             requests.",
             secs(s.cell),
-            crate::ROUNDS,
-            secs(s.cell / crate::ROUNDS),
+            crate::cells::ROUNDS,
+            secs(s.cell / crate::cells::ROUNDS),
+            s.epochs.clamp(1, crate::cells::ROUNDS),
+            secs(s.warmup),
         );
         let _ = writeln!(
             out,

@@ -37,6 +37,9 @@ pub(crate) const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum SystemKind {
     /// Hand-written: one plain deadpool pool per server, round robin over the replica pools.
     Baseline,
+    /// The same hand-written baseline again, on pools of its own: an A/A control, whose ratio
+    /// to `baseline` is the spread of the measurement itself.
+    BaselineTwin,
     /// `routing_core::RoutedPool`, reads in a `with_read_replica(true, ..)` scope.
     Routed,
     /// pgpool-II in front of the cluster, one plain deadpool pool to it.
@@ -50,20 +53,25 @@ pub(crate) enum SystemKind {
     /// Synchronous diesel, hand-written: one r2d2 pool of `PgConnection`s per server, round
     /// robin over the replica pools.
     SyncBaseline,
+    /// The same synchronous baseline again, on pools of its own: the A/A control of the
+    /// synchronous systems.
+    SyncBaselineTwin,
     /// `routing_core::sync::RoutedPool`, reads in a `with_read_replica_sync(true, ..)` scope.
     SyncRouted,
 }
 
 impl SystemKind {
     /// Every system, in report order; each baseline before the systems compared with it.
-    pub(crate) const ALL: [SystemKind; 8] = [
+    pub(crate) const ALL: [SystemKind; 10] = [
         SystemKind::Baseline,
+        SystemKind::BaselineTwin,
         SystemKind::Routed,
         SystemKind::Pgpool,
         SystemKind::RoutedUnnamed,
         SystemKind::BaselineTls,
         SystemKind::RoutedTls,
         SystemKind::SyncBaseline,
+        SystemKind::SyncBaselineTwin,
         SystemKind::SyncRouted,
     ];
 
@@ -71,7 +79,9 @@ impl SystemKind {
     /// synchronous systems, the async one for the others.
     pub(crate) fn baseline(self) -> SystemKind {
         match self {
-            SystemKind::SyncBaseline | SystemKind::SyncRouted => SystemKind::SyncBaseline,
+            SystemKind::SyncBaseline | SystemKind::SyncBaselineTwin | SystemKind::SyncRouted => {
+                SystemKind::SyncBaseline
+            }
             _ => SystemKind::Baseline,
         }
     }
@@ -81,12 +91,14 @@ impl fmt::Display for SystemKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             SystemKind::Baseline => "baseline",
+            SystemKind::BaselineTwin => "baseline-twin",
             SystemKind::Routed => "routed",
             SystemKind::Pgpool => "pgpool",
             SystemKind::RoutedUnnamed => "routed-unnamed",
             SystemKind::BaselineTls => "baseline-tls",
             SystemKind::RoutedTls => "routed-tls",
             SystemKind::SyncBaseline => "sync-baseline",
+            SystemKind::SyncBaselineTwin => "sync-baseline-twin",
             SystemKind::SyncRouted => "sync-routed",
         })
     }
@@ -201,14 +213,16 @@ impl System {
                 .build()
         };
         Ok(match kind {
-            SystemKind::Baseline | SystemKind::BaselineTls => System::Baseline(Baseline {
-                primary: plain(primary)?,
-                replicas: replicas
-                    .iter()
-                    .map(|url| plain(url))
-                    .collect::<Result<_, _>>()?,
-                next: AtomicUsize::new(0),
-            }),
+            SystemKind::Baseline | SystemKind::BaselineTwin | SystemKind::BaselineTls => {
+                System::Baseline(Baseline {
+                    primary: plain(primary)?,
+                    replicas: replicas
+                        .iter()
+                        .map(|url| plain(url))
+                        .collect::<Result<_, _>>()?,
+                    next: AtomicUsize::new(0),
+                })
+            }
             SystemKind::Routed | SystemKind::RoutedTls => System::Routed(routed(false)?),
             SystemKind::RoutedUnnamed => System::Routed(routed(true)?),
             SystemKind::Pgpool => {
@@ -218,7 +232,7 @@ impl System {
                     .ok_or("pgpool-II is not running")?;
                 System::Pgpool(plain(url)?)
             }
-            SystemKind::SyncBaseline => {
+            SystemKind::SyncBaseline | SystemKind::SyncBaselineTwin => {
                 System::SyncBaseline(SyncBaseline::new(servers, max_size, recycling))
             }
             SystemKind::SyncRouted => System::SyncRouted(
