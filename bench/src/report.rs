@@ -176,7 +176,10 @@ impl Report {
             out,
             "- Ratios divide a system's figure by its baseline's in the same cell (`baseline` for \
              the async systems, `sync-baseline` for the synchronous ones): above 1 for req/s is \
-             faster, below 1 for p50 is faster."
+             faster, below 1 for p50 is faster. `req/s vs baseline` divides the throughputs of \
+             the whole cell; `paired` is the median, over the cell's rounds, of the system's \
+             slice divided by its baseline's slice of the same round. A `-twin` is its baseline \
+             again: its ratios are the spread of the measurement itself."
         );
     }
 
@@ -188,9 +191,9 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "| clients | system | req/s | p50 | p99 | req/s vs baseline | p50 vs baseline | p99 vs baseline | client CPU µs/req | server CPU µs/req | errors |"
+            "| clients | system | req/s | p50 | p99 | req/s vs baseline | paired | p50 vs baseline | p99 vs baseline | client CPU µs/req | server CPU µs/req | errors |"
         );
-        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         let mut notes = Vec::new();
         for clients in &self.settings.clients {
             let cells: Vec<&Cell> = self
@@ -217,12 +220,13 @@ impl Report {
                         );
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {client_cpu} | {server_cpu} | {} |",
+                            "| {clients} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {client_cpu} | {server_cpu} | {} |",
                             cell.system,
                             m.throughput(),
                             opt_ms(m.percentile(50.0)),
                             opt_ms(m.percentile(99.0)),
                             ratio(baseline.map(Measurement::throughput), Some(m.throughput())),
+                            ratio(Some(1.0), baseline.and_then(|b| m.paired_ratio(b))),
                             ratio(
                                 baseline.and_then(|b| b.percentile(50.0)).map(millis),
                                 m.percentile(50.0).map(millis)
@@ -243,7 +247,7 @@ impl Report {
                     Err(error) => {
                         let _ = writeln!(
                             out,
-                            "| {clients} | {} | – | – | – | – | – | – | – | – | failed |",
+                            "| {clients} | {} | – | – | – | – | – | – | – | – | – | failed |",
                             cell.system
                         );
                         notes.push(format!("{} at {clients} clients: {error}", cell.system));

@@ -72,6 +72,8 @@ pub(crate) struct Measurement {
     pub(crate) elapsed: Duration,
     /// Latencies of the successful requests, sorted ascending.
     latencies: Vec<Duration>,
+    /// The throughput of each run merged into this one, in order: of each slice of a cell.
+    slices: Vec<f64>,
     /// The CPU time this process and the servers spent meanwhile.
     pub(crate) cpu: CpuTimes,
 }
@@ -99,6 +101,27 @@ impl Measurement {
         })
     }
 
+    /// The median, over the slices of a cell, of this measurement's throughput divided by
+    /// `baseline`'s in the same round (the systems' slices of a round run one after the
+    /// other): a drift of the machine that outlasts a round cancels out, and a burst in one
+    /// slice moves the median little. `None` without paired slices.
+    pub(crate) fn paired_ratio(&self, baseline: &Measurement) -> Option<f64> {
+        let mut ratios: Vec<f64> = self
+            .slices
+            .iter()
+            .zip(&baseline.slices)
+            .filter(|(_, base)| **base > 0.0)
+            .map(|(own, base)| own / base)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let middle = ratios.len() / 2;
+        match ratios.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(ratios[middle]),
+            _ => Some(f64::midpoint(ratios[middle - 1], ratios[middle])),
+        }
+    }
+
     /// The `p`-th percentile latency (nearest rank), `None` without successful requests.
     pub(crate) fn percentile(&self, p: f64) -> Option<Duration> {
         percentile(&self.latencies, p)
@@ -114,8 +137,16 @@ impl Measurement {
             first_error: None,
             elapsed,
             latencies,
+            slices: Vec::new(),
             cpu: CpuTimes::default(),
         }
+    }
+
+    /// This measurement with these slices' throughputs, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_slices(mut self, slices: &[f64]) -> Measurement {
+        self.slices = slices.to_vec();
+        self
     }
 
     /// Both runs as one: requests, errors and time add up, latencies pool.
@@ -126,6 +157,7 @@ impl Measurement {
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
         self.latencies.sort_unstable();
+        self.slices.extend(other.slices);
         self.cpu = self.cpu + other.cpu;
         self
     }
@@ -197,14 +229,17 @@ pub(crate) async fn run(
     let elapsed = started.elapsed();
     let cpu = CpuTimes::now() - cpu_before;
     all.latencies.sort_unstable();
-    Measurement {
+    let mut measured = Measurement {
         requests: all.latencies.len(),
         errors: all.errors,
         first_error: all.first_error,
         elapsed,
         latencies: all.latencies,
+        slices: Vec::new(),
         cpu,
-    }
+    };
+    measured.slices.push(measured.throughput());
+    measured
 }
 
 /// One client: requests back to back until `deadline`.
@@ -273,6 +308,20 @@ mod tests {
         assert_eq!(percentile(&sorted, 100.0), Some(Duration::from_millis(10)));
         assert_eq!(percentile(&ms(&[7]), 50.0), Some(Duration::from_millis(7)));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn paired_ratio_is_the_median_of_the_rounds() {
+        let one =
+            |slices: &[f64]| Measurement::of(Duration::from_secs(1), ms(&[1])).with_slices(slices);
+        let baseline = one(&[100.0, 200.0, 300.0, 50.0]);
+        // A burst in one slice (the last) moves the median little.
+        let system = one(&[90.0, 180.0, 270.0, 500.0]);
+        assert_eq!(system.paired_ratio(&baseline), Some(0.9));
+        let odd = one(&[90.0, 220.0, 300.0]);
+        assert_eq!(odd.paired_ratio(&baseline), Some(1.0));
+        assert_eq!(one(&[]).paired_ratio(&baseline), None);
+        assert_eq!(system.paired_ratio(&one(&[0.0, 0.0])), None);
     }
 
     #[test]
