@@ -111,7 +111,8 @@ pub enum Error {
         lagging: usize,
         /// Replicas that have not replayed the read's causal token.
         behind_token: usize,
-        /// The errors of the replicas that were tried, in order.
+        /// The errors of the replicas that were tried, in order; then, for each replica passed
+        /// over as banned, why it is.
         failures: Vec<Error>,
     },
 
@@ -158,12 +159,9 @@ pub enum Error {
         source: diesel::result::Error,
     },
 
-    /// A replica was taken out of rotation (by the health probe, or after a failure) while a read
-    /// waited on it; the read moved on.
-    #[error(
-        "{role} was taken out of rotation while a read waited on it{}",
-        Reason(ban_reason)
-    )]
+    /// A replica is out of rotation (banned by the health probe, or after a failure): a read
+    /// that waited on it moved on, and a read that found it so passed it over.
+    #[error("{role} is out of rotation{}", Reason(ban_reason))]
     Banned {
         /// The replica.
         role: Role,

@@ -147,13 +147,29 @@ impl ReadAttempts {
                 }
                 Ok(route)
             }
-            None => Err(Error::NoReplicaAvailable {
-                banned: exclusions.banned,
-                not_standby: exclusions.not_standby,
-                lagging: exclusions.lagging,
-                behind_token: exclusions.behind_token,
-                failures,
-            }),
+            None => {
+                // The replicas passed over as banned say why, after those that were tried.
+                let mut failures = failures;
+                if exclusions.banned > 0 {
+                    failures.extend(
+                        shared
+                            .replicas()
+                            .iter()
+                            .enumerate()
+                            .filter(|(index, server)| {
+                                !self.tried.contains(index) && server.health().is_banned()
+                            })
+                            .map(|(_, server)| server.banned_error()),
+                    );
+                }
+                Err(Error::NoReplicaAvailable {
+                    banned: exclusions.banned,
+                    not_standby: exclusions.not_standby,
+                    lagging: exclusions.lagging,
+                    behind_token: exclusions.behind_token,
+                    failures,
+                })
+            }
         }
     }
 }

@@ -46,6 +46,18 @@ async fn a_replica_that_is_really_a_primary_is_refused() {
     let error = failed_replica_read(&pool).await;
     assert!(error.to_string().contains("is not in recovery"), "{error}");
 
+    // Once the health probe has banned it, a read passes it over and still says why.
+    let banned = tokio::time::timeout(Duration::from_secs(60), async {
+        while pool.status().servers.iter().all(|server| server.healthy) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(banned.is_ok(), "the probe never banned the fake replica");
+    let error = failed_replica_read(&pool).await;
+    assert!(error.to_string().contains("1 banned"), "{error}");
+    assert!(error.to_string().contains("is not in recovery"), "{error}");
+
     // With fallback on (the default) the read is served, by the real primary.
     let pool = RoutedPool::builder(&servers.primary_url)
         .replica(&servers.primary_url)

@@ -261,7 +261,12 @@ async fn probe_replica(
             health.ban(format!("health probe failed: {reason}"));
         }
         Ok(Ok((in_recovery, _))) if verify_roles && !in_recovery => {
-            health.ban("not in recovery: it is a primary, not a standby".to_owned());
+            // Worded as a checkout's `ReplicaIsPrimary`: a read that finds the replica banned
+            // says the same as one that found its role itself.
+            health.ban(
+                "it is not in recovery (pg_is_in_recovery() is false): a primary, not a standby"
+                    .to_owned(),
+            );
         }
         Ok(Ok((_, replay))) => {
             let latency = started.elapsed();
