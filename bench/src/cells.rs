@@ -17,9 +17,11 @@ pub(crate) const ROUNDS: u32 = 25;
 
 /// Measures every system at one workload and client count. The cell runs in `settings.epochs`
 /// epochs; in each, every system gets pools of its own, built anew (so new sessions, served by
-/// new server processes), and a warm-up, then the systems take turns in their share of the
-/// [`ROUNDS`] slices (in a rotating order) that add up to the cell's duration. A system that
-/// cannot be built is not measured further.
+/// new server processes, but for pgpool-II's, whose children keep their server connections),
+/// and a warm-up, then the systems take turns in their share of the [`ROUNDS`] slices that add
+/// up to the cell's duration, in a new random order each round: no system sits next to its
+/// baseline more often than another, and none gets the slice after each warm-up. A system that
+/// cannot be built fails its cell.
 ///
 /// Fresh pools per epoch spread each system over several sets of server processes: how one
 /// set happens to sit on the machine's cores and caches otherwise decides a whole cell.
@@ -35,7 +37,7 @@ pub(crate) async fn measure(
         systems.iter().map(|system| (*system, Ok(None))).collect();
     let slice = settings.cell / ROUNDS;
     let epochs = settings.epochs.clamp(1, ROUNDS);
-    let mut round = 0;
+    let mut rng = fastrand::Rng::new();
     for epoch in 0..epochs {
         let mut built = Vec::new();
         for (index, (system, so_far)) in measured.iter_mut().enumerate() {
@@ -52,8 +54,10 @@ pub(crate) async fn measure(
             }
         }
         for _ in 0..rounds_in(epoch, epochs) {
-            for turn in 0..built.len() {
-                let (index, pools) = &built[(round + turn) % built.len()];
+            let mut order: Vec<usize> = (0..built.len()).collect();
+            rng.shuffle(&mut order);
+            for turn in order {
+                let (index, pools) = &built[turn];
                 let run = workload::run(pools, workload, clients, slice, ids).await;
                 if let Ok(so_far) = &mut measured[*index].1 {
                     *so_far = Some(match so_far.take() {
@@ -62,7 +66,6 @@ pub(crate) async fn measure(
                     });
                 }
             }
-            round += 1;
         }
         // The epoch's pools close here, before the next epoch's open.
         drop(built);
@@ -96,6 +99,25 @@ pub(crate) async fn measure(
         .collect()
 }
 
+/// The `max_connections` each server needs for `systems` at up to `clients` clients (never
+/// below PostgreSQL's usual 200): every system but pgpool-II holds up to `clients` connections
+/// to a server, twice over across an epoch's end (the closed pools' server processes may still
+/// be exiting while the next epoch's open), pgpool-II one per child (`clients` + 4), and the
+/// routers' probes, the seeding and the statistics a few more.
+pub(crate) fn server_connections(systems: &[SystemKind], clients: usize) -> u32 {
+    let direct = systems
+        .iter()
+        .filter(|system| **system != SystemKind::Pgpool)
+        .count();
+    let pgpool = if systems.contains(&SystemKind::Pgpool) {
+        clients + 4
+    } else {
+        0
+    };
+    let needed = 2 * direct * clients + pgpool + 20;
+    u32::try_from(needed).unwrap_or(u32::MAX).max(200)
+}
+
 /// The rounds of epoch `epoch` of `epochs` (at most [`ROUNDS`]): shares as even as can be, that
 /// add up to [`ROUNDS`].
 fn rounds_in(epoch: u32, epochs: u32) -> u32 {
@@ -105,6 +127,14 @@ fn rounds_in(epoch: u32, epochs: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_have_room_for_every_pool() {
+        let all = SystemKind::ALL;
+        // Nine direct systems and pgpool-II at 64 clients: 2 × 9 × 64 + 68 + 20.
+        assert_eq!(server_connections(&all, 64), 1240);
+        assert_eq!(server_connections(&[SystemKind::Baseline], 4), 200);
+    }
 
     #[test]
     fn every_epoch_has_rounds_and_they_add_up() {

@@ -21,11 +21,17 @@ use crate::workload::Workload;
 const SIZE: (u32, u32) = (960, 400);
 
 /// The colour of each system, and of the servers of the timeline.
-pub(crate) const PALETTE: [RGBColor; 4] = [
+pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(0x4c, 0x72, 0xb0),
     RGBColor(0xdd, 0x84, 0x52),
     RGBColor(0x55, 0xa8, 0x68),
     RGBColor(0x81, 0x72, 0xb3),
+    RGBColor(0xc4, 0x4e, 0x52),
+    RGBColor(0x93, 0x78, 0x60),
+    RGBColor(0xda, 0x8b, 0xc3),
+    RGBColor(0x8c, 0x8c, 0x8c),
+    RGBColor(0xcc, 0xb9, 0x74),
+    RGBColor(0x64, 0xb5, 0xcd),
 ];
 
 /// Writes every chart of `report` into `dir` (created if missing); the paths written.

@@ -233,7 +233,9 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
     eprintln!(
         "starting a throwaway cluster (a primary and two streaming replicas), seeding it ..."
     );
-    let (cluster, ids) = setup::start(LocalCluster::builder()).await?;
+    let max_clients = settings.clients.iter().copied().max().unwrap_or(1);
+    let connections = cells::server_connections(&args.systems, max_clients);
+    let (cluster, ids) = setup::start(LocalCluster::builder().max_connections(connections)).await?;
     eprintln!(
         "  primary on port {}, replicas on ports {} and {}",
         cluster.primary_port(),
@@ -241,7 +243,6 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         cluster.replica_port(1)
     );
     let machine = machine::describe(cluster.bin_dir(), pgpool_program.as_deref()).await;
-    let max_clients = settings.clients.iter().copied().max().unwrap_or(1);
     let (pgpool, pgpool_note) = if args.systems.contains(&SystemKind::Pgpool) {
         start_pgpool(pgpool_program, &cluster, max_clients).await
     } else {

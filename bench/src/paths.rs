@@ -56,12 +56,14 @@ pub(crate) async fn measure(path: Path, settings: &Settings) -> PathRun {
 
 async fn run(path: Path, settings: &Settings) -> Result<Vec<Cell>, BoxError> {
     let max_clients = settings.clients.iter().copied().max().unwrap_or(1);
+    let connections = crate::cells::server_connections(path.systems(), max_clients);
+    let builder = LocalCluster::builder().max_connections(connections);
     let builder = match path {
         // TLS on, plain TCP still open: both on the same servers, in the same slices.
-        Path::Tls => LocalCluster::builder().tls(true).tls_only(false),
+        Path::Tls => builder.tls(true).tls_only(false),
         // In session mode each client holds a server connection: room for every system's pools
         // (built side by side) and the router's health probe.
-        Path::Pgbouncer => LocalCluster::builder()
+        Path::Pgbouncer => builder
             .pgbouncer(PoolMode::Session)
             .pgbouncer_pool_size(u32::try_from(3 * max_clients + 4)?),
     };

@@ -19,7 +19,7 @@ pub(crate) struct Settings {
     pub(crate) cell: Duration,
     /// Epochs per cell, each on fresh pools.
     pub(crate) epochs: u32,
-    /// Unmeasured warm-up before each cell.
+    /// Unmeasured warm-up before each epoch of a cell.
     pub(crate) warmup: Duration,
     /// Client counts.
     pub(crate) clients: Vec<usize>,
@@ -104,10 +104,11 @@ impl Report {
         let _ = writeln!(
             out,
             "- Each cell: {} measured per system, in {} slices of {} in which the systems take \
-             turns (in a rotating order), so that a drift of the machine (a checkpoint, the \
-             servers' background work, another process) weighs on every system alike; in {} \
-             epoch(s), each of which builds every system's pools anew (new sessions, served by \
-             new server processes) and warms them up for {} (not measured). Every request takes \
+             turns (in a new random order each round), so that a drift of the machine (a \
+             checkpoint, the servers' background work, another process) weighs on every system \
+             alike; in {} epoch(s), each of which builds every system's pools anew (new \
+             sessions, served by new server processes, but through pgpool-II, whose children \
+             keep theirs) and warms them up for {} (not measured). Every request takes \
              a fresh connection from its pool and returns it, as a web handler does; its \
              latency runs from the checkout to the release. Throughput counts successful \
              requests.",
@@ -179,7 +180,8 @@ impl Report {
              faster, below 1 for p50 is faster. `req/s vs baseline` divides the throughputs of \
              the whole cell; `paired` is the median, over the cell's rounds, of the system's \
              slice divided by its baseline's slice of the same round. A `-twin` is its baseline \
-             again: its ratios are the spread of the measurement itself."
+             again, its slices placed as every other system's: its ratios are the spread of the \
+             measurement itself."
         );
     }
 

@@ -11,6 +11,9 @@ const DEFAULT_REPLICAS: usize = 2;
 /// The wait limit when not set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Each server's `max_connections` when not set.
+const DEFAULT_MAX_CONNECTIONS: u32 = 200;
+
 /// Configures and starts a [`LocalCluster`]; made by [`LocalCluster::builder`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -23,6 +26,7 @@ pub struct ClusterBuilder {
     pub(crate) password_auth: bool,
     pub(crate) pgbouncer_pool_size: u32,
     pub(crate) tls_only: bool,
+    pub(crate) max_connections: u32,
 }
 
 impl Default for ClusterBuilder {
@@ -36,6 +40,7 @@ impl Default for ClusterBuilder {
             password_auth: false,
             pgbouncer_pool_size: crate::pgbouncer::DEFAULT_POOL_SIZE,
             tls_only: true,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -111,6 +116,13 @@ impl ClusterBuilder {
     /// it is connected: make it at least the clients' pool size plus one for a health probe.
     pub fn pgbouncer_pool_size(mut self, size: u32) -> Self {
         self.pgbouncer_pool_size = size;
+        self
+    }
+
+    /// Sets every server's `max_connections` (default 200, at least 20): room for the
+    /// connections of every pool a test or a benchmark opens at once.
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections.max(20);
         self
     }
 

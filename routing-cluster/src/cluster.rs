@@ -54,8 +54,8 @@ impl LocalCluster {
     /// Does the work of [`ClusterBuilder::start`].
     pub(crate) async fn launch(options: ClusterBuilder) -> Result<Self, ClusterError> {
         let began = Instant::now();
-        let bins = match options.bin_dir {
-            Some(dir) => PgBinaries::in_dir(dir)?,
+        let bins = match &options.bin_dir {
+            Some(dir) => PgBinaries::in_dir(dir.clone())?,
             None => PgBinaries::find()?,
         };
         let run_as = RunAs::detect().await?;
@@ -110,9 +110,7 @@ impl LocalCluster {
             dir: Some(dir),
             watchdog: Some(watchdog),
         };
-        cluster
-            .boot(options.password_auth, options.tls_only)
-            .await?;
+        cluster.boot(&options).await?;
         if let Some(mode) = options.pgbouncer {
             let pooling = crate::pgbouncer::Pooling {
                 mode,
@@ -131,11 +129,17 @@ impl LocalCluster {
     }
 
     /// Creates and starts the primary, then every replica in parallel.
-    async fn boot(&mut self, password_auth: bool, tls_only: bool) -> Result<(), ClusterError> {
+    async fn boot(&mut self, options: &ClusterBuilder) -> Result<(), ClusterError> {
         let ctx = &self.ctx;
-        setup::init_primary(&self.primary, ctx, self.replicas.len(), password_auth).await?;
+        let primary = setup::Primary {
+            replicas: self.replicas.len(),
+            password_auth: options.password_auth,
+            max_connections: options.max_connections,
+        };
+        setup::init_primary(&self.primary, ctx, primary).await?;
         if let Some(tls) = &self.tls {
-            tls.configure_primary(&self.primary, ctx, tls_only).await?;
+            tls.configure_primary(&self.primary, ctx, options.tls_only)
+                .await?;
         }
         self.primary.start_on_free_port(ctx).await?;
         self.primary.state.get_mut().running = true;

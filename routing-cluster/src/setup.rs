@@ -5,14 +5,27 @@ use std::path::Path;
 use crate::ClusterError;
 use crate::server::{Context, Server, append};
 
-/// Runs `initdb` for the primary and configures it for `replicas` standbys; with
-/// `password_auth`, TCP logins of every user but `postgres` need their password.
+/// How the primary is configured (the replicas copy its configuration).
+pub(crate) struct Primary {
+    /// The standbys it serves.
+    pub(crate) replicas: usize,
+    /// TCP logins of every user but `postgres` need their password.
+    pub(crate) password_auth: bool,
+    /// Each server's `max_connections`.
+    pub(crate) max_connections: u32,
+}
+
+/// Runs `initdb` for the primary and configures it as `options` say.
 pub(crate) async fn init_primary(
     primary: &Server,
     ctx: &Context,
-    replicas: usize,
-    password_auth: bool,
+    options: Primary,
 ) -> Result<(), ClusterError> {
+    let Primary {
+        replicas,
+        password_auth,
+        max_connections,
+    } = options;
     ctx.command("initdb")
         .arg("-D")
         .arg(&primary.data_dir)
@@ -34,7 +47,7 @@ pub(crate) async fn init_primary(
             "\n# added by routing-cluster\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = {sockets}\n\
-             max_connections = 200\n\
+             max_connections = {max_connections}\n\
              shared_buffers = 16MB\n\
              wal_level = replica\n\
              max_wal_senders = {senders}\n\
