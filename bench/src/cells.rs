@@ -54,10 +54,8 @@ pub(crate) async fn measure(
             }
         }
         for _ in 0..rounds_in(epoch, epochs) {
-            let mut order: Vec<usize> = (0..built.len()).collect();
-            rng.shuffle(&mut order);
-            for turn in order {
-                let (index, pools) = &built[turn];
+            rng.shuffle(&mut built);
+            for (index, pools) in &built {
                 let run = workload::run(pools, workload, clients, slice, ids).await;
                 if let Ok(so_far) = &mut measured[*index].1 {
                     *so_far = Some(match so_far.take() {

@@ -12,7 +12,6 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::Error as DieselError;
 use diesel::{ConnectionResult, PgConnection, QueryResult};
 
-use super::prerendered::{self, reports_statements};
 use super::{RoutedConnection, RoutedPool, RoutedTransactionManager};
 use crate::config::RoutedPoolBuilder;
 use crate::owned::{NoId, OwnedQuery};
@@ -58,9 +57,9 @@ impl Connection for RoutedConnection {
             source,
             T::query_id(),
             debug_sql,
-            |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
+            |conn, rendered| match rendered {
                 Some(rendered) => {
-                    let query = prerendered::owned(rendered, source, conn)?;
+                    let query = OwnedQuery::<NoId>::collected(source, rendered.clone(), conn)?;
                     conn.execute_returning_count(&query)
                 }
                 None => conn.execute_returning_count(source),
@@ -119,9 +118,9 @@ impl LoadConnection<DefaultLoadingMode> for RoutedConnection {
             &source,
             T::query_id(),
             debug_sql,
-            |conn, rendered| match rendered.filter(|_| !reports_statements(conn)) {
+            |conn, rendered| match rendered {
                 Some(rendered) => {
-                    let query = prerendered::owned(rendered, &source, conn)?;
+                    let query = OwnedQuery::<NoId>::collected(&source, rendered.clone(), conn)?;
                     load_owned(conn, query)
                 }
                 None => LoadConnection::<DefaultLoadingMode>::load(conn, &source),

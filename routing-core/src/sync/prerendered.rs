@@ -14,26 +14,12 @@
 use std::any::Any;
 
 use diesel::connection::{DynInstrumentation, Instrumentation};
-use diesel::pg::Pg;
-use diesel::query_builder::QueryFragment;
-use diesel::{Connection, PgConnection, QueryResult};
+use diesel::{Connection, PgConnection};
 use downcast_rs::Downcast;
-
-use crate::owned::{NoId, OwnedQuery, Rendered};
-
-/// `query` as the router rendered it, with its binds collected on `session`: what the session
-/// runs when [`reports_statements`] does not forbid it.
-pub(super) fn owned(
-    rendered: &Rendered,
-    query: &dyn QueryFragment<Pg>,
-    session: &mut PgConnection,
-) -> QueryResult<OwnedQuery<NoId>> {
-    OwnedQuery::collected(query, rendered.clone(), session)
-}
 
 /// Whether `session` reports its statements to an instrumentation: anything but diesel's
 /// no-op, which a session opened without a default instrumentation has.
-pub(super) fn reports_statements(session: &mut PgConnection) -> bool {
+pub(in crate::sync) fn reports_statements(session: &mut PgConnection) -> bool {
     !is_no_op(session.instrumentation())
 }
 

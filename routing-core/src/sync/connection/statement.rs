@@ -20,6 +20,7 @@ use crate::owned::Rendered;
 use crate::reads::{self, TokenCheck};
 use crate::reason::Reason;
 use crate::route::{self, Route, Statement, Target};
+use crate::sync::prerendered::reports_statements;
 
 impl RoutedConnection {
     /// Runs a statement (`query`, with static id `query_id`) where the rules say: `exec` runs it
@@ -75,9 +76,13 @@ impl RoutedConnection {
             self.trace
                 .start(self.pool.shared(), prepared.operation, None);
         }
-        // A query without a static id was rendered to classify it: it runs as rendered.
+        // A query without a static id was rendered to classify it: it runs as rendered, but on
+        // a session that reports its statements (see `sync/prerendered.rs`).
         let rendered = prepared.rendered.as_ref().filter(|_| query_id.is_none());
-        let exec = move |conn: &mut PgConnection| exec(conn, rendered);
+        let exec = move |conn: &mut PgConnection| {
+            let rendered = rendered.filter(|_| !reports_statements(conn));
+            exec(conn, rendered)
+        };
         let span = self.trace.span().clone();
         let result = span.in_scope(|| {
             let (route, needs) = match prepared.fixed {
