@@ -6,6 +6,10 @@
 //! same for every system), and the router's background probe (a few allocations and
 //! microseconds per probe interval, a rounding error over the run). The servers' work is in
 //! their own processes and not counted.
+//!
+//! The requests run in a task spawned on the runtime's workers, as a web handler's do and as the
+//! cells' clients do; run on the main thread (`block_on`), every response would also have to
+//! wake that thread from outside the runtime, a cost no service pays.
 
 use std::alloc::System as SystemAlloc;
 
@@ -37,8 +41,14 @@ pub(crate) struct Cost {
     pub(crate) switches: Option<f64>,
 }
 
-/// The cost per request of `op` on `system`, one client, after a warm-up.
-pub(crate) async fn per_request(system: &System, op: Op, ids: IdRange) -> Result<Cost, BoxError> {
+/// The cost per request of `op` on `system`, one client, after a warm-up, measured in a task on
+/// the runtime's workers (see [`crate::cost`]).
+pub(crate) async fn per_request(system: System, op: Op, ids: IdRange) -> Result<Cost, BoxError> {
+    tokio::spawn(async move { sequential(&system, op, ids).await }).await?
+}
+
+/// The cost per request of `op` on `system`, requests one after another in this task.
+async fn sequential(system: &System, op: Op, ids: IdRange) -> Result<Cost, BoxError> {
     let mut rng = fastrand::Rng::with_seed(7);
     for _ in 0..200 {
         request(system, op, ids.random(&mut rng)).await?;
@@ -118,7 +128,7 @@ pub(crate) fn markdown(out: &mut String, costs: &[Costs]) {
     let _ = writeln!(
         out,
         "\n## Cost per request\n\nOne client, {} sequential requests per row after a \
-         warm-up. Allocations are counted by a wrapper of the system allocator \
+         warm-up, in a task on the runtime's workers (as a handler runs). Allocations are counted by a wrapper of the system allocator \
          (`stats_alloc`), CPU time is this process's (`CLOCK_PROCESS_CPUTIME_ID`), both over \
          every thread: the request's task, the connection's driver task and the router's \
          health probe; the servers' work is not counted.\n",

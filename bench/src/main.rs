@@ -377,7 +377,7 @@ async fn measure_costs(
         }) {
             eprintln!("cost per request: {system}, {op} ...");
             let per_request = match System::build(system, servers, 1, settings.recycling) {
-                Ok(pools) => cost::per_request(&pools, op, ids)
+                Ok(pools) => cost::per_request(pools, op, ids)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
