@@ -22,8 +22,11 @@ use crate::servers::Shared;
 pub(crate) struct Class {
     /// `None` for a read, the classification of a write.
     pub(crate) write: Option<Arc<Classification>>,
-    /// Whether the statement may change its session's state (only writes can).
+    /// Whether the statement may leave something in its session (only writes can): state, or
+    /// an open transaction block (see [`crate::Classifier::changes_session`]).
     pub(crate) changes_session: bool,
+    /// Whether what it leaves is state beyond an open transaction block.
+    pub(crate) session_state: bool,
     /// Its leading statement keyword (`db.operation.name`).
     pub(crate) operation: Option<&'static str>,
 }
@@ -40,9 +43,11 @@ impl Class {
                 ..Class::default()
             };
         }
+        let effects = classifier.session_effects(sql);
         Class {
             write: Some(Arc::new(class)),
-            changes_session: classifier.changes_session(sql),
+            changes_session: effects.any(),
+            session_state: effects.state,
             operation,
         }
     }
@@ -202,8 +207,11 @@ pub(crate) struct Prepared {
     pub(crate) fixed: Option<Route>,
     /// The SQL, when classifying rendered it.
     pub(crate) rendered: Option<Rendered>,
-    /// Whether the statement may change its session's state.
+    /// Whether the statement may leave something in its session: state or an open transaction
+    /// block.
     pub(crate) changes_session: bool,
+    /// Whether what it leaves is state beyond an open transaction block.
+    pub(crate) session_state: bool,
     /// Its leading statement keyword (`db.operation.name`).
     pub(crate) operation: Option<&'static str>,
     /// Whether the statement writes (or must run on the primary as if it did): the connection
@@ -249,6 +257,7 @@ pub(crate) fn prepare(
         fixed,
         rendered,
         changes_session: class.changes_session,
+        session_state: class.session_state,
         operation: class.operation,
         writes: fixed.is_some_and(|route| {
             matches!(

@@ -17,6 +17,7 @@ mod hostile_faults;
 mod kinds;
 mod migrations;
 mod observe;
+mod open_transactions;
 mod pgbouncer;
 mod pools;
 mod queries;

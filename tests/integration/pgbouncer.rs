@@ -285,6 +285,47 @@ async fn transaction_mode_with_transaction_pooler_runs_everything_where_the_serv
         )
         .await
         .unwrap();
+
+    // A raw transaction block runs (the bouncer keeps its server connection for it) and its
+    // statements stay in it; left open, it reaches nobody: on a pool of one session, the next
+    // write commits and the abandoned one does not.
+    let single = through_bouncers(&cluster)
+        .transaction_pooler(true)
+        .max_size(1)
+        .build()
+        .unwrap();
+    {
+        let mut raw = single.get().await.unwrap();
+        raw.batch_execute("BEGIN").await.unwrap();
+        diesel::sql_query("INSERT INTO bounced_commits VALUES (2)")
+            .execute(&mut raw)
+            .await
+            .unwrap();
+        let inside: Vec<Key> = diesel::sql_query("SELECT k FROM bounced_commits WHERE k = 2")
+            .load(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(inside.len(), 1, "the read left the raw transaction");
+    }
+    diesel::sql_query("INSERT INTO bounced_commits VALUES (3)")
+        .execute(&mut single.get().await.unwrap())
+        .await
+        .unwrap();
+    let committed: Vec<Key> =
+        diesel::sql_query("SELECT k FROM bounced_commits WHERE k IN (2, 3) ORDER BY k")
+            .load(
+                &mut routing_core::RoutedConnection::establish(&cluster.primary_url())
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    assert_eq!(
+        committed.iter().map(|key| key.k).collect::<Vec<_>>(),
+        [3],
+        "the next write must commit, the abandoned one must not"
+    );
+
     let again = diesel::sql_query("INSERT INTO bounced_commits VALUES (1) RETURNING k")
         .get_result::<Key>(&mut conn)
         .await;
@@ -303,7 +344,6 @@ async fn transaction_mode_with_transaction_pooler_runs_everything_where_the_serv
 #[derive(QueryableByName, Debug)]
 struct Key {
     #[diesel(sql_type = Integer)]
-    #[allow(dead_code)]
     k: i32,
 }
 

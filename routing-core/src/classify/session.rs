@@ -32,25 +32,66 @@ const SESSION_STATEMENTS: &[&str] = &[
     "UNLISTEN",
 ];
 
+/// What a statement's text leaves in its session beyond itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SessionEffects {
+    /// Settings, locks, listeners, prepared statements, cursors, temporary objects: state a
+    /// transaction pooler would hand to its other clients.
+    pub(crate) state: bool,
+    /// A transaction block left open: a transaction pooler keeps the server connection for
+    /// this client until it ends, but the next user of this session would inherit it.
+    pub(crate) open_transaction: bool,
+}
+
+impl SessionEffects {
+    /// Whether the session must not serve anyone else.
+    pub(crate) fn any(self) -> bool {
+        self.state || self.open_transaction
+    }
+}
+
 impl Classifier {
     /// Whether `sql` (one statement or several) may change the state of the session that runs
     /// it beyond its transaction: `SET` (not `SET LOCAL`, `SET TRANSACTION` or
     /// `SET CONSTRAINTS`), `RESET`, `LISTEN`/`UNLISTEN`, `PREPARE`/`DEALLOCATE`, `DECLARE`,
     /// `DISCARD`, `LOAD`, temporary tables, views, sequences and functions (`TEMP`, or made in
     /// `pg_temp`), session advisory locks, `set_config`, `setseed` (named plainly or quoted),
-    /// named dblink connections, and `DO` blocks, whose bodies it does not read. Text that
+    /// named dblink connections, `DO` blocks, whose bodies it does not read, and a transaction
+    /// block the text leaves open (`BEGIN` or `START TRANSACTION` without a later `COMMIT`,
+    /// `END`, `ROLLBACK` or `ABORT`, or ended `AND CHAIN`): a session returned to its pool inside
+    /// it would run the next user's statements in a transaction nobody commits. Text that
     /// cannot be read counts as changing the session.
     #[must_use]
     pub fn changes_session(&self, sql: &str) -> bool {
+        self.session_effects(sql).any()
+    }
+
+    /// What `sql` leaves in its session, told apart (see [`Classifier::changes_session`]).
+    pub(crate) fn session_effects(&self, sql: &str) -> SessionEffects {
+        const STATE: SessionEffects = SessionEffects {
+            state: true,
+            open_transaction: false,
+        };
         let mut lexer = Lexer::new(sql);
         let mut at_start = true;
         let mut previous: Option<Token<'_>> = None;
+        let mut open_transaction = false;
         loop {
             let token = match lexer.next_plain() {
                 Ok(Some(token)) => token,
-                Ok(None) => return false,
-                Err(_) => return true,
+                Ok(None) => {
+                    return SessionEffects {
+                        state: false,
+                        open_transaction,
+                    };
+                }
+                Err(_) => return STATE,
             };
+            if at_start && token.kind == Kind::Ident {
+                if let Some(open) = transaction_control(token, &lexer) {
+                    open_transaction = open;
+                }
+            }
             match token.kind {
                 Kind::Semi => {
                     at_start = true;
@@ -59,7 +100,7 @@ impl Classifier {
                 }
                 Kind::LParen if at_start => continue,
                 Kind::Ident if at_start && statement_changes_session(token, &mut lexer) => {
-                    return true;
+                    return STATE;
                 }
                 // `SELECT ... INTO TEMP t`, `CREATE TEMP TABLE`, `CREATE GLOBAL TEMPORARY ...`,
                 // `CREATE OR REPLACE TEMP VIEW`.
@@ -73,12 +114,12 @@ impl Classifier {
                                 || p.is_kw("LOCAL")
                         }) =>
                 {
-                    return true;
+                    return STATE;
                 }
                 // Anything named in the session's own schema: `CREATE TABLE pg_temp.t`,
                 // `CREATE FUNCTION pg_temp.f()`.
-                Kind::Dot if previous.is_some_and(|p| names(p, "pg_temp")) => return true,
-                Kind::LParen if previous.is_some_and(is_session_function) => return true,
+                Kind::Dot if previous.is_some_and(|p| names(p, "pg_temp")) => return STATE,
+                Kind::LParen if previous.is_some_and(is_session_function) => return STATE,
                 _ => {}
             }
             at_start = false;
@@ -102,6 +143,45 @@ fn statement_changes_session(lead: Token<'_>, lexer: &mut Lexer<'_>) -> bool {
             .is_some_and(|t| t.is_kw("LOCAL") || t.is_kw("TRANSACTION") || t.is_kw("CONSTRAINTS"));
     }
     false
+}
+
+/// What the statement led by `lead` does to the session's transaction block: `Some(true)` when
+/// it opens one (`BEGIN`, `START TRANSACTION`, an end `AND CHAIN`), `Some(false)` when it ends
+/// it (`COMMIT`, `END`, `ROLLBACK`, `ABORT`), `None` otherwise (a rollback to a savepoint, the
+/// end of a prepared transaction, any other statement). Reads ahead on a copy of `lexer`.
+fn transaction_control(lead: Token<'_>, lexer: &Lexer<'_>) -> Option<bool> {
+    let mut ahead = lexer.clone();
+    let mut next = move || ahead.next_plain().ok().flatten();
+    if lead.is_kw("BEGIN") {
+        return Some(true);
+    }
+    if lead.is_kw("START") {
+        return next()
+            .is_some_and(|t| t.is_kw("TRANSACTION"))
+            .then_some(true);
+    }
+    if !(lead.is_kw("COMMIT") || lead.is_kw("END") || lead.is_kw("ROLLBACK") || lead.is_kw("ABORT"))
+    {
+        return None;
+    }
+    // `[WORK | TRANSACTION] [AND [NO] CHAIN]`, `ROLLBACK [WORK] TO [SAVEPOINT] s`,
+    // `COMMIT PREPARED 'id'`.
+    let mut and = false;
+    let mut no = false;
+    while let Some(token) = next() {
+        if token.kind == Kind::Semi {
+            break;
+        }
+        if token.is_kw("TO") || token.is_kw("PREPARED") {
+            return None;
+        }
+        if token.is_kw("CHAIN") && and {
+            return Some(!no);
+        }
+        and |= token.is_kw("AND");
+        no = and && token.is_kw("NO");
+    }
+    Some(false)
 }
 
 /// Whether `token` names `name` (lowercase): an unquoted word in any case, or exactly quoted.
@@ -160,9 +240,37 @@ mod tests {
             "CREATE FUNCTION \"pg_temp\".f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
             "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
             "SELECT 'unterminated",
+            "BEGIN",
+            "begin transaction isolation level serializable",
+            "START TRANSACTION READ ONLY",
+            "BEGIN; INSERT INTO t VALUES (1)",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT AND CHAIN",
+            "BEGIN; SAVEPOINT s; ROLLBACK TO SAVEPOINT s",
+            "COMMIT; BEGIN",
+            "START TRANSACTION; COMMIT PREPARED 'x'",
         ] {
             assert!(classifier.changes_session(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn an_open_transaction_is_told_from_session_state() {
+        let classifier = Classifier::new();
+        let open = SessionEffects {
+            state: false,
+            open_transaction: true,
+        };
+        assert_eq!(classifier.session_effects("BEGIN"), open);
+        assert_eq!(
+            classifier.session_effects("START TRANSACTION; SELECT 1"),
+            open
+        );
+        assert!(
+            classifier
+                .session_effects("BEGIN; SET work_mem = '1MB'")
+                .state
+        );
+        assert!(!classifier.session_effects("BEGIN; COMMIT").any());
     }
 
     #[test]
@@ -183,6 +291,14 @@ mod tests {
             "SELECT nextval('s')",
             "-- SET x = 1\nSELECT 1",
             "",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+            "begin; update t set a = 1; end",
+            "START TRANSACTION; SELECT 1; ROLLBACK",
+            "BEGIN; SAVEPOINT s; ROLLBACK TO s; ABORT",
+            "BEGIN; COMMIT AND NO CHAIN",
+            "COMMIT",
+            "SELECT 'BEGIN'",
+            "SELECT begin FROM t",
         ] {
             assert!(!classifier.changes_session(sql), "{sql}");
         }

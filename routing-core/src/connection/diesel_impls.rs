@@ -111,8 +111,11 @@ impl RoutedConnection {
         if route.target == Target::Primary {
             self.checkout_primary().await.map_err(Error::into_diesel)?;
         }
-        if self.shared().config().classifier().changes_session(query) {
-            if self.pinned.is_none() && self.shared().config().transaction_pooler() {
+        let effects = self.shared().config().classifier().session_effects(query);
+        if effects.any() {
+            // An open transaction block keeps its server connection behind a pooler.
+            if effects.state && self.pinned.is_none() && self.shared().config().transaction_pooler()
+            {
                 return Err(Error::SessionStateWithTransactionPooler.into_diesel());
             }
             self.mark_session_changed(route.target);

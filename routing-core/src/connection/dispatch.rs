@@ -128,7 +128,7 @@ impl RoutedConnection {
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         let pooler = self.shared().config().transaction_pooler();
-        if pooler && prepared.changes_session && self.pinned.is_none() {
+        if pooler && prepared.session_state && self.pinned.is_none() {
             let refused = Error::SessionStateWithTransactionPooler.into_diesel();
             return futures_util::future::ready(Err(refused)).boxed();
         }
