@@ -52,3 +52,4 @@ pub use error::ClusterError;
 pub use patroni::{PatroniBuilder, PatroniCluster};
 pub use pgbouncer::PoolMode;
 pub use shared::shared;
+pub use tls::CERT_USER;

@@ -24,6 +24,11 @@ use crate::{LocalCluster, sql};
 /// The host name client URLs use; the server certificate names it, `127.0.0.1` and `::1`.
 const HOST: &str = "localhost";
 
+/// The role that logs in over TCP only with the cluster's client certificate (`cert`
+/// authentication: the certificate signed by the cluster's CA, its common name the role's name),
+/// with TLS on; see [`LocalCluster::client_cert_paths`]. The cluster does not create the role.
+pub const CERT_USER: &str = "certuser";
+
 /// The certificates of one cluster, and where the CAs are for clients.
 #[derive(Debug)]
 pub(crate) struct Tls {
@@ -37,6 +42,10 @@ pub(crate) struct Tls {
     server_cert_pem: String,
     /// Its private key, as PEM.
     server_key_pem: String,
+    /// The certificate of [`CERT_USER`], signed by the CA, readable by everyone.
+    client_cert_path: PathBuf,
+    /// Its private key, readable by its owner only.
+    client_key_path: PathBuf,
 }
 
 impl Tls {
@@ -61,15 +70,34 @@ impl Tls {
         let key = KeyPair::generate().map_err(cert_error)?;
         let cert = params.signed_by(&key, &ca).map_err(cert_error)?;
 
+        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, CERT_USER);
+        client.is_ca = IsCa::ExplicitNoCa;
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().map_err(cert_error)?;
+        let client_cert = client.signed_by(&client_key, &ca).map_err(cert_error)?;
+
         let tls = Tls {
             ca_pem: ca.pem(),
             ca_path: root.join("ca.crt"),
             wrong_ca_path: root.join("wrong-ca.crt"),
             server_cert_pem: cert.pem(),
             server_key_pem: key.serialize_pem(),
+            client_cert_path: root.join("client.crt"),
+            client_key_path: root.join("client.key"),
         };
         write_file(&tls.ca_path, &tls.ca_pem, 0o644, None)?;
         write_file(&tls.wrong_ca_path, &wrong_ca.pem(), 0o644, None)?;
+        write_file(&tls.client_cert_path, &client_cert.pem(), 0o644, None)?;
+        write_file(
+            &tls.client_key_path,
+            &client_key.serialize_pem(),
+            0o600,
+            None,
+        )?;
         Ok(tls)
     }
 
@@ -93,8 +121,10 @@ impl Tls {
         )
     }
 
-    /// Turns TLS on in the primary's data directory and, when `only`, refuses every TCP login
-    /// without it, replication included; replicas cloned from it inherit all of this.
+    /// Turns TLS on in the primary's data directory, with the CA as the one client certificates
+    /// are checked against and [`CERT_USER`] let in by its certificate only, and, when `only`,
+    /// refuses every TCP login without TLS, replication included; replicas cloned from it
+    /// inherit all of this.
     pub(crate) async fn configure_primary(
         &self,
         primary: &Server,
@@ -102,30 +132,42 @@ impl Tls {
         only: bool,
     ) -> Result<(), ClusterError> {
         self.install_certificate(&primary.data_dir, ctx.run_as)?;
+        write_file(
+            &primary.data_dir.join("ca.crt"),
+            &self.ca_pem,
+            0o644,
+            Some(ctx.run_as),
+        )?;
         primary
             .append_config(
                 "\n# TLS, added by routing-cluster\n\
                  ssl = on\n\
                  ssl_cert_file = 'server.crt'\n\
                  ssl_key_file = 'server.key'\n\
+                 ssl_ca_file = 'ca.crt'\n\
                  ssl_min_protocol_version = 'TLSv1.2'\n",
             )
             .await?;
-        if !only {
-            return Ok(());
-        }
         // The first matching line wins: these must come before initdb's trust lines.
         let hba = primary.data_dir.join("pg_hba.conf");
         let context = || format!("cannot rewrite {}", hba.display());
         let existing = tokio::fs::read_to_string(&hba)
             .await
             .map_err(|err| ClusterError::io(context(), err))?;
-        let rewritten = format!(
+        let tls_only = if only {
             "# TLS only on TCP, added by routing-cluster\n\
              hostnossl all all 0.0.0.0/0 reject\n\
              hostnossl all all ::/0 reject\n\
              hostnossl replication all 0.0.0.0/0 reject\n\
-             hostnossl replication all ::/0 reject\n\n\
+             hostnossl replication all ::/0 reject\n"
+        } else {
+            ""
+        };
+        let rewritten = format!(
+            "# A role that logs in with its client certificate only, added by routing-cluster\n\
+             hostssl all {CERT_USER} 0.0.0.0/0 cert\n\
+             hostssl all {CERT_USER} ::/0 cert\n\
+             {tls_only}\n\
              {existing}"
         );
         tokio::fs::write(&hba, rewritten)
@@ -166,6 +208,31 @@ impl LocalCluster {
     #[must_use]
     pub fn ca_cert_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
+    }
+
+    /// The files of the client certificate of [`CERT_USER`] and of its private key, with TLS
+    /// on: URLs name them as `sslcert` and `sslkey`.
+    #[must_use]
+    pub fn client_cert_paths(&self) -> Option<(&Path, &Path)> {
+        self.tls.as_ref().map(|tls| {
+            (
+                tls.client_cert_path.as_path(),
+                tls.client_key_path.as_path(),
+            )
+        })
+    }
+
+    /// `url` (one of this cluster's client URLs) as [`CERT_USER`] with its client certificate
+    /// (`sslcert`, `sslkey`), with TLS on.
+    #[must_use]
+    pub fn with_client_cert(&self, url: &str) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let rest = url.strip_prefix("postgres://postgres@")?;
+        Some(format!(
+            "postgres://{CERT_USER}@{rest}&sslcert={}&sslkey={}",
+            encode_path(&tls.client_cert_path),
+            encode_path(&tls.client_key_path)
+        ))
     }
 
     /// The file of a second CA that signed nothing, with TLS on: a client that trusts only it

@@ -77,7 +77,7 @@ pub mod __private {
     pub use crate::control::ReadReplicaControl;
 
     /// The connection settings of `url` as the router reads it: libpq's TLS parameters that
-    /// tokio-postgres does not know (`sslmode=verify-full`, `sslrootcert`) taken out; `None` when
+    /// tokio-postgres does not know (`sslmode=verify-full`, `sslrootcert`, `sslcert`, `sslkey`) taken out; `None` when
     /// it is invalid.
     pub fn connection_config(url: &str) -> Option<tokio_postgres::Config> {
         crate::url::DatabaseUrl::parse(url)

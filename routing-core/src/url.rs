@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 mod ssl;
 
+#[cfg(feature = "rustls")]
+pub(crate) use ssl::ClientCert;
 pub(crate) use ssl::{SslMode, SslParams};
 
 use redact::password_spans;
@@ -29,6 +31,9 @@ pub enum UrlError {
     /// `sslmode` has a value libpq does not know, or one this crate does not support (`allow`).
     #[error("invalid sslmode {0:?}: expected disable, prefer, require, verify-ca or verify-full")]
     InvalidSslMode(String),
+    /// `sslcert` without `sslkey`, or `sslkey` without `sslcert`: a client certificate needs both.
+    #[error("{0} without {1}: a client certificate needs both sslcert and sslkey")]
+    ClientCertWithoutKey(&'static str, &'static str),
 }
 
 /// A connection string with its password replaced by `***`, safe to print and log.

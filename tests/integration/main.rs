@@ -30,6 +30,7 @@ mod survival;
 mod sync_faults;
 mod telemetry;
 mod tls;
+mod tls_client_certs;
 mod tls_rules;
 mod tokens;
 mod transactions;

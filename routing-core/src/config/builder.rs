@@ -352,7 +352,7 @@ impl RoutedPoolBuilder {
     /// The TLS client configuration of every connection of the pool (its sessions, the health
     /// probe, [`check`](crate::RoutedPool::check), migrations): client certificates, roots of
     /// your own. It replaces what the URLs' `sslrootcert` and `sslmode` say about verifying
-    /// the server; `sslmode` still decides whether TLS is used (`disable`: never) and required
+    /// the server, and their `sslcert` and `sslkey`; `sslmode` still decides whether TLS is used (`disable`: never) and required
     /// (`prefer`, the default, falls back to plain TCP when the server offers no TLS: set
     /// `sslmode=require` or stronger to make it mandatory). Default: none, the URLs decide.
     #[cfg(feature = "rustls")]

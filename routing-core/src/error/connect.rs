@@ -80,6 +80,23 @@ pub enum TlsError {
         /// The `sslmode`.
         mode: &'static str,
     },
+    /// The `sslcert` file cannot be read or holds no certificate.
+    #[error("sslcert {}: {reason}", path.display())]
+    ClientCertInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `sslkey` file cannot be read, holds no private key, or is not the key of the
+    /// `sslcert`.
+    #[error("sslkey {}: {reason}", path.display())]
+    ClientKeyInvalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// rustls refused to make a client configuration.
     #[error("cannot set up TLS: {reason}")]
     Setup {

@@ -1,5 +1,5 @@
-//! TLS for every connection the router makes, with libpq's meaning of a URL's `sslmode` and
-//! `sslrootcert`:
+//! TLS for every connection the router makes, with libpq's meaning of a URL's `sslmode`,
+//! `sslrootcert`, `sslcert` and `sslkey`:
 //!
 //! | `sslmode` | TLS | certificate chain | host name |
 //! |---|---|---|---|
@@ -9,7 +9,8 @@
 //! | `verify-ca` | always | against `sslrootcert`, else the system's roots | no |
 //! | `verify-full` | always | against `sslrootcert`, else the system's roots | yes |
 //!
-//! `sslrootcert=system` names the system's roots. A pool's own `rustls::ClientConfig`
+//! `sslrootcert=system` names the system's roots. `sslcert` and `sslkey` (both or neither) are the
+//! client certificate, presented to a server that asks for one. A pool's own `rustls::ClientConfig`
 //! ([`tls_config`](crate::RoutedPoolBuilder::tls_config)) replaces all of this but `sslmode`,
 //! which still says whether TLS is used and required. [`connector`] gives the connector of a
 //! URL, also for cancel requests.
@@ -17,6 +18,8 @@
 use crate::error::{ConnectError, TlsError};
 use crate::url::{DatabaseUrl, SslMode};
 
+#[cfg(feature = "rustls")]
+mod client;
 #[cfg(feature = "rustls")]
 mod roots;
 #[cfg(feature = "rustls")]
@@ -43,7 +46,10 @@ pub(crate) fn connector(url: &DatabaseUrl) -> Result<Connector, TlsError> {
     let config = match (url.ssl().mode, url.tls_config()) {
         (SslMode::Disable, _) => verify::never_used()?,
         (_, Some(custom)) => (**custom).clone(),
-        (mode, None) => verify::client_config(mode, url.ssl().root_cert.as_deref())?,
+        (mode, None) => {
+            let ssl = url.ssl();
+            verify::client_config(mode, ssl.root_cert.as_deref(), ssl.client.as_ref())?
+        }
     };
     Ok(Connector::new(config))
 }

@@ -93,6 +93,10 @@ pub(super) fn of(url: &DatabaseUrl, connect_timeout: Duration) -> String {
     if let Some(root) = &ssl.root_cert {
         put("sslrootcert", &root.to_string_lossy());
     }
+    if let Some(client) = &ssl.client {
+        put("sslcert", &client.cert.to_string_lossy());
+        put("sslkey", &client.key.to_string_lossy());
+    }
     out.truncate(out.trim_end().len());
     out
 }
@@ -110,12 +114,14 @@ mod tests {
         assert_eq!(
             conninfo(
                 "postgres://app:it's%20secret@db.example.com:5433/shop?application_name=web\
-                 &sslmode=verify-full&sslrootcert=/etc/ca.crt&options=-c%20search_path%3Dx"
+                 &sslmode=verify-full&sslrootcert=/etc/ca.crt&options=-c%20search_path%3Dx\
+                 &sslcert=/etc/app.crt&sslkey=/etc/app.key"
             ),
             "host='db.example.com' port='5433' user='app' password='it\\'s secret' \
              dbname='shop' options='-c search_path=x' application_name='web' \
              connect_timeout='5' keepalives='1' keepalives_idle='30' keepalives_interval='10' \
-             keepalives_count='3' sslmode='verify-full' sslrootcert='/etc/ca.crt'"
+             keepalives_count='3' sslmode='verify-full' sslrootcert='/etc/ca.crt' \
+             sslcert='/etc/app.crt' sslkey='/etc/app.key'"
         );
     }
 

@@ -1,6 +1,7 @@
 //! libpq's TLS parameters in a connection string: `sslmode` with all of libpq's values (where
-//! tokio-postgres knows only `disable`, `prefer` and `require`) and `sslrootcert` (which it does
-//! not know at all). They are taken out of the string before tokio-postgres parses the rest.
+//! tokio-postgres knows only `disable`, `prefer` and `require`), and `sslrootcert`, `sslcert`
+//! and `sslkey` (which it does not know at all). They are taken out of the string before
+//! tokio-postgres parses the rest.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -76,6 +77,18 @@ pub(crate) struct SslParams {
     pub(crate) mode: SslMode,
     /// `sslrootcert`: a file of trusted CA certificates, or `system` for the system's roots.
     pub(crate) root_cert: Option<PathBuf>,
+    /// `sslcert` and `sslkey`: the client certificate (PEM, its chain after it) and its private
+    /// key, presented to a server that asks for one.
+    pub(crate) client: Option<ClientCert>,
+}
+
+/// A client certificate and its key, as files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// `sslcert`.
+    pub(crate) cert: PathBuf,
+    /// `sslkey`.
+    pub(crate) key: PathBuf,
 }
 
 impl Default for SslParams {
@@ -83,17 +96,23 @@ impl Default for SslParams {
         SslParams {
             mode: SslMode::Prefer,
             root_cert: None,
+            client: None,
         }
     }
 }
 
 /// The keys taken out of a connection string.
-const KEYS: [&str; 2] = ["sslmode", "sslrootcert"];
+const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
-/// Takes `sslmode` and `sslrootcert` out of `url` (a URL or a key-value string): their values,
-/// and the string without them for tokio-postgres. The last occurrence of a key wins.
+/// Takes `sslmode`, `sslrootcert`, `sslcert` and `sslkey` out of `url` (a URL or a key-value
+/// string): their values, and the string without them for tokio-postgres. The last occurrence
+/// of a key wins; an empty value unsets it.
 ///
 /// A string that cannot be read is returned whole, for tokio-postgres to report.
+///
+/// # Errors
+///
+/// An `sslmode` libpq does not know; an `sslcert` without an `sslkey`, or the reverse.
 pub(crate) fn split(url: &str) -> Result<(SslParams, String), UrlError> {
     let (pairs, rest) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         split_url(url)
@@ -104,13 +123,22 @@ pub(crate) fn split(url: &str) -> Result<(SslParams, String), UrlError> {
         }
     };
     let mut params = SslParams::default();
-    for (key, value) in pairs {
-        match key.as_str() {
+    let (mut cert, mut key) = (None, None);
+    for (name, value) in pairs {
+        let path = (!value.is_empty()).then(|| PathBuf::from(OsString::from_vec(value.clone())));
+        match name.as_str() {
             "sslmode" => params.mode = SslMode::parse(&String::from_utf8_lossy(&value))?,
-            _ if value.is_empty() => params.root_cert = None,
-            _ => params.root_cert = Some(PathBuf::from(OsString::from_vec(value))),
+            "sslcert" => cert = path,
+            "sslkey" => key = path,
+            _ => params.root_cert = path,
         }
     }
+    params.client = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err(UrlError::ClientCertWithoutKey("sslcert", "sslkey")),
+        (None, Some(_)) => return Err(UrlError::ClientCertWithoutKey("sslkey", "sslcert")),
+    };
     Ok((params, rest))
 }
 
@@ -200,6 +228,45 @@ mod tests {
         SslParams {
             mode,
             root_cert: root_cert.map(PathBuf::from),
+            client: None,
+        }
+    }
+
+    #[test]
+    fn a_client_certificate_takes_both_files() {
+        let client = |cert: &str, key: &str| {
+            Some(ClientCert {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+            })
+        };
+        let (ssl, rest) = split(
+            "postgres://app@h/db?sslmode=verify-full&sslcert=/c/app.crt&application_name=x\
+             &sslkey=/c/app%20key.pem",
+        )
+        .unwrap();
+        assert_eq!(ssl.client, client("/c/app.crt", "/c/app key.pem"));
+        assert_eq!(rest, "postgres://app@h/db?application_name=x");
+        let (ssl, rest) = split("host=h sslcert='/c/app.crt' user=app sslkey=/c/app.key").unwrap();
+        assert_eq!(ssl.client, client("/c/app.crt", "/c/app.key"));
+        assert_eq!(
+            rest.split_whitespace().collect::<Vec<_>>(),
+            ["host=h", "user=app"]
+        );
+        // An empty value unsets a key, as in libpq.
+        let (ssl, _) = split("postgres://h/db?sslcert=/a&sslkey=/b&sslcert=&sslkey=").unwrap();
+        assert_eq!(ssl.client, None);
+        for (url, message) in [
+            (
+                "postgres://h/db?sslcert=/c/app.crt",
+                "sslcert without sslkey: a client certificate needs both sslcert and sslkey",
+            ),
+            (
+                "host=h sslkey=/c/app.key",
+                "sslkey without sslcert: a client certificate needs both sslcert and sslkey",
+            ),
+        ] {
+            assert_eq!(split(url).unwrap_err().to_string(), message, "{url}");
         }
     }
 

@@ -83,7 +83,7 @@ fn handshake(
 }
 
 fn config(mode: SslMode, root_cert: Option<&Path>) -> ClientConfig {
-    verify::client_config(mode, root_cert).unwrap()
+    verify::client_config(mode, root_cert, None).unwrap()
 }
 
 fn certificate_error(result: Result<(), rustls::Error>) -> CertificateError {

@@ -15,7 +15,7 @@ use rustls::{
 
 use super::TlsError;
 use super::roots::Roots;
-use crate::url::{DatabaseUrl, SslMode};
+use crate::url::{ClientCert, DatabaseUrl, SslMode};
 
 /// The client configuration of `mode` with the `sslrootcert` file `root_cert`, as libpq
 /// verifies: `prefer` and `require` check the chain only against an `sslrootcert`, `verify-ca`
@@ -23,6 +23,7 @@ use crate::url::{DatabaseUrl, SslMode};
 pub(super) fn client_config(
     mode: SslMode,
     root_cert: Option<&Path>,
+    client: Option<&ClientCert>,
 ) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let algorithms = provider.signature_verification_algorithms;
@@ -46,10 +47,21 @@ pub(super) fn client_config(
             }
         }
     };
-    Ok(builder(provider)?
+    let config = builder(provider)?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(verifier);
+    match client {
+        None => Ok(config.with_no_client_auth()),
+        Some(client) => {
+            let (chain, key) = super::client::load(client)?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::ClientKeyInvalid {
+                    path: client.key.clone(),
+                    reason: format!("does not go with sslcert {}: {e}", client.cert.display()),
+                })
+        }
+    }
 }
 
 /// A configuration for a connector tokio-postgres never uses (`sslmode=disable`).
