@@ -13,43 +13,45 @@ use crate::url::ClientCert;
 pub(super) fn load(
     client: &ClientCert,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let pem = read("sslcert", &client.cert)?;
+    let pem = File::Cert.read(&client.cert)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid("sslcert", &client.cert, format!("not a PEM file: {e}")))?;
+        .map_err(|e| File::Cert.error(&client.cert, format!("not a PEM file: {e}")))?;
     if chain.is_empty() {
-        return Err(invalid(
-            "sslcert",
-            &client.cert,
-            "holds no PEM certificate".to_owned(),
-        ));
+        return Err(File::Cert.error(&client.cert, "holds no PEM certificate".to_owned()));
     }
-    let pem = read("sslkey", &client.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        invalid(
-            "sslkey",
-            &client.key,
-            format!("holds no PEM private key ({e})"),
-        )
-    })?;
+    let pem = File::Key.read(&client.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| File::Key.error(&client.key, format!("holds no PEM private key ({e})")))?;
     Ok((chain, key))
 }
 
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| {
-        let reason = match source.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_owned(),
-            _ => format!("cannot read it: {source}"),
-        };
-        invalid(key, path, reason)
-    })
+/// One of the two files.
+#[derive(Clone, Copy)]
+enum File {
+    /// `sslcert`.
+    Cert,
+    /// `sslkey`.
+    Key,
 }
 
-fn invalid(key: &'static str, path: &Path, reason: String) -> TlsError {
-    let path = path.to_path_buf();
-    match key {
-        "sslkey" => TlsError::ClientKeyInvalid { path, reason },
-        _ => TlsError::ClientCertInvalid { path, reason },
+impl File {
+    fn read(self, path: &Path) -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path).map_err(|source| {
+            let reason = match source.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_owned(),
+                _ => format!("cannot read it: {source}"),
+            };
+            self.error(path, reason)
+        })
+    }
+
+    fn error(self, path: &Path, reason: String) -> TlsError {
+        let path = path.to_path_buf();
+        match self {
+            File::Cert => TlsError::ClientCertInvalid { path, reason },
+            File::Key => TlsError::ClientKeyInvalid { path, reason },
+        }
     }
 }
 
