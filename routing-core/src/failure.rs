@@ -122,18 +122,39 @@ pub(crate) fn lost_named_statement(error: &DieselError) -> bool {
             .is_some_and(|(_, rest)| named(rest))
 }
 
+/// Whether `message` is one of tokio-postgres's own errors about a statement, raised on the
+/// client with no server error and the connection still open: a wrong number of parameters, a
+/// value or a text it cannot encode (a NUL byte), a row it cannot decode, a reply it did not
+/// expect (`COPY` sent as a query). diesel-async reports them as `UnableToSendCommand`, as it
+/// does a lost connection; they say nothing about the server.
+pub(crate) fn client_side(message: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "error encoding message to server",
+        "error serializing parameter ",
+        "error deserializing column ",
+        "invalid column ",
+        "unexpected message from server",
+        "query returned an unexpected number of rows",
+    ];
+    PREFIXES.iter().any(|prefix| message.starts_with(prefix))
+        || (message.starts_with("expected ") && message.contains(" parameters but got "))
+}
+
 impl Failure {
     /// What `error` means, given whether the connection it came from is now `broken` (closed,
     /// or its transaction state lost).
     pub(crate) fn of(error: &DieselError, broken: bool) -> Failure {
-        let DieselError::DatabaseError(kind, _) = error else {
+        let DieselError::DatabaseError(kind, info) = error else {
             return Failure::Statement;
         };
-        if matches!(
-            kind,
-            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection
-        ) {
-            return Failure::Unreachable;
+        match kind {
+            DatabaseErrorKind::UnableToSendCommand if !broken && client_side(info.message()) => {
+                return Failure::Statement;
+            }
+            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
+                return Failure::Unreachable;
+            }
+            _ => {}
         }
         match known(error) {
             Some(known) => known.failure,
@@ -216,6 +237,43 @@ mod tests {
                 Failure::Unreachable,
             ),
             (ClosedConnection, "", false, Failure::Unreachable),
+            (
+                UnableToSendCommand,
+                "error communicating with the server: Connection reset by peer (os error 104)",
+                false,
+                Failure::Unreachable,
+            ),
+            // tokio-postgres's own errors about the statement: the server is fine.
+            (
+                UnableToSendCommand,
+                "expected 1 parameters but got 0",
+                false,
+                Failure::Statement,
+            ),
+            (
+                UnableToSendCommand,
+                "error encoding message to server: nul byte found in provided data",
+                false,
+                Failure::Statement,
+            ),
+            (
+                UnableToSendCommand,
+                "unexpected message from server",
+                false,
+                Failure::Statement,
+            ),
+            (
+                UnableToSendCommand,
+                "expected 1 parameters but got 0",
+                true,
+                Failure::Unreachable,
+            ),
+            (
+                UnableToSendCommand,
+                "expected to be connected",
+                false,
+                Failure::Unreachable,
+            ),
             (
                 UniqueViolation,
                 "duplicate key value violates unique constraint",

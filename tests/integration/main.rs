@@ -2,6 +2,7 @@
 
 mod actix;
 mod cancellation;
+mod client_errors;
 mod commits;
 mod config;
 mod context;
