@@ -65,6 +65,13 @@ pub(crate) const KNOWN: &[Known] = &[
         message: Some("terminating connection due to administrator command"),
         failure: Failure::Unreachable,
     },
+    // A backend whose postmaster died (the server was killed) says so as it exits.
+    Known {
+        sqlstate: "57P01",
+        kind: None,
+        message: Some("terminating connection due to unexpected postmaster exit"),
+        failure: Failure::Unreachable,
+    },
     Known {
         sqlstate: "57P02",
         kind: None,
@@ -210,6 +217,12 @@ mod tests {
                 Unknown,
                 "terminating connection due to administrator command",
                 true,
+                Failure::Unreachable,
+            ),
+            (
+                Unknown,
+                "terminating connection due to unexpected postmaster exit",
+                false,
                 Failure::Unreachable,
             ),
             (
