@@ -26,7 +26,7 @@ const HOST: &str = "localhost";
 
 /// The role that logs in over TCP only with the cluster's client certificate (`cert`
 /// authentication: the certificate signed by the cluster's CA, its common name the role's name),
-/// with TLS on; see [`LocalCluster::client_cert_paths`]. The cluster does not create the role.
+/// with TLS on; see [`LocalCluster::with_client_cert`]. The cluster does not create the role.
 pub const CERT_USER: &str = "certuser";
 
 /// The certificates of one cluster, and where the CAs are for clients.
@@ -208,18 +208,6 @@ impl LocalCluster {
     #[must_use]
     pub fn ca_cert_pem(&self) -> Option<&str> {
         self.tls.as_ref().map(|tls| tls.ca_pem.as_str())
-    }
-
-    /// The files of the client certificate of [`CERT_USER`] and of its private key, with TLS
-    /// on: URLs name them as `sslcert` and `sslkey`.
-    #[must_use]
-    pub fn client_cert_paths(&self) -> Option<(&Path, &Path)> {
-        self.tls.as_ref().map(|tls| {
-            (
-                tls.client_cert_path.as_path(),
-                tls.client_key_path.as_path(),
-            )
-        })
     }
 
     /// `url` (one of this cluster's client URLs) as [`CERT_USER`] with its client certificate

@@ -12,7 +12,7 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::QueryFragment;
 
-use crate::classify::{Classification, operation_name};
+use crate::classify::{Classification, SessionEffects, operation_name};
 use crate::owned::Rendered;
 use crate::route::{self, Route, State, Statement};
 use crate::servers::Shared;
@@ -22,11 +22,9 @@ use crate::servers::Shared;
 pub(crate) struct Class {
     /// `None` for a read, the classification of a write.
     pub(crate) write: Option<Arc<Classification>>,
-    /// Whether the statement may leave something in its session (only writes can): state, or
-    /// an open transaction block (see [`crate::Classifier::changes_session`]).
-    pub(crate) changes_session: bool,
-    /// Whether what it leaves is state beyond an open transaction block.
-    pub(crate) session_state: bool,
+    /// What the statement may leave in its session (only writes can): state, or an open
+    /// transaction block (see [`crate::Classifier::changes_session`]).
+    pub(crate) session: SessionEffects,
     /// Its leading statement keyword (`db.operation.name`).
     pub(crate) operation: Option<&'static str>,
 }
@@ -43,11 +41,9 @@ impl Class {
                 ..Class::default()
             };
         }
-        let effects = classifier.session_effects(sql);
         Class {
             write: Some(Arc::new(class)),
-            changes_session: effects.any(),
-            session_state: effects.state,
+            session: classifier.session_effects(sql),
             operation,
         }
     }
@@ -207,11 +203,8 @@ pub(crate) struct Prepared {
     pub(crate) fixed: Option<Route>,
     /// The SQL, when classifying rendered it.
     pub(crate) rendered: Option<Rendered>,
-    /// Whether the statement may leave something in its session: state or an open transaction
-    /// block.
-    pub(crate) changes_session: bool,
-    /// Whether what it leaves is state beyond an open transaction block.
-    pub(crate) session_state: bool,
+    /// What the statement may leave in its session: state or an open transaction block.
+    pub(crate) session: SessionEffects,
     /// Its leading statement keyword (`db.operation.name`).
     pub(crate) operation: Option<&'static str>,
     /// Whether the statement writes (or must run on the primary as if it did): the connection
@@ -256,8 +249,7 @@ pub(crate) fn prepare(
     Ok(Prepared {
         fixed,
         rendered,
-        changes_session: class.changes_session,
-        session_state: class.session_state,
+        session: class.session,
         operation: class.operation,
         writes: fixed.is_some_and(|route| {
             matches!(
@@ -307,14 +299,14 @@ mod tests {
         for _ in 0..3 {
             let class = class_of_text(pool.shared(), &write);
             assert!(class.write.is_some());
-            assert!(!class.changes_session);
+            assert!(!class.session.any());
             assert_eq!(class.operation, Some("UPDATE"));
             let class = class_of_text(pool.shared(), &read);
             assert!(class.write.is_none());
             assert_eq!(class.operation, Some("SELECT"));
             let class = class_of_text(pool.shared(), &set);
             assert!(class.write.is_some());
-            assert!(class.changes_session);
+            assert!(class.session.any());
         }
         assert_eq!(
             classified() - before,

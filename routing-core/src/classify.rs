@@ -30,6 +30,7 @@ use std::fmt;
 
 use lexer::{Kind, Token};
 pub(crate) use operation::operation_name;
+pub(crate) use session::SessionEffects;
 
 /// Where a statement may run.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -128,7 +128,7 @@ impl RoutedConnection {
             Err(e) => return futures_util::future::ready(Err(e)).boxed(),
         };
         let pooler = self.shared().config().transaction_pooler();
-        if pooler && prepared.session_state && self.pinned.is_none() {
+        if pooler && prepared.session.state && self.pinned.is_none() {
             let refused = Error::SessionStateWithTransactionPooler.into_diesel();
             return futures_util::future::ready(Err(refused)).boxed();
         }
@@ -149,7 +149,7 @@ impl RoutedConnection {
             .filter(|route| !pooler && self.held.holds(route.target))
         {
             self.count(route);
-            if prepared.changes_session {
+            if prepared.session.any() {
                 self.mark_session_changed(route.target);
             }
             // The session reports the statement, as a plain connection does.
@@ -279,14 +279,8 @@ impl RoutedConnection {
                 self.read_on_replica(owned, run, &needs, first_row).await
             }
             _ => {
-                self.run_on(
-                    route,
-                    owned,
-                    run,
-                    prepared.changes_session,
-                    prepared.commits,
-                )
-                .await
+                self.run_on(route, owned, run, prepared.session.any(), prepared.commits)
+                    .await
             }
         }
     }

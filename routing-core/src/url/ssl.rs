@@ -124,13 +124,14 @@ pub(crate) fn split(url: &str) -> Result<(SslParams, String), UrlError> {
     };
     let mut params = SslParams::default();
     let (mut cert, mut key) = (None, None);
+    let path =
+        |value: Vec<u8>| (!value.is_empty()).then(|| PathBuf::from(OsString::from_vec(value)));
     for (name, value) in pairs {
-        let path = (!value.is_empty()).then(|| PathBuf::from(OsString::from_vec(value.clone())));
         match name.as_str() {
             "sslmode" => params.mode = SslMode::parse(&String::from_utf8_lossy(&value))?,
-            "sslcert" => cert = path,
-            "sslkey" => key = path,
-            _ => params.root_cert = path,
+            "sslcert" => cert = path(value),
+            "sslkey" => key = path(value),
+            _ => params.root_cert = path(value),
         }
     }
     params.client = match (cert, key) {

@@ -93,7 +93,7 @@ impl RoutedConnection {
                 Target::Replica if self.pinned.is_none() => {
                     self.read_on_replica(&needs, query, query_id, exec)
                 }
-                _ => self.run_on(route, prepared.changes_session, exec),
+                _ => self.run_on(route, prepared.session.any(), exec),
             }
         });
         self.trace.finish(self.pool.routed.shared(), &result);
